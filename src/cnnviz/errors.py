@@ -1,0 +1,55 @@
+"""Errors that cnnviz raises for bad input, each naming the problem and the remedy.
+
+The CLI turns any :class:`CnnvizError` into one line on stderr and an exit code, never a traceback.
+Every class also derives from the built-in exception a Python user would expect (``ValueError``,
+``TypeError``, ``FileNotFoundError``), so ``except ValueError`` keeps working.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class CnnvizError(Exception):
+    """Base class: a problem with what the user handed cnnviz, with a remedy in the message."""
+
+    exit_code: int = 2
+
+
+class ModelNotFoundError(CnnvizError, ValueError):
+    """An unknown model name."""
+
+
+class WeightsUnavailableError(CnnvizError, FileNotFoundError):
+    """Pretrained weights are needed but cannot be found offline."""
+
+    exit_code = 3
+
+
+class CheckpointError(CnnvizError, ValueError):
+    """A checkpoint that cannot be read safely or does not fit the model."""
+
+
+class ImageLoadError(CnnvizError, ValueError):
+    """An image file that cannot be decoded (or is refused, e.g. a decompression bomb)."""
+
+
+class LayerError(CnnvizError, ValueError):
+    """An unknown layer, or a layer that is not run exactly once by the forward pass."""
+
+
+class TargetError(CnnvizError, ValueError):
+    """A class index or name that the model does not have, or targets that do not fit the batch."""
+
+
+class NonFiniteError(CnnvizError, ValueError):
+    """NaN or infinite values in weights, inputs, outputs or maps."""
+
+
+def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
+    """A human phrase listing the candidates closest to ``name`` ('' when none is close)."""
+    matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
+    if not matches:
+        return ""
+    return " Did you mean: " + ", ".join(repr(m) for m in matches) + "?"

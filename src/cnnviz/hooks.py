@@ -1,0 +1,255 @@
+"""The one hook mechanism: capture layer outputs (and make them differentiable) for a forward pass.
+
+Everything in cnnviz that looks at an intermediate layer goes through :class:`LayerCapture`:
+
+    with LayerCapture(model, ["conv5_2"], grad=GradFrom.LAYERS) as cap:
+        logits = cap.forward(x)
+        A = cap.activations["backbone.conv5_2"]
+        dA = torch.autograd.grad(logits[:, 3].sum(), A)[0]
+
+Guarantees (each tested):
+
+* hooks are owned by the context manager and removed in ``finally``, also when the forward raises;
+  :meth:`LayerCapture.remove` is idempotent;
+* the model is left exactly as found: each module's ``training`` flag is restored, parameters'
+  ``requires_grad`` and ``.grad`` are never touched (gradients are taken with
+  ``torch.autograd.grad`` to captured tensors only), nothing is moved to another device;
+* captured tensors are copies, so an in-place ReLU after the layer can neither corrupt them nor
+  break autograd ("… is a view and is being modified inplace");
+* it works when the caller is inside ``torch.no_grad()`` or ``torch.inference_mode()``;
+* a captured layer that runs twice in one forward pass, or never, raises :class:`LayerError`.
+
+With ``grad=GradFrom.LAYERS`` no autograd graph is built for the part of the network before the
+first captured layer: that part runs without grad, the layer's output becomes a fresh leaf that
+requires grad, and the rest of the network runs with grad. The result is the same gradient at
+a fraction of the memory and time.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from cnnviz.errors import CnnvizError, LayerError
+from cnnviz.layers import LayerRef, resolve_layers
+
+
+class ForwardError(CnnvizError, RuntimeError):
+    """The model's own forward pass raised; the message says which model and why."""
+
+
+class GradFrom(enum.Enum):
+    """Which part of the forward pass records an autograd graph."""
+
+    NONE = "none"
+    """No graph at all: activations only (fastest)."""
+    LAYERS = "layers"
+    """Graph from the first captured layer on; gradients w.r.t. captured activations."""
+    INPUT = "input"
+    """Graph from the input on; gradients w.r.t. the input and the captured activations."""
+
+
+@contextmanager
+def model_state_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore every module's own ``training`` flag.
+
+    Restoring module by module (not ``model.train(was_training)``) keeps mixed states intact,
+    e.g. a frozen BatchNorm kept in eval inside a model in training mode.
+    """
+    flags = [(module, module.training) for module in model.modules()]
+    try:
+        if eval_mode:
+            model.eval()
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The floating dtype of the model's first floating parameter (float32 if it has none)."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def as_model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` on the model's device and in its floating dtype (float64 for a ``model.double()``)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"Expected the input as a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 3:
+        x = x.unsqueeze(0)
+    if x.dim() != 4:
+        raise ValueError(
+            f"Expected an image batch of shape (N, C, H, W) or one image (C, H, W), "
+            f"got shape {tuple(x.shape)}"
+        )
+    return x.to(device=model_device(model), dtype=model_dtype(model))
+
+
+class LayerCapture:
+    """Own forward hooks on ``layers`` of ``model``; see the module docstring for guarantees.
+
+    Args:
+        model: any ``nn.Module``.
+        layers: dotted names, unique name suffixes or module objects (resolved to dotted names;
+            :attr:`names` holds them in the order given).
+        grad: which part of the forward pass records a graph (:class:`GradFrom`).
+        eval_mode: run in eval mode (default), restoring each module's flag on exit.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layers: Sequence[LayerRef],
+        *,
+        grad: GradFrom = GradFrom.NONE,
+        eval_mode: bool = True,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.names: list[str] = resolve_layers(model, layers)
+        self.grad = GradFrom(grad)
+        self.eval_mode = eval_mode
+        self.activations: dict[str, torch.Tensor] = {}
+        self.input: torch.Tensor | None = None
+        self._calls: dict[str, int] = {}
+        self._handles: list[RemovableHandle] = []
+        self._state: Any = None
+        self._graph_started = False
+
+    # -- ownership -------------------------------------------------------------------------
+    def __enter__(self) -> LayerCapture:
+        self._state = model_state_guard(self.model, eval_mode=self.eval_mode)
+        self._state.__enter__()
+        try:
+            for name in self.names:
+                module = self.model.get_submodule(name)
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook and restore the model's mode; safe to call more than once."""
+        while self._handles:
+            self._handles.pop().remove()
+        if self._state is not None:
+            state, self._state = self._state, None
+            state.__exit__(None, None, None)
+
+    # -- the hook --------------------------------------------------------------------------
+    def _make_hook(self, name: str):  # type: ignore[no-untyped-def]  # torch's hook signature
+        def hook(module: nn.Module, _inputs: object, output: object) -> torch.Tensor | None:
+            count = self._calls.get(name, 0) + 1
+            self._calls[name] = count
+            if count > 1:
+                raise LayerError(
+                    f"Layer {name!r} ({type(module).__name__}) runs more than once in one forward "
+                    "pass, so its activation is ambiguous. Choose a layer that runs once "
+                    "(a module reused in the forward pass cannot be explained by hooks)."
+                )
+            if not isinstance(output, torch.Tensor):
+                raise LayerError(
+                    f"Layer {name!r} ({type(module).__name__}) returns {type(output).__name__}, "
+                    "not a tensor; choose a layer whose output is a single tensor."
+                )
+            if self.grad is GradFrom.NONE:
+                self.activations[name] = output.detach().clone()
+                return None
+            if self.grad is GradFrom.LAYERS and not self._graph_started:
+                # Start the graph here: everything before this layer ran without grad.
+                self._graph_started = True
+                torch.set_grad_enabled(True)
+                leaf = output.detach().requires_grad_(True)
+                self.activations[name] = leaf
+                return leaf.clone()  # in-place ops downstream act on the copy, not the leaf
+            self.activations[name] = output
+            return output.clone()
+
+        return hook
+
+    # -- running ---------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Run the model on ``x`` once, filling :attr:`activations`; returns the model's output.
+
+        With ``GradFrom.INPUT`` the tensor actually fed to the model is a fresh leaf copy of
+        ``x`` that requires grad, available as :attr:`input`.
+        """
+        if not self._handles and self.names:
+            raise RuntimeError("LayerCapture.forward must be called inside its `with` block")
+        self.activations = {}
+        self._calls = {}
+        self._graph_started = False
+        previous = torch.is_grad_enabled()
+        try:
+            with torch.inference_mode(False):
+                if self.grad is GradFrom.INPUT:
+                    torch.set_grad_enabled(True)
+                    x = x.detach().clone().requires_grad_(True)
+                    self.input = x
+                else:
+                    torch.set_grad_enabled(False)
+                    if x.is_inference():
+                        x = x.clone()
+                    self.input = x
+                try:
+                    output = self.model(x, *args, **kwargs)
+                except CnnvizError:
+                    raise
+                except Exception as e:
+                    raise ForwardError(
+                        f"The forward pass of {type(self.model).__name__} failed on an input of "
+                        f"shape {tuple(x.shape)} and dtype {x.dtype}: {type(e).__name__}: {e}"
+                    ) from e
+        finally:
+            torch.set_grad_enabled(previous)
+        missing = [name for name in self.names if name not in self._calls]
+        if missing:
+            raise LayerError(
+                f"Layer(s) {', '.join(repr(m) for m in missing)} never ran in the forward pass of "
+                f"{type(self.model).__name__}; choose a layer that the forward pass uses "
+                "(see `cnnviz layers MODEL`)."
+            )
+        return output
+
+
+def hooked_modules(model: nn.Module) -> list[str]:
+    """Names of modules that still carry forward/backward hooks (for leak checks in tests)."""
+    found = []
+    for name, module in model.named_modules():
+        if (
+            module._forward_hooks
+            or module._forward_pre_hooks
+            or module._backward_hooks
+            or getattr(module, "_backward_pre_hooks", None)
+        ):
+            found.append(name or "<root>")
+    return found
