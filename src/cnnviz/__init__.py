@@ -12,6 +12,15 @@ from typing import Any
 __version__ = "0.1.0"
 
 _PUBLIC = {
+    "explain": "cnnviz.api",
+    "Explanation": "cnnviz.methods.base",
+    "method_names": "cnnviz.methods.base",
+    "TopK": "cnnviz.targets",
+    "load_model": "cnnviz.models",
+    "from_module": "cnnviz.models",
+    "list_models": "cnnviz.models",
+    "load_image": "cnnviz.images",
+    "summarize": "cnnviz.summary",
     "LayerCapture": "cnnviz.hooks",
     "GradFrom": "cnnviz.hooks",
     "resolve_layer": "cnnviz.layers",

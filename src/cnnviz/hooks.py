@@ -16,7 +16,8 @@ Guarantees (each tested):
   ``torch.autograd.grad`` to captured tensors only), nothing is moved to another device;
 * captured tensors are copies, so an in-place ReLU after the layer can neither corrupt them nor
   break autograd ("… is a view and is being modified inplace");
-* it works when the caller is inside ``torch.no_grad()`` or ``torch.inference_mode()``;
+* it works when the caller is inside ``torch.no_grad()`` or ``torch.inference_mode()`` (take
+  scores and gradients inside :func:`autograd_enabled`);
 * a captured layer that runs twice in one forward pass, or never, raises :class:`LayerError`.
 
 With ``grad=GradFrom.LAYERS`` no autograd graph is built for the part of the network before the
@@ -71,6 +72,17 @@ def model_state_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[n
     finally:
         for module, training in flags:
             module.training = training
+
+
+@contextmanager
+def autograd_enabled() -> Iterator[None]:
+    """Grad mode on, inference mode off, for the block; restored afterwards.
+
+    Scores and gradients taken from a :class:`LayerCapture` output must be computed inside this
+    block when the caller may be in ``torch.no_grad()`` or ``torch.inference_mode()``.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -87,8 +87,11 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> str:
             f"Layer name {layer!r} is ambiguous: it ends {len(matches)} module paths "
             f"({', '.join(matches[:6])}{', …' if len(matches) > 6 else ''}). Give the full dotted name."
         )
+    # Suggest by full path and by last component (so "bn4_l" suggests "backbone.bn4_1").
+    by_last = {n.rsplit(".", 1)[-1]: n for n in reversed(names)}
+    hint = close_matches(layer, names) or close_matches(layer, by_last)
     raise LayerError(
-        f"Unknown layer {layer!r} in {type(model).__name__}.{close_matches(layer, names)} "
+        f"Unknown layer {layer!r} in {type(model).__name__}.{hint} "
         "List the layers with `cnnviz layers MODEL`."
     )
 

@@ -1,0 +1,98 @@
+"""The one public verb: ``explain(model, images, method, layer=…, target=…)``."""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from cnnviz.hooks import as_model_input
+from cnnviz.layers import LayerRef, auto_cam_layer, resolve_layer
+from cnnviz.methods.base import Explanation, Method, check_finite, get_method
+from cnnviz.targets import TargetSpec
+
+if TYPE_CHECKING:
+    from cnnviz.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+_AUTO_LAYER: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def default_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """:func:`cnnviz.layers.auto_cam_layer`, remembered per model and input shape."""
+    per_model = _AUTO_LAYER.setdefault(model, {})
+    key = tuple(x.shape[1:])
+    if key not in per_model:
+        per_model[key] = auto_cam_layer(model, x[:1])
+    return per_model[key]
+
+
+def unpack_model(model: nn.Module | LoadedModel) -> tuple[nn.Module, Sequence[str] | None]:
+    """The ``nn.Module`` and class names of a module or a :class:`cnnviz.models.LoadedModel`."""
+    if isinstance(model, nn.Module):
+        return model, None
+    module = getattr(model, "module", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module or a cnnviz LoadedModel, got {type(model).__name__}"
+        )
+    return module, getattr(model, "class_names", None)
+
+
+def explain(
+    model: nn.Module | LoadedModel,
+    images: torch.Tensor,
+    method: str | Method = "gradcam",
+    *,
+    layer: LayerRef | None = None,
+    target: TargetSpec = None,
+    class_names: Sequence[str] | None = None,
+    **options: Any,
+) -> Explanation:
+    """Explain ``model``'s decision on a batch of preprocessed ``images``.
+
+    Args:
+        model: an ``nn.Module`` or a :class:`~cnnviz.models.LoadedModel` (which brings class names).
+        images: ``(N, C, H, W)`` or ``(C, H, W)``, already preprocessed; moved to the model's
+            device and dtype (float64 for a ``model.double()``).
+        method: a registry name (``cnnviz methods``) or a :class:`~cnnviz.methods.base.Method`.
+        layer: for CAM methods, a dotted name, unique suffix or module; default: the last
+            spatial layer (:func:`~cnnviz.layers.auto_cam_layer`, logged).
+        target: see :mod:`cnnviz.targets` (default: each image's predicted class).
+        class_names: names for class targets (taken from a LoadedModel when not given).
+        **options: method options, e.g. ``signed=True`` for saliency.
+
+    Returns:
+        An :class:`~cnnviz.methods.base.Explanation` with raw signed maps ``(N, T, h, w)``.
+
+    The model is left as found: its training flags, parameters' ``requires_grad`` and ``.grad``,
+    device and hooks.
+    """
+    module, names = unpack_model(model)
+    if class_names is None:
+        class_names = names
+    if isinstance(method, Method):
+        if options:
+            raise TypeError("Options go to the Method constructor when passing a Method object")
+        algorithm = method
+    else:
+        cls = get_method(method)
+        try:
+            algorithm = cls(**options)
+        except TypeError as e:
+            raise TypeError(f"Bad option for method {cls.name!r}: {e}") from e
+    x = as_model_input(module, images)
+    check_finite(x, "The input image batch")
+    resolved: str | None = None
+    if algorithm.needs_layer:
+        resolved = resolve_layer(module, layer) if layer is not None else default_layer(module, x)
+    elif layer is not None:
+        logger.info("%s works on the input; layer %r ignored", algorithm.title, layer)
+    return algorithm.explain(module, x, layer=resolved, target=target, class_names=class_names)

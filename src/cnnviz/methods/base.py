@@ -1,0 +1,197 @@
+"""The method core: the result type, the registry, and the shared forward/gradient passes.
+
+A method is a short class registered under a stable name. It supplies its own arithmetic and
+nothing else: hooks (:class:`cnnviz.hooks.LayerCapture`), targets (:mod:`cnnviz.targets`),
+validation and batching live here.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cnnviz.errors import CnnvizError, LayerError, NonFiniteError, close_matches
+from cnnviz.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.postprocess import Display, upsample
+from cnnviz.targets import Targets, TargetSpec, logits_of, resolve_targets
+
+
+class MethodNotFoundError(CnnvizError, ValueError):
+    """An unknown method name."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The immutable result of one method on one batch.
+
+    Attributes:
+        method: registry name of the method.
+        maps: raw, signed, un-normalised maps ``(N, T, h, w)`` on the model's device, detached;
+            ``h, w`` is the layer's resolution for CAMs and the input's for input-space methods.
+        layer: dotted name of the explained layer (``None`` for input-space methods).
+        targets: what was explained, ``T`` targets per image.
+        scores: ``(N, T)`` target scalars on the unperturbed input (pre-softmax logits for classes).
+        probabilities: ``(N, T)`` softmax probabilities for class targets, else ``None``.
+        input_size: ``(H, W)`` of the model input.
+        display: how the raw map is drawn by default (:class:`cnnviz.postprocess.Display`).
+        attributions: ``(N, T, C, H, W)`` per-channel input attributions for input-space methods.
+        extras: method-specific tensors (e.g. Integrated Gradients' completeness gap).
+    """
+
+    method: str
+    maps: torch.Tensor
+    layer: str | None
+    targets: Targets
+    scores: torch.Tensor
+    probabilities: torch.Tensor | None
+    input_size: tuple[int, int]
+    display: Display
+    attributions: torch.Tensor | None = None
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def upsampled(self) -> torch.Tensor:
+        """Raw maps bilinearly resized to the input resolution, ``(N, T, H, W)``."""
+        return upsample(self.maps, self.input_size)
+
+
+class Method(abc.ABC):
+    """Base of every explanation method; subclasses implement :meth:`explain` (or a family hook).
+
+    Class attributes say what the method is: ``name`` (registry key), ``title``, ``paper``,
+    ``summary`` (one line for ``cnnviz methods``), ``needs_layer`` and ``display``.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    paper: ClassVar[str]
+    summary: ClassVar[str]
+    needs_layer: ClassVar[bool] = False
+    display: Display = Display.POSITIVE  # an instance may change it (e.g. signed saliency)
+
+    @abc.abstractmethod
+    def explain(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        layer: str | None,
+        target: TargetSpec,
+        class_names: Sequence[str] | None,
+    ) -> Explanation:
+        """Explain ``model`` on the prepared batch ``x`` (on the model's device and dtype)."""
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator adding a method to the registry under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise RuntimeError(f"Method name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    """Registered method names, in registration order."""
+    _load_builtin_methods()
+    return list(_REGISTRY)
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``."""
+    _load_builtin_methods()
+    key = name.strip().lower().replace("_", "-")
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    raise MethodNotFoundError(
+        f"Unknown method {name!r}.{close_matches(key, _REGISTRY)} "
+        "List the methods with `cnnviz methods`."
+    )
+
+
+def _load_builtin_methods() -> None:
+    from cnnviz.methods import cam, gradients  # noqa: F401  (registration side effect)
+
+
+# -- shared passes --------------------------------------------------------------------------
+
+
+def check_finite(tensor: torch.Tensor, what: str) -> None:
+    """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or ±Inf."""
+    if not torch.isfinite(tensor).all():
+        raise NonFiniteError(
+            f"{what} contains NaN or infinite values; check the input image and the weights "
+            "(a model with NaN weights cannot be explained)."
+        )
+
+
+def probabilities_of(output: Any, targets: Targets) -> torch.Tensor | None:
+    """Softmax probabilities of class targets, ``(N, T)``; ``None`` for callable targets."""
+    if targets.indices is None:
+        return None
+    logits = logits_of(output).detach()
+    return logits.softmax(dim=1).gather(1, targets.indices.to(logits.device))
+
+
+@dataclass(frozen=True)
+class GradientPass:
+    """Result of one forward and ``T`` backward passes: the tensor differentiated against,
+    its gradient for each target, and what was explained."""
+
+    value: torch.Tensor  # the captured activation (N, C, h, w) or the input (N, C, H, W)
+    grads: tuple[torch.Tensor, ...]  # one (N, C, h, w) gradient per target t
+    targets: Targets
+    scores: torch.Tensor  # (N, T), detached
+    probabilities: torch.Tensor | None
+    activations: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+
+def gradient_pass(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    layer: str | None,
+    target: TargetSpec,
+    class_names: Sequence[str] | None,
+) -> GradientPass:
+    """Forward once and take ∂score_t/∂(layer output or input) for every target ``t``.
+
+    With a layer, the part of the network before it runs without autograd (see
+    :class:`~cnnviz.hooks.GradFrom`); gradients come from ``torch.autograd.grad``, so parameters'
+    ``.grad`` are never touched. Images are independent in eval mode, so the gradient of the
+    batch sum of scores gives every image's own gradient.
+    """
+    grad = GradFrom.LAYERS if layer is not None else GradFrom.INPUT
+    layers = [layer] if layer is not None else []
+    with autograd_enabled(), LayerCapture(model, layers, grad=grad) as capture:
+        output = capture.forward(x)
+        check_finite(logits_of(output).detach(), "The model output")
+        targets = resolve_targets(target, output, class_names)
+        scores = targets.scores(output)
+        value = capture.activations[layer] if layer is not None else capture.input
+        assert value is not None  # set by LayerCapture.forward
+        if not scores.requires_grad:
+            raise LayerError(
+                f"The target scores do not depend on layer {layer!r}; choose a layer that lies "
+                "on the path from the input to the output."
+            )
+        count = scores.shape[1]
+        grads = []
+        for t in range(count):
+            (g,) = torch.autograd.grad(
+                scores[:, t].sum(), value, retain_graph=t < count - 1, allow_unused=True
+            )
+            grads.append(torch.zeros_like(value) if g is None else g)
+    return GradientPass(
+        value=value.detach(),
+        grads=tuple(grads),
+        targets=targets,
+        scores=scores.detach(),
+        probabilities=probabilities_of(output, targets),
+    )
