@@ -1,0 +1,307 @@
+"""Written output: atomic PNG/NPY/JSON files, safe file names, and the versioned manifest.
+
+Every file is written to a temporary name in its destination folder, flushed to disk and renamed
+over the target with :func:`os.replace`, so a reader (or a crash) sees either the old file or the
+complete new one, never a half-written file. Each run's folder holds a ``manifest.json`` with a
+schema version, the library/torch/python versions, the model, method and layer, one entry per
+written item and one per failure; the HTML report is rendered from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import importlib
+import io
+import json
+import logging
+import os
+import platform
+import re
+import secrets
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cnnviz.errors import NonFiniteError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION: int = 1
+"""Version of the manifest layout; bumped on any incompatible change."""
+
+MANIFEST_NAME = "manifest.json"
+
+_MAX_STEM_CHARS = 100
+_MAX_STEM_BYTES = 200  # UTF-8; file names are limited to 255 bytes and suffixes get appended
+_WINDOWS_RESERVED = frozenset(
+    ["CON", "PRN", "AUX", "NUL"]
+    + [f"COM{i}" for i in range(1, 10)]
+    + [f"LPT{i}" for i in range(1, 10)]
+)
+
+
+# -- atomic writes ---------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    The parent folder is created if needed. On any failure the temporary file is removed and an
+    existing file at ``path`` is left untouched.
+    """
+    path = Path(path)
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename durable where the platform allows it (POSIX); best effort elsewhere."""
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        logger.debug("Could not fsync folder %s", folder)
+    finally:
+        os.close(fd)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a uint8 ``(H, W)`` gray or ``(H, W, 3)`` RGB image as PNG, atomically."""
+    from PIL import Image
+
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        got = f"dtype {image.dtype}" if isinstance(image, np.ndarray) else type(image).__name__
+        raise TypeError(f"write_png expects a uint8 NumPy image, got {got}; use render.to_uint8")
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] != 3):
+        raise ValueError(f"write_png expects shape (H, W) or (H, W, 3), got {image.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as ``.npy`` atomically; floating arrays are stored as float32."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"write_npy expects a NumPy array, got {type(array).__name__}")
+    if array.dtype.kind == "O":
+        raise TypeError("write_npy refuses object arrays (they would need pickle)")
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32, copy=False)
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_default(obj: object) -> object:
+    """JSON for the few non-JSON types our records hold: paths, enums, NumPy scalars/arrays."""
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def to_json_text(obj: object) -> str:
+    """``obj`` as cnnviz JSON text: indent 2, sorted keys, UTF-8, no NaN, no final newline."""
+    try:
+        text = json.dumps(
+            obj,
+            indent=2,
+            sort_keys=True,
+            ensure_ascii=False,
+            allow_nan=False,
+            default=_json_default,
+        )
+    except ValueError as e:
+        if "Out of range float" in str(e):
+            raise NonFiniteError(
+                f"Refusing to write NaN or infinity to JSON ({e}); "
+                "store non-finite values as null or fix their source."
+            ) from e
+        raise
+    return text
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write ``obj`` as JSON atomically (see :func:`to_json_text`, plus a final newline).
+
+    Nothing is written when ``obj`` cannot be serialised.
+    """
+    atomic_write_bytes(path, (to_json_text(obj) + "\n").encode("utf-8"))
+
+
+# -- file names ------------------------------------------------------------------------------
+
+
+def safe_stem(name: str) -> str:
+    """A file-name stem derived from untrusted input that is safe on every platform.
+
+    Keeps Unicode letters and digits and ``-``, ``_``, ``.``; every other run of characters (path
+    separators, spaces, control characters, …) becomes one ``_``. Runs of dots collapse to one,
+    leading ``-._`` and trailing ``._`` are stripped (no hidden files, no ``..``, no option-like
+    names), Windows device names get a ``_`` prefix, and the result is at most 100 characters and
+    200 UTF-8 bytes. Never empty: ``"image"`` is the fallback.
+
+    Example:
+        >>> safe_stem("../../etc/passwd")
+        'etc_passwd'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    text = unicodedata.normalize("NFC", name)
+    text = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+    text = re.sub(r"_+", "_", text)
+    text = re.sub(r"\.{2,}", ".", text)
+    text = text.lstrip("-._")
+    if text.split(".")[0].upper() in _WINDOWS_RESERVED:
+        text = "_" + text
+    text = text[:_MAX_STEM_CHARS]
+    while len(text.encode("utf-8")) > _MAX_STEM_BYTES:
+        text = text[:-1]
+    return text.rstrip("._") or "image"
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """:func:`safe_stem` of each path's stem, made unique: ``a.jpg``, ``a.png`` → ``a``, ``a-2``.
+
+    Uniqueness ignores case (``A`` and ``a`` would collide on macOS and Windows). A suffixed name
+    never takes the plain name of another input (``a-2.jpg`` keeps ``a-2``).
+    """
+    bases = [safe_stem(Path(p).stem) for p in paths]
+    plain = {b.casefold() for b in bases}
+    used: set[str] = set()
+    result: list[str] = []
+    for base in bases:
+        candidate, k = base, 2
+        while candidate.casefold() in used or (candidate != base and candidate.casefold() in plain):
+            candidate, k = f"{base}-{k}", k + 1
+        used.add(candidate.casefold())
+        result.append(candidate)
+    return result
+
+
+# -- manifest --------------------------------------------------------------------------------
+
+
+def _version(package: str) -> str:
+    """``package.__version__`` (which carries local tags such as ``+cu130``), else its metadata."""
+    try:
+        return str(importlib.import_module(package).__version__)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_info() -> dict[str, str]:
+    """Versions that make a result reproducible: cnnviz, torch, torchvision, python, platform."""
+    from cnnviz import __version__
+
+    return {
+        "cnnviz": __version__,
+        "torch": _version("torch"),
+        "torchvision": _version("torchvision"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def utc_now_iso() -> str:
+    """Now as an ISO-8601 UTC timestamp with seconds (``2025-01-31T12:00:00+00:00``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    """What one cnnviz run wrote, and with what: the content of ``manifest.json``.
+
+    ``items`` holds one record per input (its files, target, scores …) and ``failures`` one per
+    input that could not be processed (``{"input": …, "error": …}``). ``created`` and
+    ``environment`` are filled in when not given.
+    """
+
+    schema_version: int = SCHEMA_VERSION
+    created: str = field(default_factory=utc_now_iso)
+    command: str
+    model: dict[str, Any]
+    method: str | None = None
+    layer: str | None = None
+    items: tuple[dict[str, Any], ...] = ()
+    failures: tuple[dict[str, Any], ...] = ()
+    environment: dict[str, str] = field(default_factory=environment_info)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.command, str) or not self.command:
+            raise ValueError(f"Manifest.command must be a non-empty str, got {self.command!r}")
+        for name in ("model", "environment", "extra"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise TypeError(f"Manifest.{name} must be a dict, got {type(getattr(self, name))}")
+        for name in ("items", "failures"):
+            records = tuple(getattr(self, name))
+            if not all(isinstance(r, Mapping) for r in records):
+                raise TypeError(f"Manifest.{name} must be a sequence of dicts")
+            object.__setattr__(self, name, records)
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready deep copy (tuples become lists)."""
+        result: dict[str, object] = json.loads(to_json_text(dataclasses.asdict(self)))
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """Read back :meth:`to_dict` output; unknown keys are ignored, newer schemas refused."""
+        version = data.get("schema_version")
+        if not isinstance(version, int) or version > SCHEMA_VERSION:
+            raise ValueError(
+                f"Manifest schema version {version!r} is not supported (this cnnviz reads up to "
+                f"{SCHEMA_VERSION}); upgrade cnnviz."
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def write_manifest(out_dir: Path, manifest: Manifest) -> Path:
+    """Write ``out_dir/manifest.json`` atomically; returns its path."""
+    path = Path(out_dir) / MANIFEST_NAME
+    write_json(path, manifest.to_dict())
+    return path
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Load a ``manifest.json`` (or the one inside a folder) written by :func:`write_manifest`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,138 @@
+"""The command line: outputs, manifest, JSON, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnnviz.cli import main
+from cnnviz.images import bundled_samples
+
+
+def _coffee() -> str:
+    return str(next(p for p in bundled_samples() if p.name == "coffee.jpg"))
+
+
+def test_help_is_instant_because_nothing_heavy_is_imported() -> None:
+    code = (
+        "import sys, cnnviz, cnnviz.cli; cnnviz.cli.build_parser(); "
+        "print(sorted(m for m in ('torch', 'numpy', 'matplotlib', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert main(["--help"]) == 0
+
+
+def test_gradcam_writes_overlays_raw_maps_and_manifest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["-q", "gradcam", _coffee(), "--target", "espresso", "--out", str(tmp_path), "--json"]
+    )
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert printed == manifest
+    assert manifest["schema_version"] == 1
+    assert manifest["method"] == "gradcam" and manifest["layer"] == "bn2"
+    assert manifest["model"]["name"] == "efficientnet_lite0"
+    assert manifest["model"]["preprocessing"]["interpolation"] == "bicubic"
+    assert set(manifest["environment"]) >= {"cnnviz", "torch", "python"}
+    (item,) = manifest["items"]
+    assert item["target_index"] == 967 and item["target_name"] == "espresso"
+    assert 0.5 < item["probability"] <= 1.0
+    layer_map = np.load(tmp_path / item["files"]["raw_layer"])
+    input_map = np.load(tmp_path / item["files"]["raw_input"])
+    assert layer_map.dtype == np.float32 and layer_map.shape == (7, 7)
+    assert input_map.dtype == np.float32 and input_map.shape == (224, 224)
+    assert (layer_map < 0).any() or (layer_map > 0).any()
+    assert (tmp_path / item["files"]["overlay"]).stat().st_size > 1000
+
+
+def test_top_k_and_saliency(tmp_path: Path) -> None:
+    assert main(["-q", "gradcam", _coffee(), "--top-k", "3", "--out", str(tmp_path / "g")]) == 0
+    manifest = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert [i["target_rank"] for i in manifest["items"]] == [0, 1, 2]
+    assert manifest["items"][0]["target_name"] == "espresso"
+    scores = [i["score"] for i in manifest["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert main(["-q", "saliency", _coffee(), "--out", str(tmp_path / "s")]) == 0
+    (item,) = json.loads((tmp_path / "s" / "manifest.json").read_text())["items"]
+    saliency = np.load(tmp_path / "s" / item["files"]["raw_layer"])
+    assert saliency.shape == (224, 224) and saliency.min() >= 0 and saliency.max() > 0
+
+
+def test_filters_and_activations(tmp_path: Path) -> None:
+    assert main(["-q", "filters", "--out", str(tmp_path / "f")]) == 0
+    manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
+    assert manifest["layer"] == "conv_stem"
+    assert manifest["items"][0]["weight_shape"] == [32, 3, 3, 3]
+    code = main(
+        [
+            "-q",
+            "activations",
+            _coffee(),
+            "--layers",
+            "conv_stem,bn2",
+            "--channels",
+            "8",
+            "--order",
+            "top",
+            "--out",
+            str(tmp_path / "a"),
+        ]
+    )
+    assert code == 0
+    items = json.loads((tmp_path / "a" / "manifest.json").read_text())["items"]
+    assert [i["layer"] for i in items] == ["conv_stem", "bn2"]
+    assert items[0]["shape"] == [1, 32, 112, 112] and items[1]["shape"] == [1, 1280, 7, 7]
+    raw = np.load(tmp_path / "a" / items[1]["files"]["raw"])
+    top = np.argsort(-raw.mean(axis=(1, 2)))[:8]
+    assert items[1]["channels"] == top.tolist()
+
+
+def test_summary_json_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["summary", "vgg11", "--weights", "random", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["total_params"] == 132_863_336
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["summary", "efficientnet_lite"], 2, "efficientnet_lite0"),
+        (["gradcam", "{coffee}", "--layer", "bn_2", "--out", "{out}"], 2, "bn2"),
+        (["gradcam", "{coffee}", "--target", "espreso", "--out", "{out}"], 2, "espresso"),
+        (["gradcam", "{coffee}", "--target", "1000", "--out", "{out}"], 2, "out of range"),
+        (["gradcam", "/no/such/file.jpg", "--out", "{out}"], 2, "file.jpg"),
+        (["gradcam", "{coffee}", "--alpha", "3", "--out", "{out}"], 2, "alpha"),
+    ],
+)
+def test_bad_input_gives_one_line_and_an_exit_code(
+    argv: list[str], code: int, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [a.format(coffee=_coffee(), out=tmp_path) for a in argv]
+    assert main(["-q", *argv]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cnnviz: error:"), err
+    assert message in err[0]
+    assert "Traceback" not in err[0]
+
+
+def test_folder_with_a_bad_file_finishes_and_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(Path(_coffee()).read_bytes())
+    (folder / "b.jpg").write_text("text, not a JPEG")
+    assert main(["-q", "gradcam", str(folder), "--out", str(tmp_path / "o")]) == 1
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert len(manifest["items"]) == 1
+    assert [Path(f["input"]).name for f in manifest["failures"]] == ["b.jpg"]
+    assert "b.jpg" in capsys.readouterr().err

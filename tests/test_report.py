@@ -1,0 +1,171 @@
+"""`cnnviz report`: structure, escaping, offline-ness, and a real render in headless Chromium."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cnnviz.cli import main
+from cnnviz.images import bundled_samples
+
+SECTIONS = (
+    "predictions",
+    "grad-cam",
+    "saliency",
+    "activations",
+    "filters",
+    "summary",
+    "layers",
+    "manifest",
+)
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: list[str] = []
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.append(str(a["id"]))
+        if tag == "img":
+            self.images.append(str(a.get("src")))
+        if tag in ("a", "link") and a.get("href"):
+            self.links.append(str(a["href"]))
+        if tag == "script":
+            self.scripts += 1
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A report over the two bundled photos plus a hostile file name and a broken file."""
+    folder = tmp_path_factory.mktemp("inputs")
+    for sample in bundled_samples():
+        shutil.copy(sample, folder / sample.name)
+    shutil.copy(bundled_samples()[0], folder / "<img src=x onerror=alert(1)> & ü.jpg")
+    (folder / "broken.jpg").write_text("not an image")
+    out = tmp_path_factory.mktemp("report")
+    code = main(["--quiet", "report", str(folder), "--out", str(out)])
+    assert code == 1  # finished, but one input failed
+    return out
+
+
+def _parse(path: Path) -> _Collector:
+    collector = _Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    return collector
+
+
+def test_pages_have_every_section_and_decodable_images(report_dir: Path) -> None:
+    pages = sorted(p for p in report_dir.glob("*.html") if p.name != "index.html")
+    assert len(pages) == 3
+    for page in pages:
+        parsed = _parse(page)
+        assert set(SECTIONS) <= set(parsed.ids), page.name
+        assert parsed.scripts == 0
+        # top-3 Grad-CAM, saliency overlay + map, input, 3 activation grids, filters
+        assert len(parsed.images) >= 10
+        for src in parsed.images:
+            assert src.startswith("data:image/png;base64,")
+            picture = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+            assert picture.width > 0 and picture.height > 0
+        for href in parsed.links:
+            assert not re.match(r"^(https?:)?//", href), href  # nothing from the network
+            if not href.startswith("#"):
+                assert (report_dir / href).exists()
+
+
+def test_predictions_and_manifest_data(report_dir: Path) -> None:
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert manifest["schema_version"] == 1
+    by_name = {Path(item["input"]).name: item for item in manifest["items"]}
+    assert by_name["coffee.jpg"]["predictions"][0]["name"] == "espresso"
+    probs = [p["probability"] for p in by_name["coffee.jpg"]["predictions"]]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+    assert by_name["coffee.jpg"]["gradcam_layer"] == "bn2"
+    assert [f["input"].endswith("broken.jpg") for f in manifest["failures"]] == [True]
+
+
+def test_text_from_file_names_is_escaped(report_dir: Path) -> None:
+    hostile = [p for p in report_dir.glob("*.html") if "alert" in p.name]
+    assert len(hostile) == 1
+    html = hostile[0].read_text(encoding="utf-8")
+    assert "<img src=x" not in html
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; ü.jpg" in html
+    index = (report_dir / "index.html").read_text(encoding="utf-8")
+    assert "<img src=x" not in index and "broken.jpg" in index
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+PROBE = """<script>
+var cnnvizErrors = [];
+window.addEventListener('error', function (e) { cnnvizErrors.push(String(e.message || e.type)); }, true);
+document.addEventListener('securitypolicyviolation', function (e) { cnnvizErrors.push('csp ' + e.blockedURI); });
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
+  document.body.setAttribute('data-probe', JSON.stringify({total: imgs.length, broken: broken, errors: cnnvizErrors}));
+});
+</script>"""
+
+
+@pytest.mark.browser
+def test_report_renders_in_headless_chromium(report_dir: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip(
+            "Chromium is not installed and could not be installed (make test tries apt-get)"
+        )
+    page = next(p for p in report_dir.glob("coffee*.html"))
+    html = page.read_text(encoding="utf-8")
+    # Same CSP plus permission for the probe script only: any network load is still blocked.
+    html = html.replace(
+        "style-src 'unsafe-inline'", "style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+    )
+    probe_page = tmp_path / "probe.html"
+    probe_page.write_text(html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=5000",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            probe_page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    match = re.search(r"data-probe=\"([^\"]*)\"", result.stdout)
+    assert match, result.stderr[-2000:]
+    probe = json.loads(match.group(1).replace("&quot;", '"'))
+    assert probe["total"] >= 10
+    assert probe["broken"] == 0
+    assert probe["errors"] == []
+    assert "Uncaught" not in result.stderr
