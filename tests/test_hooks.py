@@ -169,7 +169,12 @@ def test_layer_names_aliases_and_close_matches() -> None:
     with pytest.raises(LayerError, match="bn4_1"):
         resolve_layer(model, "bn4_l")
     with pytest.raises(LayerError, match="ambiguous"):
-        resolve_layer(nn.ModuleDict({"a": nn.ModuleDict({"act": nn.ReLU()}), "b": nn.ModuleDict({"act": nn.ReLU()})}), "act")
+        resolve_layer(
+            nn.ModuleDict(
+                {"a": nn.ModuleDict({"act": nn.ReLU()}), "b": nn.ModuleDict({"act": nn.ReLU()})}
+            ),
+            "act",
+        )
 
 
 def test_auto_cam_layer_choices() -> None:

@@ -1,0 +1,496 @@
+"""Model summary (parameters, output shapes, mult-adds per module) and the layer table.
+
+Ideas from torchinfo, our own code. Everything here leaves the model exactly as found: one forward
+pass on a zero input under ``torch.no_grad()`` in eval mode (each module's ``training`` flag is
+restored by :func:`cnnviz.hooks.model_state_guard`), hooks removed in ``finally``, nothing moved to
+another device, ``requires_grad`` and ``.grad`` untouched. A model on the ``meta`` device works
+too, so a large architecture can be summarised without allocating its weights.
+
+**Parameters are counted by tensor identity.** A parameter tensor shared by several modules (tied
+weights) is counted once, and attributed to the *first* module in ``named_modules()`` order that
+registers it directly; a module instance used at two places in the tree appears once, at its first
+name. Trainable means ``requires_grad``; frozen is the rest.
+
+**Mult-adds** (multiply-accumulate operations) are counted per image, i.e. for a batch of one, and
+per call (a module run twice counts twice):
+
+* ``Conv1d/2d/3d``: ``numel(output) · (C_in / groups) · prod(kernel_size)``, i.e. for a 2-D
+  convolution ``H_out · W_out · C_out · (C_in / groups) · k_h · k_w``;
+* ``ConvTranspose1d/2d/3d``: ``numel(input) · (C_out / groups) · prod(kernel_size)``;
+* ``Linear``: ``numel(output) · in_features`` (``in · out`` for one feature vector);
+* everything else — biases, normalisation, activations, pooling, element-wise operations and
+  matrix products done with functional calls inside ``forward`` — counts 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from cnnviz.errors import CnnvizError
+from cnnviz.hooks import ForwardError, model_device, model_dtype, model_state_guard
+from cnnviz.layers import alias_of, trace_layers
+
+OWN = "<own>"
+"""Last name component of a row holding the parameters a parent registers next to its children."""
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One row of a :class:`ModelSummary`: a module (or a parent's own parameters).
+
+    ``params``/``trainable``/``frozen``/``mult_adds`` cover the whole subtree of the module.
+    ``output_shape`` is the shape of the module's first output, batch dimension (1) included;
+    ``None`` when the output is not a single tensor or the module never ran.
+    """
+
+    name: str
+    type: str
+    depth: int
+    output_shape: tuple[int, ...] | None
+    params: int
+    trainable: int
+    frozen: int
+    mult_adds: int
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        shape = list(self.output_shape) if self.output_shape is not None else None
+        return {
+            "name": self.name,
+            "type": self.type,
+            "depth": self.depth,
+            "output_shape": shape,
+            "params": self.params,
+            "trainable": self.trainable,
+            "frozen": self.frozen,
+            "mult_adds": self.mult_adds,
+        }
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """The result of :func:`summarize`; ``input_size`` is one image, without the batch dimension."""
+
+    rows: tuple[SummaryRow, ...]
+    total_params: int
+    trainable_params: int
+    frozen_params: int
+    total_mult_adds: int
+    input_size: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (for manifests and the report)."""
+        return {
+            "input_size": list(self.input_size),
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "frozen_params": self.frozen_params,
+            "total_mult_adds": self.total_mult_adds,
+            "rows": [row.to_dict() for row in self.rows],
+        }
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """``(trainable, frozen)`` parameter counts of ``module``, shared tensors counted once.
+
+    Example:
+        >>> from torch import nn
+        >>> a, b = nn.Linear(4, 4), nn.Linear(4, 4)
+        >>> b.weight = a.weight  # tied
+        >>> count_parameters(nn.Sequential(a, b))
+        (24, 0)
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"Expected a torch.nn.Module, got {type(module).__name__}")
+    trainable = frozen = 0
+    for parameter in module.parameters():  # deduplicated by identity
+        if parameter.requires_grad:
+            trainable += _numel(parameter)
+        else:
+            frozen += _numel(parameter)
+    return trainable, frozen
+
+
+def summarize(
+    model: nn.Module,
+    input_size: Sequence[int] = (3, 224, 224),
+    *,
+    depth: int | None = None,
+    device: torch.device | str | None = None,
+) -> ModelSummary:
+    """Parameters, output shapes and mult-adds of ``model``'s modules, down to ``depth``.
+
+    Rows, in ``named_modules()`` order: the model itself (depth 0, name ``""``), then every module
+    of depth ≤ ``depth`` (1 = direct children; ``None`` = all). Each row counts its whole subtree.
+    A module whose children are shown and that registers parameters of its own (or has
+    mult-adds of its own) gets an extra row right after it, named ``"<name>.<own>"`` (``"<own>"``
+    for the model), one level deeper, holding exactly those.
+
+    The rows add up: for every level L, the rows of depth ≤ L that have no child row of depth
+    ≤ L (the rows of depth L plus the shallower leaves) partition the parameters, so their
+    ``params``, ``trainable``, ``frozen`` and ``mult_adds`` sum exactly to the totals.
+
+    Args:
+        model: the model; left exactly as found (see the module docstring).
+        input_size: the shape of one input without the batch dimension, e.g. ``(3, 224, 224)``.
+        depth: deepest level shown, ``None`` for all.
+        device: where to run; must be the model's device (default), which is never changed.
+
+    Example:
+        >>> from cnnviz.models.vgg import VGG11
+        >>> with torch.device("meta"):
+        ...     model = VGG11()
+        >>> summarize(model, depth=1).total_params
+        132863336
+
+    Raises:
+        ForwardError: the forward pass fails on a zero input of this size.
+        ValueError: bad ``input_size``/``depth``, or ``device`` differs from the model's.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    size = _checked_size(input_size)
+    if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
+        raise ValueError(f"depth must be None or an integer ≥ 0, got {depth!r}")
+    run_on = _checked_device(model, device)
+    modules = list(model.named_modules())
+    own = _own_parameters(modules)
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    own_mult_adds = dict.fromkeys((name for name, _ in modules), 0)
+
+    def make_hook(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if name not in shapes:
+                shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            own_mult_adds[name] += _mult_adds(module, inputs, output)
+
+        return hook
+
+    example = torch.zeros((1, *size), dtype=model_dtype(model), device=run_on)
+    handles: list[RemovableHandle] = []
+    try:
+        for name, module in modules:
+            handles.append(module.register_forward_hook(make_hook(name)))
+        _forward(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+    names = [name for name, _ in modules]
+    types = {name: type(module).__name__ for name, module in modules}
+    trainable = _subtree_sums(names, {n: t for n, (t, _) in own.items()})
+    frozen = _subtree_sums(names, {n: f for n, (_, f) in own.items()})
+    mult_adds = _subtree_sums(names, own_mult_adds)
+    has_children = {name.rpartition(".")[0] for name in names if name}
+
+    rows: list[SummaryRow] = []
+    for name in names:
+        level = _depth(name)
+        if depth is not None and level > depth:
+            continue
+        rows.append(
+            SummaryRow(
+                name=name,
+                type=types[name],
+                depth=level,
+                output_shape=shapes.get(name),
+                params=trainable[name] + frozen[name],
+                trainable=trainable[name],
+                frozen=frozen[name],
+                mult_adds=mult_adds[name],
+            )
+        )
+        expanded = name in has_children and (depth is None or level < depth)
+        own_t, own_f = own[name]
+        if expanded and (own_t + own_f or own_mult_adds[name]):
+            rows.append(
+                SummaryRow(
+                    name=f"{name}.{OWN}" if name else OWN,
+                    type="(own parameters)",
+                    depth=level + 1,
+                    output_shape=None,
+                    params=own_t + own_f,
+                    trainable=own_t,
+                    frozen=own_f,
+                    mult_adds=own_mult_adds[name],
+                )
+            )
+    return ModelSummary(
+        rows=tuple(rows),
+        total_params=trainable[""] + frozen[""],
+        trainable_params=trainable[""],
+        frozen_params=frozen[""],
+        total_mult_adds=mult_adds[""],
+        input_size=size,
+    )
+
+
+def format_summary(summary: ModelSummary) -> str:
+    """A fixed-width text table of ``summary`` with thousands separators and a totals block."""
+    header = ("Layer (type)", "Output shape", "Params", "Trainable", "Mult-adds")
+    body = [
+        (
+            _row_label(row),
+            _shape_text(row.output_shape),
+            f"{row.params:,}",
+            _trainable_text(row),
+            f"{row.mult_adds:,}",
+        )
+        for row in summary.rows
+    ]
+    table = _table(header, body, right_aligned={2, 4})
+    width = max(len(line) for line in table)
+    totals = [
+        ("Total params", f"{summary.total_params:,}", _human(summary.total_params)),
+        ("Trainable params", f"{summary.trainable_params:,}", ""),
+        ("Frozen params", f"{summary.frozen_params:,}", ""),
+        ("Mult-adds per image", f"{summary.total_mult_adds:,}", _human(summary.total_mult_adds)),
+    ]
+    number_width = max(len(value) for _, value, _ in totals)
+    lines = [table[0], "=" * width, *table[1:], "=" * width]
+    for label, value, human in totals:
+        suffix = f"  ({human})" if human else ""
+        lines.append(f"{label + ':':<21}{value:>{number_width}}{suffix}")
+    lines.append(f"{'Input size:':<21}{_shape_text(summary.input_size)} (one image)")
+    lines.append("Shared (tied) parameters are counted once, on the first module that owns them.")
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One module in :func:`layer_table`.
+
+    ``alias`` is the shortest unique suffix that names the layer too (``None`` when the full name
+    is already the shortest); ``output_shape`` includes the batch dimension (1) and is ``None``
+    when the output is not one tensor, the module did not run, or no input size was given;
+    ``params`` covers the module's subtree, counted as in :func:`summarize`.
+    """
+
+    name: str
+    alias: str | None
+    type: str
+    output_shape: tuple[int, ...] | None
+    params: int
+
+
+def layer_table(
+    model: nn.Module, input_size: Sequence[int] | None = (3, 224, 224)
+) -> list[LayerRow]:
+    """Every named module of ``model`` (the root excluded) in definition order.
+
+    Output shapes come from one forward pass on a zero input of ``input_size`` (one image,
+    without the batch dimension; for a module that runs more than once, its first call);
+    ``input_size=None`` skips the forward pass and leaves every shape ``None``. The model is left
+    as found, as in :func:`summarize`.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    if input_size is not None:
+        size = _checked_size(input_size)
+        example = torch.zeros((1, *size), dtype=model_dtype(model), device=model_device(model))
+        try:
+            calls = trace_layers(model, example)
+        except CnnvizError:
+            raise
+        except Exception as e:
+            raise _forward_error(model, example, e) from e
+        for call in calls:
+            shapes.setdefault(call.name, call.output_shape)
+    modules = list(model.named_modules())
+    names = [name for name, _ in modules]
+    own = _own_parameters(modules)
+    params = _subtree_sums(names, {name: t + f for name, (t, f) in own.items()})
+    return [
+        LayerRow(name, alias_of(model, name), type(module).__name__, shapes.get(name), params[name])
+        for name, module in modules
+        if name
+    ]
+
+
+def format_layer_table(rows: list[LayerRow]) -> str:
+    """A fixed-width text table of :func:`layer_table` rows (params with thousands separators)."""
+    header = ("#", "Layer", "Alias", "Type", "Output shape", "Params")
+    body = [
+        (
+            str(index),
+            row.name,
+            row.alias or "",
+            row.type,
+            _shape_text(row.output_shape),
+            f"{row.params:,}",
+        )
+        for index, row in enumerate(rows, start=1)
+    ]
+    table = _table(header, body, right_aligned={0, 5})
+    width = max(len(line) for line in table)
+    return "\n".join([table[0], "-" * width, *table[1:]]) + "\n"
+
+
+# -- counting ------------------------------------------------------------------------------------
+
+
+def _numel(parameter: torch.Tensor) -> int:
+    if nn.parameter.is_lazy(parameter):
+        raise ValueError(
+            "The model has uninitialised (lazy) parameters; run one forward pass before "
+            "counting its parameters."
+        )
+    return parameter.numel()
+
+
+def _own_parameters(modules: list[tuple[str, nn.Module]]) -> dict[str, tuple[int, int]]:
+    """(trainable, frozen) registered directly on each module; shared tensors go to the first."""
+    seen: set[int] = set()
+    own: dict[str, tuple[int, int]] = {}
+    for name, module in modules:
+        trainable = frozen = 0
+        for parameter in module.parameters(recurse=False):
+            if id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if parameter.requires_grad:
+                trainable += _numel(parameter)
+            else:
+                frozen += _numel(parameter)
+        own[name] = (trainable, frozen)
+    return own
+
+
+def _self_and_ancestors(name: str) -> Iterator[str]:
+    yield name
+    while name:
+        name = name.rpartition(".")[0]
+        yield name
+
+
+def _subtree_sums(names: list[str], own: dict[str, int]) -> dict[str, int]:
+    totals = dict.fromkeys(names, 0)
+    for name in names:
+        for ancestor in _self_and_ancestors(name):
+            totals[ancestor] += own[name]
+    return totals
+
+
+def _depth(name: str) -> int:
+    return 0 if not name else name.count(".") + 1
+
+
+def _mult_adds(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> int:
+    """Multiply-accumulates of one call (formulas in the module docstring)."""
+    if not isinstance(output, torch.Tensor):
+        return 0
+    if isinstance(module, _CONV):
+        per_output = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        return output.numel() * per_output
+    if isinstance(module, _CONV_TRANSPOSE) and inputs and isinstance(inputs[0], torch.Tensor):
+        per_input = (module.out_channels // module.groups) * math.prod(module.kernel_size)
+        return inputs[0].numel() * per_input
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    return 0
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+def _checked_size(input_size: Sequence[int]) -> tuple[int, ...]:
+    if isinstance(input_size, str | bytes) or not isinstance(input_size, Sequence):
+        raise TypeError(
+            f"input_size must be a sequence of ints such as (3, 224, 224), got {input_size!r}"
+        )
+    size = tuple(input_size)
+    if not size or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ValueError(
+            f"input_size must be positive ints for one input without the batch dimension, "
+            f"e.g. (3, 224, 224); got {input_size!r}"
+        )
+    return size
+
+
+def _checked_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    actual = model_device(model)
+    if device is None:
+        return actual
+    wanted = torch.device(device)
+    if wanted.type != actual.type or (wanted.index is not None and wanted.index != actual.index):
+        raise ValueError(
+            f"The model is on {actual}, not {wanted}; cnnviz never moves a model. Move it first "
+            f"(model.to({str(wanted)!r})) or leave device=None."
+        )
+    return actual
+
+
+def _forward(model: nn.Module, example: torch.Tensor) -> None:
+    with model_state_guard(model), torch.no_grad():
+        try:
+            model(example)
+        except CnnvizError:
+            raise
+        except Exception as e:
+            raise _forward_error(model, example, e) from e
+
+
+def _forward_error(model: nn.Module, example: torch.Tensor, error: Exception) -> ForwardError:
+    detail = " ".join(str(error).split())
+    return ForwardError(
+        f"The forward pass of {type(model).__name__} failed on a zero input of shape "
+        f"{tuple(example.shape)} ({type(error).__name__}: {detail}); input_size is one input "
+        "without the batch dimension, e.g. (3, 224, 224): check it fits the model."
+    )
+
+
+# -- text ----------------------------------------------------------------------------------------
+
+
+def _row_label(row: SummaryRow) -> str:
+    indent = "  " * row.depth
+    if not row.name:
+        return row.type
+    if row.name.endswith(OWN):
+        return f"{indent}{row.name}"
+    return f"{indent}{row.name} ({row.type})"
+
+
+def _trainable_text(row: SummaryRow) -> str:
+    if row.params == 0:
+        return ""
+    if row.frozen == 0:
+        return "yes"
+    return "no" if row.trainable == 0 else "partial"
+
+
+def _shape_text(shape: tuple[int, ...] | None) -> str:
+    return "—" if shape is None else "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _human(count: int) -> str:
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.2f} {unit}"
+    return ""
+
+
+def _table(
+    header: tuple[str, ...], body: Sequence[tuple[str, ...]], *, right_aligned: set[int]
+) -> list[str]:
+    """Header line and body lines, columns padded to their widest cell and joined by 3 spaces."""
+    widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
+    lines = []
+    for cells in [header, *body]:
+        padded = [
+            cell.rjust(width) if i in right_aligned else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
+        ]
+        lines.append("   ".join(padded).rstrip())
+    return lines
