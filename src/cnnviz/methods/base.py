@@ -116,7 +116,14 @@ def get_method(name: str) -> type[Method]:
 
 
 def _load_builtin_methods() -> None:
-    from cnnviz.methods import cam, gradients  # noqa: F401  (registration side effect)
+    # Registration is an import side effect; the order here is the order `cnnviz methods` lists.
+    from cnnviz.methods import (  # noqa: F401
+        cam,
+        cam_perturbation,
+        gradients,
+        guided,
+        perturbation,
+    )
 
 
 # -- shared passes --------------------------------------------------------------------------
