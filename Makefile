@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 DEMO_OUT ?= cnnviz-demo
 
-.PHONY: demo test lint typecheck unit install dev clean
+.PHONY: demo test lint typecheck unit install dev clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,8 @@ dev: $(VENV)/.dev-installed
 
 demo: $(VENV)/.installed
 	$(BIN)/cnnviz report --demo --out $(DEMO_OUT)
+	@echo "Open $(DEMO_OUT)/index.html in a browser."
+
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests examples benchmarks
@@ -34,8 +36,15 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.dev-installed
+unit: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest
+
+# Headless Chromium for the report-rendering test (Debian's package). Best effort: when it
+# cannot be installed, that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "chromium could not be installed; the browser test will be skipped"
 
 test: lint typecheck unit
 
