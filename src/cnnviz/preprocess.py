@@ -1,16 +1,35 @@
-"""Model preprocessing: how an RGB image becomes the tensor a model expects."""
+"""Model preprocessing: how an RGB image becomes the tensor a model expects.
+
+The pipeline is timm's evaluation transform, written out: resize (shorter side, or both sides for
+a non-square input), centre-crop to ``input_size``, scale to ``[0, 1]``, normalise per channel.
+:func:`display_image` stops before the scaling, so overlays are drawn on exactly the pixels the
+model saw; :func:`denormalize` undoes the normalisation of a tensor.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# PIL resampling filters that torchvision's InterpolationMode names.
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize, centre-crop and normalise settings (timm's ``pretrained_cfg`` vocabulary).
 
-    The image is resized so its shorter side is ``round(input_size / crop_pct)`` with
-    ``interpolation``, centre-cropped to ``input_size`` and normalised with ``mean``/``std``.
+    The image is resized so its shorter side is ``floor(input_size / crop_pct)`` with
+    ``interpolation`` (timm's rule; both sides are resized to ``floor(side / crop_pct)`` when
+    ``input_size`` is not square), centre-cropped to ``input_size`` (height, width) and
+    normalised with ``mean``/``std``.
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -18,6 +37,31 @@ class Preprocessing:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if len(self.input_size) != 2 or any(
+            not isinstance(s, int) or s < 1 for s in self.input_size
+        ):
+            raise ValueError(
+                f"input_size must be (height, width) positive integers, got {self.input_size!r}"
+            )
+        if not 0 < self.crop_pct <= 1 or not math.isfinite(self.crop_pct):
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(
+                f"mean and std need 3 values (R, G, B), got {self.mean!r} and {self.std!r}"
+            )
+        if any(not math.isfinite(s) or s <= 0 for s in self.std) or not all(
+            math.isfinite(m) for m in self.mean
+        ):
+            raise ValueError(
+                f"std must be finite and positive, mean finite; got {self.mean!r}, {self.std!r}"
+            )
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form for manifests."""
@@ -28,3 +72,79 @@ class Preprocessing:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+    @property
+    def resize_size(self) -> tuple[int, ...]:
+        """The resize target: ``(shorter side,)`` for a square input, else ``(height, width)``.
+
+        ``floor(side / crop_pct)`` as timm computes it; a quotient within 1e-6 of a whole number
+        is that number, so torchvision's ``crop / resize`` ratios (224/232) come back exactly.
+        """
+        sides = [_scaled(side, self.crop_pct) for side in self.input_size]
+        height, width = self.input_size
+        return (sides[0],) if height == width else (sides[0], sides[1])
+
+
+def _scaled(side: int, crop_pct: float) -> int:
+    exact = side / crop_pct
+    nearest = round(exact)
+    return nearest if abs(exact - nearest) < 1e-6 else math.floor(exact)
+
+
+def display_image(image: Image.Image, prep: Preprocessing) -> Image.Image:
+    """The resized and centre-cropped RGB image: the pixels the model sees, before scaling.
+
+    Its size is ``prep.input_size`` (height, width), the size of the model input, so maps
+    upsampled to the input can be drawn on it directly. Non-RGB images are converted to RGB.
+    """
+    from PIL import Image as PILImage
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
+
+    if not isinstance(image, PILImage.Image):
+        raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}")
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    mode = InterpolationMode(prep.interpolation)
+    resized = TF.resize(image, list(prep.resize_size), interpolation=mode, antialias=True)
+    cropped = TF.center_crop(resized, list(prep.input_size))
+    if not isinstance(cropped, PILImage.Image):  # torchvision returns the input's type
+        raise TypeError(f"torchvision returned {type(cropped).__name__} for a PIL image")
+    return cropped
+
+
+def preprocess_image(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """The normalised ``(3, H, W)`` float32 tensor for ``image`` (``H, W = prep.input_size``).
+
+    Equal, to float rounding, to timm's ``create_transform(**resolve_data_config(...))``.
+
+    Example::
+
+        x = preprocess_image(Image.open("cat.jpg").convert("RGB"), loaded.preprocessing)
+        logits = loaded.module(x[None])
+    """
+    from torchvision.transforms.v2 import functional as TF
+
+    pixels: torch.Tensor = TF.pil_to_tensor(display_image(image, prep))
+    pixels = pixels.to(torch.float32) / 255.0
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+    return (pixels - mean) / std
+
+
+def preprocess_images(images: Sequence[Image.Image], prep: Preprocessing) -> torch.Tensor:
+    """A ``(N, 3, H, W)`` batch: :func:`preprocess_image` of each image, stacked in order."""
+    if len(images) == 0:
+        raise ValueError("preprocess_images needs at least one image, got an empty sequence")
+    return torch.stack([preprocess_image(image, prep) for image in images])
+
+
+def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """Undo the normalisation of a ``(3, H, W)`` or ``(N, 3, H, W)`` tensor, clamped to [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"expected a (3, H, W) or (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return (x * std + mean).clamp(0.0, 1.0)

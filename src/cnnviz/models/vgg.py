@@ -15,7 +15,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-VGG11_CONFIG: tuple[int | str, ...] = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+VGG11_CONFIG: tuple[int | str, ...] = (
+    64,
+    "M",
+    128,
+    "M",
+    256,
+    256,
+    "M",
+    512,
+    512,
+    "M",
+    512,
+    512,
+    "M",
+)
 
 
 def _block_names(config: tuple[int | str, ...]) -> list[tuple[str, int | str]]:
