@@ -1,0 +1,282 @@
+"""Any torchvision or timm classifier, by name: ``torchvision:resnet18``, ``timm:convnext_tiny``.
+
+torchvision models are built with ``weights=None`` and given the ``DEFAULT`` weights' file from the
+torch hub cache, read safely by :func:`~cnnviz.models.checkpoint.load_checkpoint` (torchvision's
+own loader unpickles the cache without ``weights_only``). The few builder arguments that
+torchvision derives from its weights (class count, ViT image size, Inception's input transform)
+are set here the same way. Preprocessing and class names come from the weights' metadata.
+
+timm models are built with ``timm.create_model(name, pretrained=False)``; their pretrained
+weights come from the Hugging Face hub through timm, so they need a network unless a file is
+passed. Preprocessing comes from timm's ``pretrained_cfg``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnviz.errors import ModelNotFoundError, WeightsUnavailableError, close_matches
+from cnnviz.models.checkpoint import (
+    apply_checkpoint,
+    check_finite,
+    fetch_hub_checkpoint,
+    hub_checkpoint_path,
+    load_checkpoint,
+    offline_mode,
+)
+from cnnviz.models.registry import (
+    RANDOM_INIT,
+    LoadedModel,
+    ModelInfo,
+    WeightsChoice,
+    classes_for,
+    describe_file,
+    head_classes,
+    numbered_classes,
+)
+from cnnviz.preprocess import Preprocessing
+
+logger = logging.getLogger(__name__)
+
+# Auxiliary training heads that torchvision's checkpoints carry and its builders then drop.
+_AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
+# DenseNet checkpoints predate the ban on '.' in module names: 'norm.1' is now 'norm1'.
+_OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
+
+
+def load_external(name: str, weights: WeightsChoice) -> LoadedModel:
+    """Load ``torchvision:ARCH`` or ``timm:ARCH`` (``name`` keeps the prefix)."""
+    prefix, _, arch = name.partition(":")
+    if prefix == "torchvision":
+        return load_torchvision(name, arch, weights)
+    return load_timm(name, arch, weights)
+
+
+# ----------------------------------------------------------------------------- torchvision
+
+
+@lru_cache(maxsize=1)
+def _torchvision_names() -> tuple[str, ...]:
+    from torchvision import models
+
+    return tuple(models.list_models(module=models))
+
+
+def torchvision_names() -> list[str]:
+    """torchvision's classification model names (detection, segmentation, video excluded)."""
+    return list(_torchvision_names())
+
+
+def _default_weights(arch: str) -> Any:
+    """torchvision's ``DEFAULT`` weights enum member for ``arch`` (untyped: torchvision's enum)."""
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(arch).DEFAULT
+
+
+def torchvision_preprocessing(weights: Any) -> Preprocessing:
+    """Preprocessing from a weights enum's ``transforms()`` (``ImageClassification``)."""
+    transform = weights.transforms()
+    crop = int(transform.crop_size[0])
+    resize = int(transform.resize_size[0])
+    return Preprocessing(
+        input_size=(crop, crop),
+        crop_pct=crop / resize,
+        interpolation=str(transform.interpolation.value),
+        mean=tuple(float(m) for m in transform.mean),  # type: ignore[arg-type]  # 3 values
+        std=tuple(float(s) for s in transform.std),  # type: ignore[arg-type]  # 3 values
+    )
+
+
+def _torchvision_kwargs(arch: str, meta: dict[str, Any], *, source: str) -> dict[str, Any]:
+    """Builder arguments torchvision sets itself when it builds with these weights."""
+    kwargs: dict[str, Any] = {"num_classes": len(meta["categories"])}
+    if arch.startswith("vit_"):
+        kwargs["image_size"] = int(meta["min_size"][0])
+    elif arch == "maxvit_t":
+        kwargs["input_size"] = tuple(meta["min_size"])
+    elif arch in _AUX_HEADS:
+        kwargs["aux_logits"] = False
+        kwargs["init_weights"] = source == "random"
+        # torchvision's ImageNet weights expect the input re-normalised inside the model.
+        kwargs["transform_input"] = source == "pretrained"
+    return kwargs
+
+
+def _fit_torchvision_keys(arch: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Drop auxiliary heads and rename old DenseNet keys, as torchvision's builders do."""
+    aux = _AUX_HEADS.get(arch, ())
+    kept = {k: v for k, v in state_dict.items() if not k.startswith(aux)} if aux else state_dict
+    if arch.startswith("densenet"):
+        kept = {_OLD_DENSENET_KEY.sub(r"\1\2.", k): v for k, v in kept.items()}
+    return kept
+
+
+def load_torchvision(name: str, arch: str, weights: WeightsChoice) -> LoadedModel:
+    """Build torchvision's ``arch`` with the ``DEFAULT`` weights, random init, or a file."""
+    from torchvision.models import get_model
+
+    if arch not in _torchvision_names():
+        raise ModelNotFoundError(
+            f"torchvision has no classification model {arch!r}."
+            f"{close_matches(arch, _torchvision_names())} See torchvision.models.list_models()"
+        )
+    default = _default_weights(arch)
+    kind = weights if isinstance(weights, str) else "file"
+    kwargs = _torchvision_kwargs(arch, default.meta, source=kind)
+    module: nn.Module = get_model(arch, weights=None, **kwargs)
+    if weights == "random":
+        description = RANDOM_INIT
+    else:
+        if weights == "pretrained":
+            path = fetch_hub_checkpoint(default.url, model_name=name)
+            description = f"torchvision {default.name} ({path})"
+        else:
+            path, description = weights, describe_file(weights)
+        state_dict = _fit_torchvision_keys(arch, load_checkpoint(path))
+        apply_checkpoint(module, state_dict, source=str(path))
+    return LoadedModel(
+        name=name,
+        module=module,
+        architecture=f"torchvision {arch}",
+        weights=description,
+        class_names=tuple(default.meta["categories"]),
+        preprocessing=torchvision_preprocessing(default),
+    )
+
+
+def torchvision_info(arch: str) -> ModelInfo:
+    """Describe ``torchvision:arch`` from its weights metadata, without building it."""
+    default = _default_weights(arch)
+    path = hub_checkpoint_path(default.url)
+    return ModelInfo(
+        name=f"torchvision:{arch}",
+        architecture=f"torchvision {arch}",
+        weights_source=f"torchvision {default.name} ({path})",
+        num_classes=len(default.meta["categories"]),
+        input_size=torchvision_preprocessing(default).input_size,
+        offline=path.is_file(),
+    )
+
+
+# ----------------------------------------------------------------------------- timm
+
+
+@lru_cache(maxsize=1)
+def _timm_names() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_models())
+
+
+def is_timm_model(arch: str) -> bool:
+    """Whether timm has the architecture ``arch`` (an optional ``.tag`` is ignored)."""
+    return arch.partition(".")[0] in _timm_names()
+
+
+def timm_preprocessing(module: nn.Module) -> Preprocessing:
+    """Preprocessing from a timm model's resolved data config (its ``pretrained_cfg``)."""
+    from timm.data.config import resolve_model_data_config
+
+    cfg: dict[str, Any] = resolve_model_data_config(module)  # type: ignore[no-untyped-call]
+    if cfg.get("crop_mode", "center") != "center":
+        logger.warning(
+            "timm's crop_mode %r is not supported; cnnviz centre-crops instead", cfg["crop_mode"]
+        )
+    _, height, width = cfg["input_size"]
+    return Preprocessing(
+        input_size=(int(height), int(width)),
+        crop_pct=float(cfg["crop_pct"]),
+        interpolation=str(cfg["interpolation"]),
+        mean=tuple(float(m) for m in cfg["mean"]),  # type: ignore[arg-type]  # 3 values
+        std=tuple(float(s) for s in cfg["std"]),  # type: ignore[arg-type]  # 3 values
+    )
+
+
+def _timm_class_names(module: nn.Module, num_classes: int) -> tuple[str, ...]:
+    """ImageNet names for 1000 classes, timm's ImageNet subset names, else numbers."""
+    if num_classes == 1000:
+        return classes_for(num_classes)
+    from timm.data.imagenet_info import ImageNetInfo, infer_imagenet_subset
+
+    subset = infer_imagenet_subset(module)
+    if subset:
+        info = ImageNetInfo(subset)
+        size = info.num_classes()  # type: ignore[no-untyped-call]  # timm leaves it unannotated
+        if size == num_classes:
+            return tuple(
+                str(info.index_to_description(i)).split(",")[0] for i in range(num_classes)
+            )
+    return numbered_classes(num_classes)
+
+
+def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
+    import timm
+
+    if not is_timm_model(arch):
+        raise ModelNotFoundError(
+            f"timm has no model {arch!r}.{close_matches(arch, _timm_names())} "
+            "See timm.list_models()"
+        )
+    if not pretrained:
+        try:
+            created: nn.Module = timm.create_model(arch, pretrained=False)
+        except RuntimeError as e:  # e.g. an invalid pretrained tag
+            raise ModelNotFoundError(f"timm cannot build {arch!r}: {e}") from e
+        return created
+    if offline_mode():
+        raise WeightsUnavailableError(
+            f"pretrained weights for {name!r} must be downloaded from the Hugging Face hub and "
+            "CNNVIZ_OFFLINE forbids it; pass --weights FILE or --weights random"
+        )
+    try:
+        created = timm.create_model(arch, pretrained=True)
+    except Exception as e:  # any network/hub failure becomes one actionable message
+        raise WeightsUnavailableError(
+            f"pretrained weights for {name!r} could not be downloaded ({type(e).__name__}: "
+            f"{e}); run with network access, or pass --weights FILE or --weights random"
+        ) from e
+    check_finite(created.state_dict(), source=f"timm pretrained {arch}")
+    return created
+
+
+def load_timm(name: str, arch: str, weights: WeightsChoice) -> LoadedModel:
+    """Build timm's ``arch`` with its pretrained weights, random init, or a file.
+
+    A checkpoint whose classifier has another number of classes is accepted: the head is
+    resized first (``reset_classifier``) and the classes are numbered.
+    """
+    module = _create_timm(name, arch, pretrained=weights == "pretrained")
+    cfg = getattr(module, "pretrained_cfg", {}) or {}
+    if weights == "pretrained":
+        description = f"timm pretrained {cfg.get('hf_hub_id') or cfg.get('url') or arch}"
+    elif weights == "random":
+        description = RANDOM_INIT
+    else:
+        state_dict = load_checkpoint(weights)
+        classifier = cfg.get("classifier")
+        n = (
+            head_classes(state_dict, f"{classifier}.weight")
+            if isinstance(classifier, str)
+            else None
+        )
+        reset = getattr(module, "reset_classifier", None)
+        if n is not None and n != getattr(module, "num_classes", n) and callable(reset):
+            reset(n)
+        apply_checkpoint(module, state_dict, source=str(weights))
+        description = describe_file(weights)
+    num_classes = int(getattr(module, "num_classes", 0))
+    return LoadedModel(
+        name=name,
+        module=module,
+        architecture=f"timm {arch}",
+        weights=description,
+        class_names=_timm_class_names(module, num_classes),
+        preprocessing=timm_preprocessing(module),
+    )

