@@ -51,7 +51,8 @@ class DeviceError(CnnvizError, ValueError):
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model ready to explain: the module (in eval mode) and what it needs around it."""
+    """A model ready to explain: the module and what it needs around it (built-in models come
+    in eval mode; a module from :func:`from_module` is left as found)."""
 
     name: str
     """Registry name as asked, e.g. ``"efficientnet_lite0"``, ``"torchvision:resnet18"``."""
@@ -355,7 +356,10 @@ def from_module(
     preprocessing: Preprocessing | None = None,
     name: str = "custom",
 ) -> LoadedModel:
-    """Wrap a user's own ``nn.Module`` as a :class:`LoadedModel` (the module is put in eval mode).
+    """Wrap a user's own ``nn.Module`` as a :class:`LoadedModel`, leaving the module as found.
+
+    Its training flags are not changed: every cnnviz method runs the module in eval mode for the
+    call and restores each module's own flag afterwards.
 
     Without ``class_names`` the classes are numbered ``"0"``, ``"1"``, … up to the output size
     of the last ``nn.Linear`` (none when the module has no ``nn.Linear``). Without
@@ -379,7 +383,6 @@ def from_module(
         raise TypeError(f"class_names must be a sequence of str, got {class_names!r:.80}")
     else:
         names = tuple(class_names)
-    module.eval()
     return LoadedModel(
         name=name,
         module=module,
