@@ -395,6 +395,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo", action="store_true", help="run on the bundled sample images")
     p.add_argument("--layers", default=None, help="activation layers (comma-separated)")
     _drawing(p)
+    from cnnviz.evaluate_cli import add_commands
+
+    add_commands(sub)
     return parser
 
 
