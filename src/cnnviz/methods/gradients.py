@@ -1,16 +1,40 @@
-"""Input-space gradient methods: attributions with the resolution of the input image."""
+"""Input-space gradient methods: attributions with the resolution of the input image.
+
+Saliency and Gradient × Input take one forward and one backward pass per target. SmoothGrad
+(and its squared and variance variants) and Integrated Gradients average gradients over many
+inputs; they stream those inputs through the model ``batch_size`` rows at a time, so memory does
+not grow with ``samples`` or ``steps``. Targets are resolved once on the unperturbed input.
+
+The batched passes here (:func:`clean_pass`, :func:`input_gradients`, :func:`forward_scores`) are
+shared with :mod:`cnnviz.methods.guided` and :mod:`cnnviz.methods.perturbation`.
+"""
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.methods.base import Explanation, Method, check_finite, gradient_pass, register
+from cnnviz.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.methods.base import (
+    Explanation,
+    Method,
+    check_finite,
+    gradient_pass,
+    probabilities_of,
+    register,
+)
 from cnnviz.postprocess import Display
-from cnnviz.targets import TargetSpec
+from cnnviz.preprocess import Preprocessing
+from cnnviz.targets import Targets, TargetSpec, logits_of, resolve_targets
+
+logger = logging.getLogger(__name__)
 
 
 class ChannelReduction(enum.Enum):
@@ -32,6 +56,147 @@ def reduce_channels(attributions: torch.Tensor, how: ChannelReduction) -> torch.
         return attributions.sum(dim=-3)
     index = attributions.abs().argmax(dim=-3, keepdim=True)
     return attributions.gather(-3, index).squeeze(-3)
+
+
+def parse_reduction(value: str | ChannelReduction) -> ChannelReduction:
+    """A :class:`ChannelReduction` from itself or its value (``"max-abs"``, ``"sum"``, …)."""
+    if isinstance(value, ChannelReduction):
+        return value
+    try:
+        return ChannelReduction(str(value).strip().lower().replace("_", "-"))
+    except ValueError:
+        choices = ", ".join(r.value for r in ChannelReduction)
+        raise ValueError(f"reduction must be one of {choices}; got {value!r}") from None
+
+
+def display_for(reduction: ChannelReduction) -> Display:
+    """ABSOLUTE for magnitude maps (max-abs), SIGNED for the signed reductions."""
+    return Display.ABSOLUTE if reduction is ChannelReduction.MAX_ABS else Display.SIGNED
+
+
+def positive_int(value: int, what: str, minimum: int = 1) -> int:
+    """``value`` if it is a whole number ≥ ``minimum``, else a ``ValueError`` naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return value
+
+
+# -- shared batched passes ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CleanPass:
+    """Targets resolved on the unperturbed batch, with their ``(N, T)`` scores."""
+
+    targets: Targets
+    scores: torch.Tensor
+    probabilities: torch.Tensor | None
+
+
+def clean_pass(
+    model: nn.Module, x: torch.Tensor, target: TargetSpec, class_names: Sequence[str] | None
+) -> CleanPass:
+    """One forward pass without autograd on ``x``: resolve ``target`` and score it."""
+    with LayerCapture(model, [], grad=GradFrom.NONE) as capture:
+        output = capture.forward(x)
+    check_finite(logits_of(output), "The model output")
+    targets = resolve_targets(target, output, class_names)
+    with torch.no_grad():
+        scores = targets.scores(output)
+    return CleanPass(targets, scores.detach(), probabilities_of(output, targets))
+
+
+def forward_scores(
+    model: nn.Module,
+    batch: torch.Tensor,
+    targets: Targets,
+    rows: torch.Tensor | None = None,
+    *,
+    probability: bool = False,
+) -> torch.Tensor:
+    """``(M, T)`` target scores of a batch of ``M`` (perturbed) images, without autograd.
+
+    ``rows[m]`` is the original image of row ``m``. With ``probability`` class targets are
+    scored by their softmax probability; a callable target's scalar is used as it is.
+    """
+    with LayerCapture(model, [], grad=GradFrom.NONE) as capture:
+        output = capture.forward(batch)
+        if probability and targets.indices is not None:
+            output = logits_of(output).softmax(dim=1)
+        scores = targets.scores(output, rows=rows)
+    check_finite(scores, "The model output on the perturbed inputs")
+    return scores
+
+
+def input_gradients(
+    model: nn.Module, batch: torch.Tensor, targets: Targets, rows: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂score_t/∂input for every row and target: ``(M, T, C, H, W)``, and the ``(M, T)`` scores.
+
+    One forward and ``T`` backward passes (``torch.autograd.grad``, so parameters' ``.grad`` stay
+    untouched). Rows are independent in eval mode, so the gradient of the sum over rows gives
+    each row its own gradient.
+    """
+    with autograd_enabled(), LayerCapture(model, [], grad=GradFrom.INPUT) as capture:
+        output = capture.forward(batch)
+        scores = targets.scores(output, rows=rows)
+        check_finite(scores.detach(), "The model output")
+        leaf = capture.input
+        assert leaf is not None  # set by LayerCapture.forward
+        count = scores.shape[1]
+        grads = []
+        for t in range(count):
+            g = None
+            if scores.requires_grad:
+                (g,) = torch.autograd.grad(
+                    scores[:, t].sum(), leaf, retain_graph=t < count - 1, allow_unused=True
+                )
+            grads.append(torch.zeros_like(leaf) if g is None else g)
+    return torch.stack(grads, dim=1), scores.detach()
+
+
+def chunks(total: int, rows_per_item: int, batch_size: int) -> Iterator[range]:
+    """Consecutive ranges of ``range(total)``, ``batch_size // rows_per_item`` items each (≥ 1)."""
+    size = max(1, batch_size // rows_per_item)
+    for start in range(0, total, size):
+        yield range(start, min(start + size, total))
+
+
+def repeated_rows(images: int, repeats: int, device: torch.device) -> torch.Tensor:
+    """Row → image index of ``repeats`` stacked copies of an ``images``-image batch."""
+    return torch.arange(images, device=device).repeat(repeats)
+
+
+def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``."""
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def input_space_result(
+    name: str,
+    x: torch.Tensor,
+    clean: CleanPass,
+    attributions: torch.Tensor,
+    reduction: ChannelReduction,
+    **extras: torch.Tensor,
+) -> Explanation:
+    """The :class:`Explanation` of per-channel input attributions ``(N, T, C, H, W)``."""
+    check_finite(attributions, f"The {name} attribution")
+    return Explanation(
+        method=name,
+        maps=reduce_channels(attributions, reduction),
+        layer=None,
+        targets=clean.targets,
+        scores=clean.scores,
+        probabilities=clean.probabilities,
+        input_size=(x.shape[-2], x.shape[-1]),
+        display=display_for(reduction),
+        attributions=attributions,
+        extras=extras,
+    )
+
+
+# -- one pass -----------------------------------------------------------------------------------
 
 
 @register
@@ -81,4 +246,378 @@ class Saliency(Method):
             input_size=(x.shape[-2], x.shape[-1]),
             display=self.display,
             attributions=attributions,
+        )
+
+
+@register
+class GradientXInput(Method):
+    """Gradient × Input (Shrikumar, Greenside, Shcherbina & Kundaje, "Not Just a Black Box:
+    Learning Important Features Through Propagating Activation Differences", arXiv 2016).
+
+    a = x ⊙ ∂S_c/∂x,   map = Σ_c a_c  (``reduction="sum"``, signed: display SIGNED).
+
+    The sign matters (a pixel pushing the score up or down), so the default map keeps it; for a
+    bias-free piecewise-linear network Σ a = S_c(x). Example::
+
+        >>> e = explain(model, x, "gradxinput", target=3)
+        >>> e.attributions.shape  # (N, 1, 3, H, W)
+    """
+
+    name = "gradxinput"
+    title = "Gradient × Input"
+    paper = "Shrikumar et al., arXiv 2016"
+    summary = "Input times the gradient of the class score, summed over colour (signed)."
+    display = Display.SIGNED
+
+    def __init__(self, *, reduction: str | ChannelReduction = ChannelReduction.SUM) -> None:
+        self.reduction = parse_reduction(reduction)
+        self.display = display_for(self.reduction)
+
+    def explain(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        layer: str | None,
+        target: TargetSpec,
+        class_names: Sequence[str] | None,
+    ) -> Explanation:
+        run = gradient_pass(model, x, layer=None, target=target, class_names=class_names)
+        attributions = torch.stack(run.grads, dim=1) * run.value.unsqueeze(1)
+        clean = CleanPass(run.targets, run.scores, run.probabilities)
+        return input_space_result(self.name, x, clean, attributions, self.reduction)
+
+
+# -- SmoothGrad family --------------------------------------------------------------------------
+
+
+def gaussian_noise(x: torch.Tensor, count: int, seed: int) -> Iterator[torch.Tensor]:
+    """``count`` standard-normal tensors shaped like ``x``, drawn one after another from a
+    generator on ``x``'s device seeded with ``seed`` (so chunking never changes them)."""
+    generator = make_generator(seed, x.device)
+    for _ in range(count):
+        yield torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+class NoisyGradients(Method):
+    """Base of SmoothGrad, SmoothGrad² and VarGrad: gradients at ``samples`` noisy copies
+    x + ε, ε ~ N(0, σ²), reduced by :meth:`statistic` from their mean and mean square.
+
+    σ is ``sigma`` (absolute, in model-input units — captum's ``stdevs``) or, by default,
+    ``noise_level · (max(x) − min(x))`` per image (the paper's convention, noise_level 0.15).
+    ``batch_size`` is the number of noisy images per forward pass (at least one per image).
+    """
+
+    display = Display.ABSOLUTE
+
+    def __init__(
+        self,
+        *,
+        samples: int = 25,
+        noise_level: float | None = None,
+        sigma: float | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        reduction: str | ChannelReduction = ChannelReduction.MAX_ABS,
+    ) -> None:
+        if noise_level is not None and sigma is not None:
+            raise ValueError("Give either noise_level (fraction of the input range) or sigma.")
+        for value, what in ((noise_level, "noise_level"), (sigma, "sigma")):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+        self.samples = positive_int(samples, "samples")
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.noise_level = 0.15 if noise_level is None and sigma is None else noise_level
+        self.sigma = sigma
+        self.seed = int(seed)
+        self.reduction = parse_reduction(reduction)
+        self.display = display_for(self.reduction)
+
+    def statistic(self, mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+        """The attribution from E[g] and E[g²] over the samples."""
+        raise NotImplementedError
+
+    def noise_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """σ for each image, ``(N,)``."""
+        if self.sigma is not None:
+            return torch.full((x.shape[0],), float(self.sigma), dtype=x.dtype, device=x.device)
+        assert self.noise_level is not None
+        return self.noise_level * (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3)))
+
+    def explain(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        layer: str | None,
+        target: TargetSpec,
+        class_names: Sequence[str] | None,
+    ) -> Explanation:
+        clean = clean_pass(model, x, target, class_names)
+        n, count = x.shape[0], clean.targets.per_image
+        sigma = self.noise_scale(x)
+        total = x.new_zeros((n, count, *x.shape[1:]))
+        total_sq = torch.zeros_like(total)
+        noise = gaussian_noise(x, self.samples, self.seed)
+        for span in chunks(self.samples, n, self.batch_size):
+            eps = torch.stack([next(noise) for _ in span]) * sigma.view(1, n, 1, 1, 1)
+            rows = repeated_rows(n, len(span), x.device)
+            grads, _ = input_gradients(model, (x + eps).flatten(0, 1), clean.targets, rows)
+            grads = grads.view(len(span), n, *grads.shape[1:])
+            total += grads.sum(dim=0)
+            total_sq += grads.square().sum(dim=0)
+        attributions = self.statistic(total / self.samples, total_sq / self.samples)
+        return input_space_result(self.name, x, clean, attributions, self.reduction, sigma=sigma)
+
+
+@register
+class SmoothGrad(NoisyGradients):
+    """SmoothGrad (Smilkov, Thorat, Kim, Viégas & Wattenberg, "SmoothGrad: removing noise by
+    adding noise", ICML workshop 2017).
+
+    a = (1/n) Σ_i ∂S_c/∂x |_(x + ε_i),  ε_i ~ N(0, σ²),  σ = noise_level · (max x − min x);
+    map = max_c |a_c|.  Options: ``samples`` (25), ``noise_level`` (0.15) or absolute ``sigma``,
+    ``seed`` (0), ``batch_size`` (16 rows per pass), ``reduction``. Example::
+
+        >>> e = explain(model, x, "smoothgrad", target=3, samples=50, noise_level=0.1)
+        >>> e.extras["sigma"]  # (N,) the σ used for each image
+    """
+
+    name = "smoothgrad"
+    title = "SmoothGrad"
+    paper = "Smilkov et al., ICML-W 2017"
+    summary = "Saliency averaged over noisy copies of the input (sharper, less noisy)."
+
+    def statistic(self, mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+        return mean
+
+
+@register
+class SmoothGradSquared(NoisyGradients):
+    """SmoothGrad² (Hooker, Erhan, Kindermans & Kim, "A Benchmark for Interpretability Methods
+    in Deep Neural Networks", NeurIPS 2019): the mean of the squared noisy gradients,
+
+    a = (1/n) Σ_i (∂S_c/∂x |_(x + ε_i))²   (non-negative), noise as in ``smoothgrad``. Example::
+
+        >>> e = explain(model, x, "smoothgrad-sq", target=3)
+    """
+
+    name = "smoothgrad-sq"
+    title = "SmoothGrad²"
+    paper = "Hooker et al., NeurIPS 2019"
+    summary = "Mean of the squared gradients over noisy copies of the input."
+
+    def statistic(self, mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+        return mean_sq
+
+
+@register
+class VarGrad(NoisyGradients):
+    """VarGrad (Adebayo, Gilmer, Goodfellow & Kim, "Local Explanation Methods for Deep Neural
+    Networks Lack Sensitivity to Parameter Values", ICLR workshop 2018): the variance of the
+    noisy gradients,
+
+    a = (1/n) Σ_i g_i² − ((1/n) Σ_i g_i)²,   g_i = ∂S_c/∂x |_(x + ε_i)   (population variance,
+    clamped at 0 against rounding), noise as in ``smoothgrad``. Example::
+
+        >>> e = explain(model, x, "vargrad", target=3)
+    """
+
+    name = "vargrad"
+    title = "VarGrad"
+    paper = "Adebayo et al., ICLR-W 2018"
+    summary = "Variance of the gradients over noisy copies of the input."
+
+    def statistic(self, mean: torch.Tensor, mean_sq: torch.Tensor) -> torch.Tensor:
+        return (mean_sq - mean.square()).clamp(min=0)
+
+
+# -- Integrated Gradients -----------------------------------------------------------------------
+
+
+class Quadrature(enum.Enum):
+    """How ∫₀¹ ∂S/∂x(x′ + α(x − x′)) dα is approximated with ``steps`` points."""
+
+    GAUSS_LEGENDRE = "gausslegendre"
+    RIEMANN_LEFT = "riemann_left"
+    RIEMANN_RIGHT = "riemann_right"
+    RIEMANN_MIDDLE = "riemann_middle"
+    RIEMANN_TRAPEZOID = "riemann_trapezoid"
+
+
+def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes α_k in [0, 1] and weights w_k (Σ w_k = 1) of ``rule``, float64.
+
+    The trapezoid rule has spacing 1/(steps − 1), so its weights sum to 1; captum's
+    ``riemann_trapezoid`` uses 1/steps, so its attributions are ``(steps − 1)/steps`` of these.
+    """
+    k = torch.arange(steps, dtype=torch.float64)
+    if rule is Quadrature.GAUSS_LEGENDRE:
+        import numpy as np
+
+        nodes, gauss_weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(gauss_weights / 2)
+    if rule is Quadrature.RIEMANN_TRAPEZOID:
+        if steps < 2:
+            raise ValueError(f"The trapezoid rule needs steps >= 2, got {steps}")
+        weights = torch.full((steps,), 1 / (steps - 1), dtype=torch.float64)
+        weights[[0, -1]] /= 2
+        return k / (steps - 1), weights
+    offset = {Quadrature.RIEMANN_LEFT: 0.0, Quadrature.RIEMANN_RIGHT: 1.0}.get(rule, 0.5)
+    return (k + offset) / steps, torch.full((steps,), 1 / steps, dtype=torch.float64)
+
+
+class Baseline(enum.Enum):
+    """Named IG baselines x′, in the model-input space."""
+
+    BLACK = "black"
+    """The preprocessed black image with ``preprocessing`` given, else zeros."""
+    BLURRED = "blurred"
+    """x blurred by a Gaussian of ``blur_sigma`` pixels (default 5 % of the longer side)."""
+    UNIFORM = "uniform"
+    """Seeded uniform noise over the pixel range [0, 1] normalised with ``preprocessing``,
+    else over each image's own value range [min x, max x]."""
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, H, W)``, radius ⌈3σ⌉, replicated borders."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    n, c, h, w = x.shape
+    rows = F.pad(x.reshape(n * c, 1, h, w), (radius, radius, 0, 0), mode="replicate")
+    rows = F.conv2d(rows, kernel.unsqueeze(2))
+    cols = F.pad(rows, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(cols, kernel.unsqueeze(3)).reshape(n, c, h, w)
+
+
+@register
+class IntegratedGradients(Method):
+    """Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep
+    Networks", ICML 2017).
+
+    a = (x − x′) ⊙ Σ_k w_k ∂S_c/∂x |_(x′ + α_k (x − x′)),   map = Σ_c a_c (signed, display
+    SIGNED), with nodes α_k and weights w_k of ``quadrature`` ("gausslegendre", captum's
+    default, or "riemann_left/right/middle/trapezoid"; captum calls it ``method``) over
+    ``steps`` (64) points. Completeness says
+    Σ a = S_c(x) − S_c(x′); ``extras["delta_f"]`` holds S_c(x) − S_c(x′) and
+    ``extras["completeness_gap"]`` Σ a − (S_c(x) − S_c(x′)), both ``(N, T)``.
+
+    ``baseline`` x′ is in the model-input space: "black" (default; zeros unless
+    ``preprocessing`` gives the mean/std that map a black image), "blurred" (``blur_sigma``),
+    "uniform" (``seed``), a number, or a tensor broadcastable to x. Steps stream through the
+    model ``batch_size`` (16) rows at a time (at least one step of every image). Example::
+
+        >>> e = explain(model, x, "integrated-gradients", target=3, steps=32,
+        ...             preprocessing=loaded.preprocessing)
+        >>> e.extras["completeness_gap"] / e.extras["delta_f"]  # small
+    """
+
+    name = "integrated-gradients"
+    title = "Integrated Gradients"
+    paper = "Sundararajan et al., ICML 2017"
+    summary = "Gradients integrated along the straight path from a baseline image (signed)."
+    display = Display.SIGNED
+
+    def __init__(
+        self,
+        *,
+        steps: int = 64,
+        quadrature: str | Quadrature = Quadrature.GAUSS_LEGENDRE,
+        baseline: str | Baseline | float | torch.Tensor = Baseline.BLACK,
+        preprocessing: Preprocessing | None = None,
+        blur_sigma: float | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        reduction: str | ChannelReduction = ChannelReduction.SUM,
+    ) -> None:
+        self.steps = positive_int(steps, "steps")
+        try:
+            self.quadrature = Quadrature(quadrature)
+        except ValueError:
+            choices = ", ".join(q.value for q in Quadrature)
+            raise ValueError(f"quadrature must be one of {choices}; got {quadrature!r}") from None
+        nodes_and_weights(self.quadrature, self.steps)  # validate now, not after a forward pass
+        if isinstance(baseline, str):
+            try:
+                baseline = Baseline(baseline.strip().lower())
+            except ValueError:
+                choices = ", ".join(b.value for b in Baseline)
+                raise ValueError(
+                    f"baseline must be one of {choices}, a number or a tensor; got {baseline!r}"
+                ) from None
+        elif isinstance(baseline, bool) or not isinstance(
+            baseline, (Baseline, int, float, torch.Tensor)
+        ):
+            raise TypeError(f"baseline must be a name, number or tensor, got {baseline!r}")
+        if blur_sigma is not None and not (math.isfinite(blur_sigma) and blur_sigma > 0):
+            raise ValueError(f"blur_sigma must be a positive number of pixels, got {blur_sigma!r}")
+        self.baseline = baseline
+        self.preprocessing = preprocessing
+        self.blur_sigma = blur_sigma
+        self.seed = int(seed)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.reduction = parse_reduction(reduction)
+        self.display = display_for(self.reduction)
+
+    def baseline_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The baseline x′ for ``x``, same shape, dtype and device."""
+        b = self.baseline
+        if isinstance(b, torch.Tensor):
+            try:
+                return torch.broadcast_to(b.to(x), x.shape).clone()
+            except RuntimeError as e:
+                raise ValueError(
+                    f"A baseline tensor of shape {tuple(b.shape)} does not broadcast to the "
+                    f"input shape {tuple(x.shape)}; give (C, H, W), (N, C, H, W) or (C, 1, 1)."
+                ) from e
+        if not isinstance(b, Baseline):
+            return torch.full_like(x, float(b))
+        prep = self.preprocessing
+        mean = std = None
+        if prep is not None:
+            mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        if b is Baseline.BLURRED:
+            sigma = self.blur_sigma or 0.05 * max(x.shape[-2:])
+            return gaussian_blur(x, sigma)
+        if b is Baseline.BLACK:
+            if mean is None or std is None:
+                return torch.zeros_like(x)
+            return (-mean / std).expand_as(x).clone()
+        u = torch.rand(x.shape, generator=make_generator(self.seed, x.device), device=x.device)
+        u = u.to(x.dtype)
+        if mean is not None and std is not None:
+            return (u - mean) / std
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        return low + u * (x.amax(dim=(1, 2, 3), keepdim=True) - low)
+
+    def explain(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        layer: str | None,
+        target: TargetSpec,
+        class_names: Sequence[str] | None,
+    ) -> Explanation:
+        clean = clean_pass(model, x, target, class_names)
+        x0 = self.baseline_for(x)
+        check_finite(x0, "The Integrated Gradients baseline")
+        alphas, weights = (t.to(x) for t in nodes_and_weights(self.quadrature, self.steps))
+        n, diff = x.shape[0], x - x0
+        total = x.new_zeros((n, clean.targets.per_image, *x.shape[1:]))
+        for span in chunks(self.steps, n, self.batch_size):
+            a = alphas[span.start : span.stop].view(-1, 1, 1, 1, 1)
+            path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
+            rows = repeated_rows(n, len(span), x.device)
+            grads, _ = input_gradients(model, path, clean.targets, rows)
+            w = weights[span.start : span.stop].view(-1, 1, 1, 1, 1, 1)
+            total += (grads.view(len(span), n, *grads.shape[1:]) * w).sum(dim=0)
+        attributions = total * diff.unsqueeze(1)
+        delta_f = clean.scores - forward_scores(model, x0, clean.targets)
+        gap = attributions.sum(dim=(2, 3, 4)) - delta_f
+        return input_space_result(
+            self.name, x, clean, attributions, self.reduction, completeness_gap=gap, delta_f=delta_f
         )
