@@ -389,7 +389,7 @@ def test_integrated_gradients_converges_to_completeness_on_a_non_homogeneous_mod
 def test_integrated_gradients_baselines() -> None:
     from captum.attr import IntegratedGradients
 
-    from cnnviz.methods.gradients import IntegratedGradients as Integrated
+    from cnnviz.methods.integrated import IntegratedGradients as Integrated
     from cnnviz.preprocess import Preprocessing
 
     model, prep = small_vgg(), Preprocessing(input_size=(64, 64))

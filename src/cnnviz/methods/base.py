@@ -121,6 +121,7 @@ def _load_builtin_methods() -> None:
         cam,
         cam_perturbation,
         gradients,
+        integrated,
         guided,
         perturbation,
     )
@@ -131,6 +132,10 @@ def _load_builtin_methods() -> None:
 
 def check_finite(tensor: torch.Tensor, what: str) -> None:
     """Raise :class:`NonFiniteError` if ``tensor`` holds NaN or ±Inf."""
+    # One reduction first: a NaN or ±Inf anywhere makes the sum non-finite. Only when the sum is
+    # not finite (which a sum of huge finite values can also be) look element by element.
+    if tensor.is_floating_point() and bool(torch.isfinite(tensor.sum())):
+        return
     if not torch.isfinite(tensor).all():
         raise NonFiniteError(
             f"{what} contains NaN or infinite values; check the input image and the weights "

@@ -1,0 +1,220 @@
+"""Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep Networks",
+ICML 2017): attributions that add up to the score difference from a baseline image."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnviz.methods.base import Explanation, Method, check_finite, register
+from cnnviz.methods.gradients import (
+    ChannelReduction,
+    chunks,
+    clean_pass,
+    display_for,
+    forward_scores,
+    input_gradients,
+    input_space_result,
+    make_generator,
+    parse_reduction,
+    positive_int,
+    repeated_rows,
+)
+from cnnviz.postprocess import Display
+from cnnviz.preprocess import Preprocessing
+from cnnviz.targets import TargetSpec
+
+# -- Integrated Gradients -----------------------------------------------------------------------
+
+
+class Quadrature(enum.Enum):
+    """How ∫₀¹ ∂S/∂x(x′ + α(x − x′)) dα is approximated with ``steps`` points."""
+
+    GAUSS_LEGENDRE = "gausslegendre"
+    RIEMANN_LEFT = "riemann_left"
+    RIEMANN_RIGHT = "riemann_right"
+    RIEMANN_MIDDLE = "riemann_middle"
+    RIEMANN_TRAPEZOID = "riemann_trapezoid"
+
+
+def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nodes α_k in [0, 1] and weights w_k (Σ w_k = 1) of ``rule``, float64.
+
+    The trapezoid rule has spacing 1/(steps − 1), so its weights sum to 1; captum's
+    ``riemann_trapezoid`` uses 1/steps, so its attributions are ``(steps − 1)/steps`` of these.
+    """
+    k = torch.arange(steps, dtype=torch.float64)
+    if rule is Quadrature.GAUSS_LEGENDRE:
+        import numpy as np
+
+        nodes, gauss_weights = np.polynomial.legendre.leggauss(steps)
+        return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(gauss_weights / 2)
+    if rule is Quadrature.RIEMANN_TRAPEZOID:
+        if steps < 2:
+            raise ValueError(f"The trapezoid rule needs steps >= 2, got {steps}")
+        weights = torch.full((steps,), 1 / (steps - 1), dtype=torch.float64)
+        weights[[0, -1]] /= 2
+        return k / (steps - 1), weights
+    offset = {Quadrature.RIEMANN_LEFT: 0.0, Quadrature.RIEMANN_RIGHT: 1.0}.get(rule, 0.5)
+    return (k + offset) / steps, torch.full((steps,), 1 / steps, dtype=torch.float64)
+
+
+class Baseline(enum.Enum):
+    """Named IG baselines x′, in the model-input space."""
+
+    BLACK = "black"
+    """The preprocessed black image with ``preprocessing`` given, else zeros."""
+    BLURRED = "blurred"
+    """x blurred by a Gaussian of ``blur_sigma`` pixels (default 5 % of the longer side)."""
+    UNIFORM = "uniform"
+    """Seeded uniform noise over the pixel range [0, 1] normalised with ``preprocessing``,
+    else over each image's own value range [min x, max x]."""
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, H, W)``, radius ⌈3σ⌉, replicated borders."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).view(1, 1, -1)
+    n, c, h, w = x.shape
+    rows = F.pad(x.reshape(n * c, 1, h, w), (radius, radius, 0, 0), mode="replicate")
+    rows = F.conv2d(rows, kernel.unsqueeze(2))
+    cols = F.pad(rows, (0, 0, radius, radius), mode="replicate")
+    return F.conv2d(cols, kernel.unsqueeze(3)).reshape(n, c, h, w)
+
+
+@register
+class IntegratedGradients(Method):
+    """Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep
+    Networks", ICML 2017).
+
+    a = (x − x′) ⊙ Σ_k w_k ∂S_c/∂x |_(x′ + α_k (x − x′)),   map = Σ_c a_c (signed, display
+    SIGNED), with nodes α_k and weights w_k of ``quadrature`` ("gausslegendre", captum's
+    default, or "riemann_left/right/middle/trapezoid"; captum calls it ``method``) over
+    ``steps`` (64) points. Completeness says
+    Σ a = S_c(x) − S_c(x′); ``extras["delta_f"]`` holds S_c(x) − S_c(x′) and
+    ``extras["completeness_gap"]`` Σ a − (S_c(x) − S_c(x′)), both ``(N, T)``.
+
+    ``baseline`` x′ is in the model-input space: "black" (default; zeros unless
+    ``preprocessing`` gives the mean/std that map a black image), "blurred" (``blur_sigma``),
+    "uniform" (``seed``), a number, or a tensor broadcastable to x. Steps stream through the
+    model ``batch_size`` (16) rows at a time (at least one step of every image). Example::
+
+        >>> e = explain(model, x, "integrated-gradients", target=3, steps=32,
+        ...             preprocessing=loaded.preprocessing)
+        >>> e.extras["completeness_gap"] / e.extras["delta_f"]  # small
+    """
+
+    name = "integrated-gradients"
+    title = "Integrated Gradients"
+    paper = "Sundararajan et al., ICML 2017"
+    summary = "Gradients integrated along the straight path from a baseline image (signed)."
+    display = Display.SIGNED
+
+    def __init__(
+        self,
+        *,
+        steps: int = 64,
+        quadrature: str | Quadrature = Quadrature.GAUSS_LEGENDRE,
+        baseline: str | Baseline | float | torch.Tensor = Baseline.BLACK,
+        preprocessing: Preprocessing | None = None,
+        blur_sigma: float | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        reduction: str | ChannelReduction = ChannelReduction.SUM,
+    ) -> None:
+        self.steps = positive_int(steps, "steps")
+        try:
+            self.quadrature = Quadrature(quadrature)
+        except ValueError:
+            choices = ", ".join(q.value for q in Quadrature)
+            raise ValueError(f"quadrature must be one of {choices}; got {quadrature!r}") from None
+        nodes_and_weights(self.quadrature, self.steps)  # validate now, not after a forward pass
+        if isinstance(baseline, str):
+            try:
+                baseline = Baseline(baseline.strip().lower())
+            except ValueError:
+                choices = ", ".join(b.value for b in Baseline)
+                raise ValueError(
+                    f"baseline must be one of {choices}, a number or a tensor; got {baseline!r}"
+                ) from None
+        elif isinstance(baseline, bool) or not isinstance(
+            baseline, (Baseline, int, float, torch.Tensor)
+        ):
+            raise TypeError(f"baseline must be a name, number or tensor, got {baseline!r}")
+        if blur_sigma is not None and not (math.isfinite(blur_sigma) and blur_sigma > 0):
+            raise ValueError(f"blur_sigma must be a positive number of pixels, got {blur_sigma!r}")
+        self.baseline = baseline
+        self.preprocessing = preprocessing
+        self.blur_sigma = blur_sigma
+        self.seed = int(seed)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.reduction = parse_reduction(reduction)
+        self.display = display_for(self.reduction)
+
+    def baseline_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The baseline x′ for ``x``, same shape, dtype and device."""
+        b = self.baseline
+        if isinstance(b, torch.Tensor):
+            try:
+                return torch.broadcast_to(b.to(x), x.shape).clone()
+            except RuntimeError as e:
+                raise ValueError(
+                    f"A baseline tensor of shape {tuple(b.shape)} does not broadcast to the "
+                    f"input shape {tuple(x.shape)}; give (C, H, W), (N, C, H, W) or (C, 1, 1)."
+                ) from e
+        if not isinstance(b, Baseline):
+            return torch.full_like(x, float(b))
+        prep = self.preprocessing
+        mean = std = None
+        if prep is not None:
+            mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        if b is Baseline.BLURRED:
+            sigma = self.blur_sigma or 0.05 * max(x.shape[-2:])
+            return gaussian_blur(x, sigma)
+        if b is Baseline.BLACK:
+            if mean is None or std is None:
+                return torch.zeros_like(x)
+            return (-mean / std).expand_as(x).clone()
+        u = torch.rand(x.shape, generator=make_generator(self.seed, x.device), device=x.device)
+        u = u.to(x.dtype)
+        if mean is not None and std is not None:
+            return (u - mean) / std
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        return low + u * (x.amax(dim=(1, 2, 3), keepdim=True) - low)
+
+    def explain(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        *,
+        layer: str | None,
+        target: TargetSpec,
+        class_names: Sequence[str] | None,
+    ) -> Explanation:
+        clean = clean_pass(model, x, target, class_names)
+        x0 = self.baseline_for(x)
+        check_finite(x0, "The Integrated Gradients baseline")
+        alphas, weights = (t.to(x) for t in nodes_and_weights(self.quadrature, self.steps))
+        n, diff = x.shape[0], x - x0
+        total = x.new_zeros((n, clean.targets.per_image, *x.shape[1:]))
+        for span in chunks(self.steps, n, self.batch_size):
+            a = alphas[span.start : span.stop].view(-1, 1, 1, 1, 1)
+            path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
+            rows = repeated_rows(n, len(span), x.device)
+            grads, _ = input_gradients(model, path, clean.targets, rows)
+            w = weights[span.start : span.stop].view(-1, 1, 1, 1, 1, 1)
+            total += (grads.view(len(span), n, *grads.shape[1:]) * w).sum(dim=0)
+        attributions = total * diff.unsqueeze(1)
+        delta_f = clean.scores - forward_scores(model, x0, clean.targets)
+        gap = attributions.sum(dim=(2, 3, 4)) - delta_f
+        return input_space_result(
+            self.name, x, clean, attributions, self.reduction, completeness_gap=gap, delta_f=delta_f
+        )
