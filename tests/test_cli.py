@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cnnviz.cli import main
 from cnnviz.images import bundled_samples
@@ -39,17 +40,21 @@ def test_gradcam_writes_overlays_raw_maps_and_manifest(
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert printed == manifest
     assert manifest["schema_version"] == 1
-    assert manifest["method"] == "gradcam" and manifest["layer"] == "bn2"
+    assert manifest["method"] == "gradcam"
+    assert manifest["layer"] == "bn2"
     assert manifest["model"]["name"] == "efficientnet_lite0"
     assert manifest["model"]["preprocessing"]["interpolation"] == "bicubic"
     assert set(manifest["environment"]) >= {"cnnviz", "torch", "python"}
     (item,) = manifest["items"]
-    assert item["target_index"] == 967 and item["target_name"] == "espresso"
+    assert item["target_index"] == 967
+    assert item["target_name"] == "espresso"
     assert 0.5 < item["probability"] <= 1.0
     layer_map = np.load(tmp_path / item["files"]["raw_layer"])
     input_map = np.load(tmp_path / item["files"]["raw_input"])
-    assert layer_map.dtype == np.float32 and layer_map.shape == (7, 7)
-    assert input_map.dtype == np.float32 and input_map.shape == (224, 224)
+    assert layer_map.dtype == np.float32
+    assert layer_map.shape == (7, 7)
+    assert input_map.dtype == np.float32
+    assert input_map.shape == (224, 224)
     assert (layer_map < 0).any() or (layer_map > 0).any()
     assert (tmp_path / item["files"]["overlay"]).stat().st_size > 1000
 
@@ -64,7 +69,9 @@ def test_top_k_and_saliency(tmp_path: Path) -> None:
     assert main(["-q", "saliency", _coffee(), "--out", str(tmp_path / "s")]) == 0
     (item,) = json.loads((tmp_path / "s" / "manifest.json").read_text())["items"]
     saliency = np.load(tmp_path / "s" / item["files"]["raw_layer"])
-    assert saliency.shape == (224, 224) and saliency.min() >= 0 and saliency.max() > 0
+    assert saliency.shape == (224, 224)
+    assert saliency.min() >= 0
+    assert saliency.max() > 0
 
 
 def test_filters_and_activations(tmp_path: Path) -> None:
@@ -90,7 +97,8 @@ def test_filters_and_activations(tmp_path: Path) -> None:
     assert code == 0
     items = json.loads((tmp_path / "a" / "manifest.json").read_text())["items"]
     assert [i["layer"] for i in items] == ["conv_stem", "bn2"]
-    assert items[0]["shape"] == [1, 32, 112, 112] and items[1]["shape"] == [1, 1280, 7, 7]
+    assert items[0]["shape"] == [1, 32, 112, 112]
+    assert items[1]["shape"] == [1, 1280, 7, 7]
     raw = np.load(tmp_path / "a" / items[1]["files"]["raw"])
     top = np.argsort(-raw.mean(axis=(1, 2)))[:8]
     assert items[1]["channels"] == top.tolist()
@@ -119,7 +127,8 @@ def test_bad_input_gives_one_line_and_an_exit_code(
     argv = [a.format(coffee=_coffee(), out=tmp_path) for a in argv]
     assert main(["-q", *argv]) == code
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cnnviz: error:"), err
+    assert len(err) == 1, err
+    assert err[0].startswith("cnnviz: error:")
     assert message in err[0]
     assert "Traceback" not in err[0]
 
@@ -136,3 +145,68 @@ def test_folder_with_a_bad_file_finishes_and_reports(
     assert len(manifest["items"]) == 1
     assert [Path(f["input"]).name for f in manifest["failures"]] == ["b.jpg"]
     assert "b.jpg" in capsys.readouterr().err
+
+
+# -- the folder pipeline: --method all, workers, file-name escaping -----------------------------
+
+
+class _TwoLayerHead(torch.nn.Module):
+    """conv → GAP → linear → ReLU → linear: CAM cannot explain it (no single linear head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.fc1 = torch.nn.Linear(4, 5)
+        self.fc2 = torch.nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.fc2(self.fc1(self.conv(x).relu().mean(dim=(2, 3))).relu())
+        return logits
+
+
+def test_method_all_draws_one_grid_and_skips_what_cannot_run(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from cnnviz.methods.base import method_names
+    from cnnviz.models import from_module
+    from cnnviz.pipeline import ExplainSettings, explain_files
+    from cnnviz.preprocess import Preprocessing
+    from cnnviz.targets import TopK
+
+    prep = Preprocessing(input_size=(32, 32), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    loaded = from_module(_TwoLayerHead().eval(), preprocessing=prep)
+    settings = ExplainSettings(method="all", target=TopK(2), num_workers=0)
+    manifest = explain_files(loaded, [tmp_path / "a.png"], tmp_path / "o", settings, command="e")
+    assert list(manifest["extra"]["skipped_methods"]) == ["cam"]
+    assert "takes 5 features" in manifest["extra"]["skipped_methods"]["cam"]
+    methods = [m for m in method_names() if m != "cam"]
+    assert [i["method"] for i in manifest["items"]] == [m for m in methods for _ in range(2)]
+    assert manifest["failures"] == []
+    assert manifest["method"] == "all"
+    grid_name = {i["files"]["grid"] for i in manifest["items"]}
+    assert grid_name == {"a.grid.png"}
+    grid = np.asarray(Image.open(tmp_path / "o" / "a.grid.png"))
+    # Tiles of 32×32 with 2-pixel gaps after a label column (left) and a header row (top).
+    left = grid.shape[1] - (2 + 2 * 34)
+    top = grid.shape[0] - (2 + len(methods) * 34)
+    assert left > 0
+    assert top > 0
+    for item in manifest["items"]:
+        r, c = methods.index(item["method"]), item["target_rank"]
+        tile = grid[top + 2 + r * 34 : top + 34 + r * 34, left + 2 + c * 34 : left + 34 + c * 34]
+        overlay = np.asarray(Image.open(tmp_path / "o" / item["files"]["overlay"]))
+        assert np.array_equal(tile, overlay), item["method"]
+
+
+def test_unknown_method_fails_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["-q", "explain", _coffee(), "--method", "gradcamm", "--out", str(tmp_path)]
+    assert main([*argv, "--model", "no_such_model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "Unknown method 'gradcamm'" in err[0]
+    assert "'gradcam'" in err[0]

@@ -7,300 +7,61 @@ Exit codes (also in the README):
 * 2 — bad input or usage: the message names the problem and the remedy;
 * 3 — pretrained weights are needed but not available offline;
 * 70 — an internal error (a bug: please report it; ``--debug`` shows the traceback);
-* 130 — interrupted (Ctrl-C).
+* 130 — interrupted by Ctrl-C (``SIGINT``); 143 — stopped by ``SIGTERM``. Either way every file
+  already written is complete, and ``--resume`` carries on where the run stopped.
+
+Every message is one line on stderr starting with ``cnnviz:``; control characters in names
+(a newline in a file name) are shown escaped, so one problem is always one line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-if TYPE_CHECKING:
-    from cnnviz.models import LoadedModel
+from cnnviz.commands import (
+    EXIT_OK,
+    cmd_activations,
+    cmd_explain,
+    cmd_filters,
+    cmd_layers,
+    cmd_methods,
+    cmd_models,
+    cmd_report,
+    cmd_summary,
+)
+from cnnviz.errors import one_line
 
 logger = logging.getLogger("cnnviz")
 
 DEFAULT_MODEL = "efficientnet_lite0"
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 70, 130  # 0 and 1: cnnviz.commands
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the shell's convention for a SIGTERM'd process
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-# -- shared helpers --------------------------------------------------------------------------
-
-
-def _load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
-    from cnnviz.models import load_model
-
-    return load_model(name or args.model, weights=args.weights, device=args.device)
-
-
-def _emit_json(obj: object) -> None:
-    from cnnviz.outputs import to_json_text
-
-    sys.stdout.write(to_json_text(obj) + "\n")
-
-
-def _inputs(raw: Sequence[str]) -> list[Path]:
-    from cnnviz.errors import ImageLoadError
-    from cnnviz.images import find_images
-
-    paths: list[Path] = []
-    for entry in raw:
-        found = find_images(entry)
-        if not found:
-            raise ImageLoadError(f"{entry}: no image files found there (looked for common types).")
-        paths.extend(found)
-    return paths
-
-
-def _target(args: argparse.Namespace) -> Any:
-    from cnnviz.targets import TopK
-
-    if getattr(args, "top_k", None):
-        if args.target:
-            raise SystemExit("cnnviz: error: give --target or --top-k, not both")
-        return TopK(args.top_k)
-    targets: list[str] = args.target or []
-    if not targets:
-        return None
-    return targets[0] if len(targets) == 1 else list(targets)
-
-
-def _finish(manifest: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
-    failures = manifest.get("failures", [])
-    if args.json:
-        _emit_json(manifest)
-    else:
-        print(f"Wrote {len(manifest.get('items', []))} result(s) to {out}/ (manifest.json)")
-    for failure in failures:
-        print(f"cnnviz: skipped {failure['input']}: {failure['error']}", file=sys.stderr)
-    return EXIT_PARTIAL if failures else EXIT_OK
-
-
-# -- commands --------------------------------------------------------------------------------
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from cnnviz.models import list_models
-
-    infos = list_models()
-    if args.json:
-        _emit_json([info.__dict__ for info in infos])
-        return EXIT_OK
-    header = ("name", "architecture", "weights", "classes", "input", "offline")
-    rows = [
-        (
-            i.name,
-            i.architecture,
-            i.weights_source,
-            str(i.num_classes),
-            "×".join(map(str, i.input_size)),
-            "yes" if i.offline else "no",
-        )
-        for i in infos
-    ]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    print(
-        "\nAlso: torchvision:NAME (any torchvision classifier), timm:NAME (any timm model), "
-        "--weights FILE for your own checkpoint."
-    )
-    return EXIT_OK
-
-
-def cmd_methods(args: argparse.Namespace) -> int:
-    from cnnviz.methods.base import get_method, method_names
-
-    methods = [get_method(n) for n in method_names()]
-    if args.json:
-        _emit_json(
-            [
-                {"name": m.name, "title": m.title, "paper": m.paper, "summary": m.summary,
-                 "needs_layer": m.needs_layer}
-                for m in methods
-            ]
-        )
-        return EXIT_OK
-    width = max(len(m.name) for m in methods)
-    for m in methods:
-        print(f"{m.name.ljust(width)}  {m.summary} ({m.paper})")
-    return EXIT_OK
-
-
-def cmd_layers(args: argparse.Namespace) -> int:
-    from cnnviz.summary import format_layer_table, layer_table
-
-    loaded = _load(args, args.model_name)
-    rows = layer_table(loaded.module, (3, *loaded.preprocessing.input_size))
-    if args.json:
-        _emit_json([row.__dict__ for row in rows])
-    else:
-        print(format_layer_table(rows))
-    return EXIT_OK
-
-
-def cmd_summary(args: argparse.Namespace) -> int:
-    from cnnviz.summary import format_summary, summarize
-
-    loaded = _load(args, args.model_name)
-    summary = summarize(loaded.module, (3, *loaded.preprocessing.input_size), depth=args.depth)
-    if args.json:
-        _emit_json(summary.to_dict())
-    else:
-        print(f"{loaded.name}: {loaded.architecture}; weights: {loaded.weights}")
-        print(format_summary(summary))
-    return EXIT_OK
-
-
-def cmd_filters(args: argparse.Namespace) -> int:
-    from cnnviz.filters import DeepFilterView, FilterScale, conv_weight, filter_tiles
-    from cnnviz.layers import resolve_layer
-    from cnnviz.outputs import Manifest, safe_stem, write_manifest, write_npy, write_png
-    from cnnviz.pipeline import model_record
-    from cnnviz.render import figure_to_png_bytes, filters_figure
-
-    loaded = _load(args, args.model_name)
-    layer = resolve_layer(loaded.module, args.layer) if args.layer else None
-    if layer is None:
-        from cnnviz.filters import first_conv_layer
-
-        layer = first_conv_layer(loaded.module)
-    weight = conv_weight(loaded.module, layer)
-    scale, view = FilterScale(args.scale), DeepFilterView(args.view)
-    tiles = filter_tiles(weight, scale=scale, view=view)
-    out = Path(args.out)
-    stem = safe_stem(layer)
-    title = f"Filters of {layer} {tuple(weight.shape)} — {loaded.name}"
-    fig = filters_figure(tiles, title=title, caption=f"{scale.value} scale, {view.value} view")
-    from cnnviz.outputs import atomic_write_bytes
-
-    atomic_write_bytes(out / f"{stem}.filters.png", figure_to_png_bytes(fig))
-    write_png(out / f"{stem}.tiles.png", _tile_sheet(tiles))
-    write_npy(out / f"{stem}.weight.npy", weight.float().numpy())
-    files = {"figure": f"{stem}.filters.png", "tiles": f"{stem}.tiles.png",
-             "weight": f"{stem}.weight.npy"}
-    manifest = Manifest(
-        command="filters",
-        model=model_record(loaded),
-        layer=layer,
-        items=({"layer": layer, "weight_shape": list(weight.shape), "files": files,
-                "scale": scale.value, "view": view.value},),
-    )
-    write_manifest(out, manifest)
-    return _finish(manifest.to_dict(), out, args)
-
-
-def _tile_sheet(tiles: Any) -> Any:
-    from cnnviz.render import image_grid
-
-    n = tiles.shape[0]
-    cols = max(1, int(round(n**0.5)))
-    return image_grid(list(tiles), ncols=cols, pad=1)
-
-
-def cmd_activations(args: argparse.Namespace) -> int:
-    from cnnviz.activations import ChannelOrder, capture_activations, select_channels
-    from cnnviz.outputs import Manifest, atomic_write_bytes, safe_stem, write_manifest, write_npy
-    from cnnviz.pipeline import load_inputs, model_record
-    from cnnviz.render import activations_figure, figure_to_png_bytes
-
-    loaded = _load(args)
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    out = Path(args.out)
-    failures: list[dict[str, Any]] = []
-    items = []
-    for item in load_inputs(loaded, _inputs(args.images), failures):
-        captured = capture_activations(loaded.module, item.tensor.unsqueeze(0), layers)
-        for name, act in captured.items():
-            ids, chosen = select_channels(act[0], args.channels, ChannelOrder(args.order))
-            stem = f"{item.stem}.{safe_stem(name)}"
-            fig = activations_figure(
-                chosen.float().cpu().numpy(),
-                title=f"Activations of {name} {tuple(act.shape)} — {item.path.name}",
-                channel_ids=ids,
-                shared_scale=args.shared_scale,
-            )
-            atomic_write_bytes(out / f"{stem}.activations.png", figure_to_png_bytes(fig))
-            write_npy(out / f"{stem}.activations.npy", act[0].float().cpu().numpy())
-            items.append({"input": str(item.path), "layer": name, "shape": list(act.shape),
-                          "channels": ids, "files": {"figure": f"{stem}.activations.png",
-                                                     "raw": f"{stem}.activations.npy"}})
-    manifest = Manifest(command="activations", model=model_record(loaded), items=tuple(items),
-                        failures=tuple(failures),
-                        extra={"order": args.order, "shared_scale": args.shared_scale})
-    write_manifest(out, manifest)
-    return _finish(manifest.to_dict(), out, args)
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    from cnnviz.pipeline import ExplainSettings, explain_files
-
-    loaded = _load(args)
-    options: dict[str, Any] = {}
-    if getattr(args, "signed", False):
-        options["signed"] = True
-    settings = ExplainSettings(
-        method=args.method,
-        layer=getattr(args, "layer", None),
-        target=_target(args),
-        options=options,
-        cmap=args.cmap,
-        alpha=args.alpha,
-        batch_size=args.batch_size,
-    )
-    out = Path(args.out)
-    manifest = explain_files(
-        loaded, _inputs(args.images), out, settings, command=args.command,
-        progress=not args.quiet,
-    )
-    return _finish(manifest, out, args)
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from cnnviz.report import ReportSettings, build_report
-
-    out = Path(args.out)
-    settings = ReportSettings(
-        layers=[n.strip() for n in args.layers.split(",")] if args.layers else None,
-        cmap=args.cmap,
-        alpha=args.alpha,
-    )
-    loaded = _load(args)
-    if args.demo:
-        from cnnviz.report import demo_inputs
-
-        paths, boxes = demo_inputs(loaded, out)
-    else:
-        if not args.images:
-            raise SystemExit("cnnviz: error: give image files or folders, or --demo")
-        paths, boxes = _inputs(args.images), {}
-    result = build_report(loaded, paths, out, settings, boxes=boxes, progress=not args.quiet)
-    if args.json:
-        _emit_json(result)
-    else:
-        print(f"Report: {result['index']}")
-    for failure in result.get("failures", []):
-        print(f"cnnviz: skipped {failure['input']}: {failure['error']}", file=sys.stderr)
-    return EXIT_PARTIAL if result.get("failures") else EXIT_OK
-
 
 # -- parser ----------------------------------------------------------------------------------
 
 
 def _common(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
     if model_option:
-        p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                       help=f"model name (see `cnnviz models`; default {DEFAULT_MODEL})")
-    p.add_argument("--weights", default=None,
-                   help="checkpoint file (.pth/.pt/.safetensors), or 'random'; "
-                        "default: the model's pretrained weights")
+        p.add_argument(
+            "--model",
+            "-m",
+            default=DEFAULT_MODEL,
+            help=f"model name (see `cnnviz models`; default {DEFAULT_MODEL})",
+        )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint file (.pth/.pt/.safetensors), or 'random'; "
+        "default: the model's pretrained weights",
+    )
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
 
@@ -313,15 +74,34 @@ def _drawing(p: argparse.ArgumentParser) -> None:
 def _explaining(p: argparse.ArgumentParser, *, layer: bool, top_k: bool = True) -> None:
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", "-o", required=True, help="output folder")
-    p.add_argument("--target", "-t", action="append",
-                   help="class index or name (default: the predicted class); "
-                        "repeat once per image for per-image targets")
+    p.add_argument(
+        "--target",
+        "-t",
+        action="append",
+        help="class index or name (default: the predicted class); "
+        "repeat once per image for per-image targets",
+    )
     if top_k:
         p.add_argument("--top-k", type=int, default=None, help="explain the k best classes")
     if layer:
-        p.add_argument("--layer", "-l", default=None,
-                       help="layer (dotted name or unique suffix; default: last spatial layer)")
-    p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument(
+            "--layer",
+            "-l",
+            default=None,
+            help="layer (dotted name or unique suffix; default: last spatial layer)",
+        )
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding processes (0: decode in the main process; default: automatic)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip images whose outputs in --out are complete and valid",
+    )
     _drawing(p)
 
 
@@ -332,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="See inside CNN image classifiers: structure, filters, activations, "
         "saliency and CAMs.",
         epilog="Start with `cnnviz report --demo --out demo`. Exit codes: 0 ok, 1 some inputs "
-        "failed, 2 bad input, 3 weights unavailable offline, 70 internal error, 130 interrupted.",
+        "failed, 2 bad input, 3 weights unavailable offline, 70 internal error, 130 interrupted "
+        "(Ctrl-C), 143 terminated (SIGTERM).",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
@@ -363,8 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, model_option=False)
     p.add_argument("--layer", "-l", default=None, help="conv layer (default: the first)")
     p.add_argument("--scale", choices=["per-filter", "global"], default="per-filter")
-    p.add_argument("--view", choices=["mean", "per-input"], default="mean",
-                   help="deeper layers: channel-mean image or per-input-channel grid")
+    p.add_argument(
+        "--view",
+        choices=["mean", "per-input"],
+        default="mean",
+        help="deeper layers: channel-mean image or per-input-channel grid",
+    )
     p.add_argument("--out", "-o", required=True)
     p = add("activations", cmd_activations, "capture layers in one forward pass, draw channels")
     p.add_argument("images", nargs="+")
@@ -386,9 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("explain", cmd_explain, "any method from `cnnviz methods`")
     _common(p)
     _explaining(p, layer=True)
-    p.add_argument("--method", default="gradcam")
-    p = add("report", cmd_report, "the HTML report: predictions, structure, filters, "
-            "activations, saliency, Grad-CAM")
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        help="a name from `cnnviz methods`, or 'all' for every method and a "
+        "comparison grid per image",
+    )
+    p = add(
+        "report",
+        cmd_report,
+        "the HTML report: predictions, structure, filters, activations, saliency, Grad-CAM",
+    )
     p.add_argument("images", nargs="*")
     _common(p)
     p.add_argument("--out", "-o", required=True)
@@ -401,9 +194,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return "cnnviz: " + one_line(record.getMessage())
+
+
 def _configure_logging(quiet: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cnnviz: %(message)s"))
+    handler.setFormatter(_OneLineFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
@@ -428,34 +226,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         setattr(args, flag, getattr(args, flag, False))
     _configure_logging(args.quiet)
     try:
-        return int(args.func(args))
+        with _sigterm_as_interrupt():
+            return int(args.func(args))
+    except _Terminated:
+        _say("terminated (SIGTERM); files written so far are complete, --resume continues")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("cnnviz: interrupted", file=sys.stderr)
+        _say("interrupted; files written so far are complete, --resume continues")
         return EXIT_INTERRUPTED
     except SystemExit as e:
         if isinstance(e.code, str):
-            print(e.code, file=sys.stderr)
+            _say(e.code.removeprefix("cnnviz: "))
             return EXIT_USAGE
         return int(e.code or 0)
     except Exception as e:
         return _report_error(e, debug=args.debug)
 
 
+class _Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so it unwinds (and cleans up) like Ctrl-C."""
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _say(text: str) -> None:
+    print("cnnviz: " + one_line(text), file=sys.stderr)
+
+
 def _report_error(error: Exception, *, debug: bool) -> int:
     from cnnviz.errors import CnnvizError
 
     if isinstance(error, CnnvizError):
-        print(f"cnnviz: error: {error}", file=sys.stderr)
+        _say(f"error: {error}")
         return error.exit_code
-    if isinstance(error, (ValueError, TypeError, FileNotFoundError)) and not debug:
-        print(f"cnnviz: error: {error}", file=sys.stderr)
+    if isinstance(error, (ValueError, TypeError, OSError)) and not debug:
+        _say(f"error: {error}")
         return EXIT_USAGE
     if debug:
         raise error
-    print(
-        f"cnnviz: internal error: {type(error).__name__}: {error} "
-        "(please report it; rerun with --debug for the traceback)",
-        file=sys.stderr,
+    _say(
+        f"internal error: {type(error).__name__}: {error} "
+        "(please report it; rerun with --debug for the traceback)"
     )
     return EXIT_INTERNAL
 

@@ -8,6 +8,7 @@ Every class also derives from the built-in exception a Python user would expect 
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 
 
@@ -47,9 +48,25 @@ class NonFiniteError(CnnvizError, ValueError):
     """NaN or infinite values in weights, inputs, outputs or maps."""
 
 
+class OutputError(CnnvizError, OSError):
+    """An output folder that cannot be created or written."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
     """A human phrase listing the candidates closest to ``name`` ('' when none is close)."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)
     if not matches:
         return ""
     return " Did you mean: " + ", ".join(repr(m) for m in matches) + "?"
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters (newlines, tabs, escapes) shown escaped: ``a\\nb``.
+
+    The CLI passes every message through it, so a file name with a newline cannot split an
+    error into two lines.
+    """
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch)[0] == "C" else ch
+        for ch in text
+    )

@@ -1,14 +1,33 @@
-"""Image files in, explanations out: load → preprocess → explain → render → write, per batch.
+"""Image files in, explanations out: decode → explain → render → write, with the stages overlapped.
 
 The CLI commands ``saliency``, ``gradcam`` and ``explain`` are thin wrappers around
-:func:`explain_files`. One unreadable file is recorded as a failure and skipped; every output
-file is written atomically; the manifest lists items and failures.
+:func:`explain_files`:
+
+* decoding and preprocessing run in a ``torch.utils.data.DataLoader`` (``num_workers``
+  processes; 0 decodes in the calling process);
+* the model explains one batch at a time;
+* overlays are coloured with the colormap lookup table (:func:`cnnviz.render.overlay`, no
+  matplotlib figure) and encoded and written by a small thread pool while the next batch runs.
+
+Nothing is lost when something goes wrong. An unreadable image is logged as ``skipped …``,
+recorded under ``failures`` in the manifest, and the run goes on. Every file is written to a
+temporary name and renamed, and each image's record (:mod:`cnnviz.records`) is written after
+its files, so a run stopped by Ctrl-C, ``SIGTERM`` or ``SIGKILL`` leaves complete files only and
+``resume=True`` explains exactly the images whose outputs are missing or invalid. Batches are
+fixed chunks of the input list (a resumed chunk is recomputed whole), so a resumed run gives
+results identical, bit for bit, to an uninterrupted one. With ``method="all"`` every registered
+method is run and a comparison grid is drawn per image; a method that cannot explain the model
+is reported and skipped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,18 +35,35 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnviz.errors import CnnvizError, TargetError
-from cnnviz.methods.base import Explanation, get_method
+from cnnviz.errors import CnnvizError, LayerError, TargetError
+from cnnviz.image_outputs import display_maps, target_label
+from cnnviz.methods.base import get_method, method_names
 from cnnviz.models import LoadedModel
-from cnnviz.postprocess import Display, for_display
+from cnnviz.preprocess import Preprocessing
 from cnnviz.targets import TargetSpec
 
+__all__ = [
+    "ALL_METHODS",
+    "ExplainSettings",
+    "LoadedImage",
+    "decode_input",
+    "display_maps",
+    "explain_files",
+    "load_inputs",
+    "model_record",
+    "model_tensor",
+    "target_label",
+]
+
 logger = logging.getLogger(__name__)
+
+ALL_METHODS = "all"
+_WRITERS = 2  # threads that render, encode and write while the model runs
 
 
 @dataclass(frozen=True)
 class ExplainSettings:
-    """What to explain and how to draw it."""
+    """What to explain, how to draw it, and how to run (``num_workers=None``: automatic)."""
 
     method: str = "gradcam"
     layer: str | None = None
@@ -36,6 +72,8 @@ class ExplainSettings:
     cmap: str = "jet"
     alpha: float = 0.5
     batch_size: int = 8
+    num_workers: int | None = None
+    resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,108 +88,351 @@ class LoadedImage:
     notes: tuple[str, ...]
 
 
+# -- decoding --------------------------------------------------------------------------------
+
+
+def model_tensor(display: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """The normalised ``(3, H, W)`` float32 tensor of a display picture.
+
+    The same arithmetic as :func:`cnnviz.preprocess.preprocess_image` (bit for bit), starting
+    from the resized and cropped pixels, so each image is resized once.
+    """
+    pixels = torch.from_numpy(np.ascontiguousarray(display)).permute(2, 0, 1).contiguous()
+    scaled = pixels.to(torch.float32) / 255.0
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
+    return (scaled - mean) / std
+
+
+def decode_input(path: Path, prep: Preprocessing) -> tuple[np.ndarray, torch.Tensor, list[str]]:
+    """Display picture, model tensor and loading notes of one image file (may raise)."""
+    from cnnviz.images import load_image_with_notes
+    from cnnviz.preprocess import display_image
+
+    image, notes = load_image_with_notes(path)
+    display = np.array(display_image(image, prep), dtype=np.uint8)  # writable copy
+    return display, model_tensor(display, prep), notes
+
+
+def _failure(path: Path, error: BaseException, tag: str) -> dict[str, Any]:
+    if isinstance(error, (CnnvizError, OSError)):
+        text = str(error)
+    else:  # a bug: keep the run going, but say so
+        text = f"unexpected {type(error).__name__}: {error} (please report it)"
+    if str(path) not in text:
+        text = f"{path}: {text}"
+    return {"input": str(path), "method": tag, "error": text.strip()}
+
+
 def load_inputs(
     loaded: LoadedModel, paths: Sequence[Path], failures: list[dict[str, Any]]
 ) -> Iterator[LoadedImage]:
-    """Decode and preprocess each path; a failure is logged, recorded and skipped."""
-    from cnnviz.images import load_image_with_notes
+    """Decode and preprocess each path in this process; a failure is logged, recorded, skipped."""
     from cnnviz.outputs import unique_stems
-    from cnnviz.preprocess import display_image, preprocess_image
 
     for index, (path, stem) in enumerate(zip(paths, unique_stems(list(paths)), strict=True)):
         try:
-            image, notes = load_image_with_notes(path)
+            display, tensor, notes = decode_input(path, loaded.preprocessing)
         except CnnvizError as e:
-            logger.error("%s", e)
-            failures.append({"input": str(path), "error": str(e)})
+            failure = _failure(path, e, "load")
+            logger.warning("skipped %s: %s", path, failure["error"])
+            failures.append(failure)
             continue
-        for note in notes:
-            logger.info("%s: %s", path.name, note)
-        yield LoadedImage(
-            index=index,
-            path=path,
-            stem=stem,
-            display=np.asarray(display_image(image, loaded.preprocessing), dtype=np.uint8),
-            tensor=preprocess_image(image, loaded.preprocessing),
-            notes=tuple(notes),
+        yield LoadedImage(index, path, stem, display, tensor, tuple(notes))
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    index: int
+    display: np.ndarray | None
+    tensor: torch.Tensor | None
+    notes: tuple[str, ...]
+    error: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class _Batch:
+    indices: list[int]  # decoded images, in input order
+    displays: torch.Tensor | None  # (n, H, W, 3) uint8 (a tensor: shared memory between processes)
+    tensors: torch.Tensor | None  # (n, 3, H, W)
+    notes: list[tuple[str, ...]]
+    failures: list[tuple[int, dict[str, Any]]]
+
+
+class _ImageFiles(torch.utils.data.Dataset[_Decoded]):
+    """Decodes one input per index; never raises for a bad file (the error is returned)."""
+
+    def __init__(self, paths: Sequence[Path], prep: Preprocessing, tag: str) -> None:
+        self.paths, self.prep, self.tag = list(paths), prep, tag
+        # Import the decoders here, in the parent, so forked workers start with them loaded
+        # (torchvision's first import takes seconds, which each worker would otherwise pay).
+        import torchvision.transforms.v2.functional  # noqa: F401
+
+        import cnnviz.images  # noqa: F401
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> _Decoded:
+        path = self.paths[index]
+        try:
+            display, tensor, notes = decode_input(path, self.prep)
+        except Exception as e:  # reported per file; the run goes on
+            return _Decoded(index, None, None, (), _failure(path, e, self.tag))
+        return _Decoded(index, display, tensor, tuple(notes), None)
+
+
+def _collate(decoded: list[_Decoded]) -> _Batch:
+    displays = [torch.from_numpy(d.display) for d in decoded if d.display is not None]
+    tensors = [d.tensor for d in decoded if d.tensor is not None]
+    return _Batch(
+        indices=[d.index for d in decoded if d.error is None],
+        displays=torch.stack(displays) if displays else None,
+        tensors=torch.stack(tensors) if tensors else None,
+        notes=[d.notes for d in decoded if d.error is None],
+        failures=[(d.index, d.error) for d in decoded if d.error is not None],
+    )
+
+
+def _worker_init(_worker_id: int) -> None:
+    # The parent handles Ctrl-C and SIGTERM and shuts the workers down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def auto_workers(batches: int) -> int:
+    """Decoding processes for a run of ``batches`` batches: none for one batch, else up to 2."""
+    return 0 if batches <= 1 else min(2, os.cpu_count() or 1)
+
+
+# -- the folder run --------------------------------------------------------------------------
+
+
+def _methods_of(settings: ExplainSettings) -> list[str]:
+    if settings.method.strip().lower() == ALL_METHODS:
+        return method_names()
+    return [get_method(settings.method).name]
+
+
+def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> None:
+    """Refuse settings that cannot work, before any folder or file is made."""
+    from cnnviz.layers import resolve_layer
+    from cnnviz.render import colormap_lut
+
+    methods = _methods_of(settings)
+    if settings.layer is not None and any(get_method(m).needs_layer for m in methods):
+        resolve_layer(loaded.module, settings.layer)
+
+    size = settings.batch_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"batch size must be a positive whole number, got {size!r}")
+    workers = settings.num_workers
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+    ):
+        raise ValueError(f"workers must be 0 or more (0: decode in this process), got {workers!r}")
+    alpha = settings.alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+    colormap_lut(settings.cmap)
+    if isinstance(settings.target, list) and len(settings.target) != count:
+        raise TargetError(
+            f"{len(settings.target)} targets given for {count} images; give one target "
+            "for all images or exactly one per image."
         )
 
 
-def batched(items: Iterator[LoadedImage], size: int) -> Iterator[list[LoadedImage]]:
-    """Consecutive lists of at most ``size`` items."""
-    batch: list[LoadedImage] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+class _Run:
+    """The state of one :func:`explain_files` call."""
 
+    def __init__(
+        self, loaded: LoadedModel, paths: list[Path], out: Path, settings: ExplainSettings
+    ) -> None:
+        from cnnviz.outputs import unique_stems
+        from cnnviz.records import fingerprint, parameter_digest, source_signature
 
-def display_maps(explanation: Explanation) -> np.ndarray:
-    """Maps ready to colour: ``(N, T, H, W)`` in [0, 1] at the input resolution."""
-    shown = for_display(explanation.maps.float(), explanation.display, explanation.input_size)
-    if explanation.display is Display.SIGNED:
-        shown = (shown + 1) / 2
-    return shown.cpu().numpy()
+        self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
+        self.methods = _methods_of(settings)
+        self.all = settings.method.strip().lower() == ALL_METHODS
+        self.tag = ALL_METHODS if self.all else self.methods[0]
+        self.stems = unique_stems(paths)
+        if self.all and settings.options:
+            logger.warning("method options %s are ignored with --method all", settings.options)
+        common = {
+            "model": model_record(loaded),
+            "parameters": parameter_digest(loaded.module),
+            "methods": self.methods,
+            "layer": settings.layer,
+            "options": {} if self.all else settings.options,
+            "cmap": settings.cmap,
+            "alpha": settings.alpha,
+        }
+        self.keys = [
+            fingerprint({**common, "target": self.target_of(i)}) for i in range(len(paths))
+        ]
+        self.sources: list[dict[str, int]] = []
+        for path in paths:
+            try:
+                self.sources.append(source_signature(path))
+            except OSError:  # missing or unreadable: it will fail to decode, and be reported
+                self.sources.append({})
+        self.pending = [True] * len(paths)
+        self.failures: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        self.written = 0
 
+    def target_of(self, index: int) -> TargetSpec:
+        target = self.settings.target
+        return target[index] if isinstance(target, list) else target
 
-def target_label(explanation: Explanation, i: int, t: int) -> str:
-    """Human label of target ``t`` of image ``i``."""
-    return explanation.targets.labels[i][t]
+    def find_complete(self) -> None:
+        """Mark images with valid records as done (resume); drop stale records of the rest."""
+        from cnnviz.records import record_path, valid_record
 
+        for i, stem in enumerate(self.stems):
+            if (
+                self.settings.resume
+                and self.sources[i]
+                and valid_record(self.out, stem, self.tag, self.keys[i], self.sources[i])
+            ):
+                self.pending[i] = False
+            else:
+                record_path(self.out, stem, self.tag).unlink(missing_ok=True)
 
-def item_records(
-    explanation: Explanation,
-    batch: Sequence[LoadedImage],
-    out_dir: Path,
-    settings: ExplainSettings,
-) -> list[dict[str, Any]]:
-    """Write overlays and raw maps for a batch; return one manifest record per image × target."""
-    from cnnviz.outputs import safe_stem, write_npy, write_png
-    from cnnviz.render import overlay
+    def fail(self, failure: dict[str, Any]) -> None:
+        logger.warning("skipped %s: %s", failure["input"], failure["error"])
+        self.failures.append(failure)
 
-    shown = display_maps(explanation)
-    raw = explanation.maps.detach().float().cpu()
-    raw_input = explanation.upsampled().detach().float().cpu()
-    cmap = "bwr" if explanation.display is Display.SIGNED else settings.cmap
-    records = []
-    for i, item in enumerate(batch):
-        for t in range(explanation.maps.shape[1]):
-            label = target_label(explanation, i, t)
-            base = f"{item.stem}.{explanation.method}.{t}-{safe_stem(label)}"
-            files = {
-                "overlay": f"{base}.png",
-                "raw_layer": f"{base}.layer.npy",
-                "raw_input": f"{base}.input.npy",
-            }
-            picture = overlay(item.display, shown[i, t], cmap=cmap, alpha=settings.alpha)
-            write_npy(out_dir / files["raw_layer"], raw[i, t].numpy())
-            write_npy(out_dir / files["raw_input"], raw_input[i, t].numpy())
-            write_png(out_dir / files["overlay"], picture)
-            indices = explanation.targets.indices
-            probabilities = explanation.probabilities
-            records.append(
-                {
-                    "input": str(item.path),
-                    "stem": item.stem,
-                    "method": explanation.method,
-                    "layer": explanation.layer,
-                    "target_rank": t,
-                    "target_index": None if indices is None else int(indices[i, t]),
-                    "target_name": label,
-                    "score": float(explanation.scores[i, t]),
-                    "probability": None
-                    if probabilities is None
-                    else float(probabilities[i, t]),
-                    "layer_shape": list(raw.shape[-2:]),
-                    "input_shape": list(raw_input.shape[-2:]),
-                    "files": files,
-                    "notes": list(item.notes),
-                }
+    def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
+        """Per method, one result per image of the batch; unusable methods skipped in 'all'."""
+        from cnnviz.api import explain
+        from cnnviz.image_outputs import per_image_results
+
+        target = self.settings.target
+        if isinstance(target, list):
+            target = [target[i] for i in indices]
+        options = {} if self.all else self.settings.options
+        results: list[list[Any]] = []
+        first_error: Exception | None = None
+        for method in [m for m in self.methods if m not in self.skipped]:
+            try:
+                explanation = explain(
+                    self.loaded, x, method, layer=self.settings.layer, target=target, **options
+                )
+            except (CnnvizError, ValueError, TypeError, RuntimeError) as e:
+                if not self.all:
+                    raise
+                first_error = first_error or e
+                self.skipped[method] = " ".join(str(e).split())
+                logger.warning("method %s skipped: %s", method, self.skipped[method])
+                continue
+            results.append(per_image_results(explanation, self.settings.cmap))
+        if not results:  # nothing can explain this model: a settings problem, not a skip
+            raise first_error or LayerError(
+                f"every method was skipped for this model ({', '.join(self.skipped)})"
             )
-    return records
+        return results
+
+    def process(self, progress: bool) -> None:
+        """Decode, explain and write every pending image."""
+        from tqdm import tqdm
+
+        from cnnviz.image_outputs import ImageJob, write_image_outputs
+
+        size, n = self.settings.batch_size, len(self.paths)
+        chunks = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+        chunks = [chunk for chunk in chunks if any(self.pending[i] for i in chunk)]
+        if not chunks:
+            return
+        workers = self.settings.num_workers
+        workers = auto_workers(len(chunks)) if workers is None else min(workers, len(chunks))
+        loader = torch.utils.data.DataLoader(
+            _ImageFiles(self.paths, self.loaded.preprocessing, self.tag),
+            batch_sampler=chunks,
+            collate_fn=_collate,
+            num_workers=workers,
+            worker_init_fn=_worker_init if workers else None,
+        )
+        todo = sum(self.pending)
+        bar = tqdm(total=todo, desc=self.tag, unit="img", disable=not progress, leave=False)
+        pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="cnnviz-write")
+        in_flight: deque[tuple[int, Future[list[dict[str, Any]]]]] = deque()
+
+        def collect() -> None:
+            index, future = in_flight.popleft()
+            try:
+                future.result()
+                self.written += 1
+            except (CnnvizError, OSError) as e:
+                self.fail(_failure(self.paths[index], e, self.tag))
+            bar.update(1)
+
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                for index, failure in batch.failures:
+                    if self.pending[index]:
+                        self.fail(failure)
+                        bar.update(1)
+                if batch.tensors is None or batch.displays is None:
+                    continue
+                per_method = self.explain_batch(batch.tensors, batch.indices)
+                displays = batch.displays.numpy()
+                for k, index in enumerate(batch.indices):
+                    if not self.pending[index]:
+                        continue
+                    job = ImageJob(
+                        out_dir=self.out,
+                        path=self.paths[index],
+                        stem=self.stems[index],
+                        tag=self.tag,
+                        key=self.keys[index],
+                        source=self.sources[index],
+                        display=displays[k],
+                        notes=batch.notes[k],
+                        results=[results[k] for results in per_method],
+                        alpha=self.settings.alpha,
+                        grid=self.all,
+                        skipped_methods=dict(self.skipped),
+                    )
+                    in_flight.append((index, pool.submit(write_image_outputs, job)))
+                while len(in_flight) > 2 * size:
+                    collect()
+            while in_flight:
+                collect()
+        finally:
+            del batches  # stops the decoding processes now, also on Ctrl-C
+            pool.shutdown(wait=True, cancel_futures=True)
+            bar.close()
+
+    def manifest(self, command: str) -> dict[str, Any]:
+        from cnnviz.records import rebuild_manifest
+
+        attempted = {
+            (str(p), self.tag) for p, todo in zip(self.paths, self.pending, strict=True) if todo
+        }
+        return rebuild_manifest(
+            self.out,
+            command=command,
+            model=model_record(self.loaded),
+            method=self.tag,
+            layer=None,
+            failures=self.failures,
+            attempted=attempted,
+            method_order=method_names(),
+            extra={
+                "cmap": self.settings.cmap,
+                "alpha": self.settings.alpha,
+                "options": {} if self.all else self.settings.options,
+                "skipped_methods": self.skipped,
+                "run": {
+                    "inputs": len(self.paths),
+                    "already_complete": len(self.paths) - sum(self.pending),
+                    "written": self.written,
+                    "failed": len(self.failures),
+                },
+            },
+        )
 
 
 def explain_files(
@@ -163,53 +444,39 @@ def explain_files(
     command: str,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Explain every image in ``paths`` into ``out_dir``; returns the manifest as a dict."""
-    from tqdm import tqdm
+    """Explain every image in ``paths`` into ``out_dir``; returns the manifest as a dict.
 
-    from cnnviz.api import explain
-    from cnnviz.outputs import Manifest, write_manifest
+    Per image and target: ``<stem>.<method>.<rank>-<label>.png`` (overlay),
+    ``….layer.npy`` (raw map at the layer's resolution) and ``….input.npy`` (upsampled to the
+    input), plus ``<stem>.grid.png`` with ``method="all"``; then ``records/<stem>.<tag>.json``.
+    ``manifest.json`` lists every item in the folder and this run's failures. A bad image is a
+    failure, never an exception; an interrupted run (``KeyboardInterrupt``) still writes the
+    manifest of what is complete before re-raising.
 
-    method = get_method(settings.method)
-    if isinstance(settings.target, list) and len(settings.target) != len(paths):
-        raise TargetError(
-            f"{len(settings.target)} targets given for {len(paths)} images; give one target "
-            "for all images or exactly one per image."
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    failures: list[dict[str, Any]] = []
-    items: list[dict[str, Any]] = []
-    layer_used: str | None = None
-    bar = tqdm(total=len(paths), desc=method.name, unit="img", disable=not progress, leave=False)
+    Raises:
+        MethodNotFoundError, LayerError, TargetError, NonFiniteError, ...: for settings that
+            cannot work for any image (raised before or at the first batch).
+        OutputError: ``out_dir`` cannot be created or written.
+    """
+    from cnnviz.records import prepare_out_dir, remove_stale_temp_files
+
+    path_list = [Path(p) for p in paths]
+    _validate(loaded, settings, len(path_list))
+    run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings)
+    remove_stale_temp_files(run.out)
+    run.find_complete()
+    done = len(path_list) - sum(run.pending)
+    if done:
+        logger.info("%d of %d image(s) already complete; resuming", done, len(path_list))
     try:
-        for batch in batched(load_inputs(loaded, paths, failures), settings.batch_size):
-            x = torch.stack([item.tensor for item in batch])
-            target = settings.target
-            if isinstance(target, list):  # one target per input file
-                target = [target[item.index] for item in batch]
-            explanation = explain(
-                loaded,
-                x,
-                settings.method,
-                layer=settings.layer,
-                target=target,
-                **settings.options,
-            )
-            layer_used = explanation.layer
-            items.extend(item_records(explanation, batch, out_dir, settings))
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    manifest = Manifest(
-        command=command,
-        model=model_record(loaded),
-        method=method.name,
-        layer=layer_used,
-        items=tuple(items),
-        failures=tuple(failures),
-        extra={"cmap": settings.cmap, "alpha": settings.alpha, "options": settings.options},
-    )
-    write_manifest(out_dir, manifest)
-    return manifest.to_dict()
+        run.process(progress)
+    except KeyboardInterrupt:
+        try:
+            run.manifest(command)
+        except Exception:  # the interruption is what matters; resume rebuilds the manifest
+            logger.debug("could not write the manifest after the interruption", exc_info=True)
+        raise
+    return run.manifest(command)
 
 
 def model_record(loaded: LoadedModel) -> dict[str, Any]:

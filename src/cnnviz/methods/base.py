@@ -116,13 +116,13 @@ def get_method(name: str) -> type[Method]:
 
 
 def _load_builtin_methods() -> None:
-    # Registration is an import side effect; the order here is the order `cnnviz methods` lists.
+    # Registration is an import side effect; `cnnviz methods` lists in this import order.
     from cnnviz.methods import (  # noqa: F401
         cam,
         cam_perturbation,
         gradients,
-        integrated,
         guided,
+        integrated,
         perturbation,
     )
 
