@@ -1,0 +1,325 @@
+"""The ``cnnviz`` commands: one handler per sub-command, composing the library's stages.
+
+Each handler takes the parsed arguments and returns the exit code; heavy imports happen inside
+the handlers, so building the parser (:mod:`cnnviz.cli`) stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnviz.errors import one_line
+
+if TYPE_CHECKING:
+    from cnnviz.models import LoadedModel
+
+EXIT_OK, EXIT_PARTIAL = 0, 1  # everything written; the run finished but some inputs failed
+
+
+# -- shared helpers --------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
+    from cnnviz.models import load_model
+
+    return load_model(name or args.model, weights=args.weights, device=args.device)
+
+
+def _emit_json(obj: object) -> None:
+    from cnnviz.outputs import to_json_text
+
+    sys.stdout.write(to_json_text(obj) + "\n")
+
+
+def _inputs(raw: Sequence[str]) -> list[Path]:
+    from cnnviz.errors import ImageLoadError
+    from cnnviz.images import find_images
+
+    paths: list[Path] = []
+    for entry in raw:
+        found = find_images(entry)
+        if not found:
+            raise ImageLoadError(f"{entry}: no image files found there (looked for common types).")
+        paths.extend(found)
+    return paths
+
+
+def _target(args: argparse.Namespace) -> Any:
+    from cnnviz.targets import TopK
+
+    if getattr(args, "top_k", None) is not None:
+        if args.target:
+            raise SystemExit("cnnviz: error: give --target or --top-k, not both")
+        return TopK(args.top_k)
+    targets: list[str] = args.target or []
+    if not targets:
+        return None
+    return targets[0] if len(targets) == 1 else list(targets)
+
+
+def _out(args: argparse.Namespace) -> Path:
+    """The ``--out`` folder; an empty value is refused rather than read as ``.``."""
+    if not str(args.out).strip():
+        raise SystemExit("cnnviz: error: --out is empty; give the folder to write to")
+    return Path(args.out)
+
+
+def _finish(manifest: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
+    """Print the summary (each failure was logged as it happened) and choose the exit code.
+
+    The exit code reflects this run: a folder's manifest may also list failures of earlier runs
+    into it (``extra.run.failed`` counts this run's).
+    """
+    run = manifest.get("extra", {}).get("run", {})
+    failed = int(run.get("failed", len(manifest.get("failures", []))))
+    if args.json:
+        _emit_json(manifest)
+    else:
+        count = len(manifest.get("items", []))
+        note = f"; {failed} input(s) failed, listed there" if failed else ""
+        print(one_line(f"Wrote {count} result(s) to {out}/ (manifest.json){note}"))
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cnnviz.models import list_models
+
+    infos = list_models()
+    if args.json:
+        _emit_json([info.__dict__ for info in infos])
+        return EXIT_OK
+    header = ("name", "architecture", "weights", "classes", "input", "offline")
+    rows = [
+        (
+            i.name,
+            i.architecture,
+            i.weights_source,
+            str(i.num_classes),
+            "×".join(map(str, i.input_size)),
+            "yes" if i.offline else "no",
+        )
+        for i in infos
+    ]
+    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(
+        "\nAlso: torchvision:NAME (any torchvision classifier), timm:NAME (any timm model), "
+        "--weights FILE for your own checkpoint."
+    )
+    return EXIT_OK
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from cnnviz.methods.base import get_method, method_names
+
+    methods = [get_method(n) for n in method_names()]
+    if args.json:
+        _emit_json(
+            [
+                {
+                    "name": m.name,
+                    "title": m.title,
+                    "paper": m.paper,
+                    "summary": m.summary,
+                    "needs_layer": m.needs_layer,
+                }
+                for m in methods
+            ]
+        )
+        return EXIT_OK
+    width = max(len(m.name) for m in methods)
+    for m in methods:
+        print(f"{m.name.ljust(width)}  {m.summary} ({m.paper})")
+    return EXIT_OK
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from cnnviz.summary import format_layer_table, layer_table
+
+    loaded = _load(args, args.model_name)
+    rows = layer_table(loaded.module, (3, *loaded.preprocessing.input_size))
+    if args.json:
+        _emit_json([row.__dict__ for row in rows])
+    else:
+        print(format_layer_table(rows))
+    return EXIT_OK
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from cnnviz.summary import format_summary, summarize
+
+    loaded = _load(args, args.model_name)
+    summary = summarize(loaded.module, (3, *loaded.preprocessing.input_size), depth=args.depth)
+    if args.json:
+        _emit_json(summary.to_dict())
+    else:
+        print(f"{loaded.name}: {loaded.architecture}; weights: {loaded.weights}")
+        print(format_summary(summary))
+    return EXIT_OK
+
+
+def cmd_filters(args: argparse.Namespace) -> int:
+    from cnnviz.filters import DeepFilterView, FilterScale, conv_weight, filter_tiles
+    from cnnviz.layers import resolve_layer
+    from cnnviz.outputs import Manifest, safe_stem, write_manifest, write_npy, write_png
+    from cnnviz.pipeline import model_record
+    from cnnviz.render import figure_to_png_bytes, filters_figure
+
+    loaded = _load(args, args.model_name)
+    layer = resolve_layer(loaded.module, args.layer) if args.layer else None
+    if layer is None:
+        from cnnviz.filters import first_conv_layer
+
+        layer = first_conv_layer(loaded.module)
+    weight = conv_weight(loaded.module, layer)
+    scale, view = FilterScale(args.scale), DeepFilterView(args.view)
+    tiles = filter_tiles(weight, scale=scale, view=view)
+    out = _out(args)
+    stem = safe_stem(layer)
+    title = f"Filters of {layer} {tuple(weight.shape)} — {loaded.name}"
+    fig = filters_figure(tiles, title=title, caption=f"{scale.value} scale, {view.value} view")
+    from cnnviz.outputs import atomic_write_bytes
+
+    atomic_write_bytes(out / f"{stem}.filters.png", figure_to_png_bytes(fig))
+    write_png(out / f"{stem}.tiles.png", _tile_sheet(tiles))
+    write_npy(out / f"{stem}.weight.npy", weight.float().numpy())
+    files = {
+        "figure": f"{stem}.filters.png",
+        "tiles": f"{stem}.tiles.png",
+        "weight": f"{stem}.weight.npy",
+    }
+    manifest = Manifest(
+        command="filters",
+        model=model_record(loaded),
+        layer=layer,
+        items=(
+            {
+                "layer": layer,
+                "weight_shape": list(weight.shape),
+                "files": files,
+                "scale": scale.value,
+                "view": view.value,
+            },
+        ),
+    )
+    write_manifest(out, manifest)
+    return _finish(manifest.to_dict(), out, args)
+
+
+def _tile_sheet(tiles: Any) -> Any:
+    from cnnviz.render import image_grid
+
+    n = tiles.shape[0]
+    cols = max(1, round(n**0.5))
+    return image_grid(list(tiles), ncols=cols, pad=1)
+
+
+def cmd_activations(args: argparse.Namespace) -> int:
+    from cnnviz.activations import ChannelOrder, capture_activations, select_channels
+    from cnnviz.outputs import Manifest, atomic_write_bytes, safe_stem, write_manifest, write_npy
+    from cnnviz.pipeline import load_inputs, model_record
+    from cnnviz.render import activations_figure, figure_to_png_bytes
+
+    loaded = _load(args)
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    out = _out(args)
+    failures: list[dict[str, Any]] = []
+    items = []
+    for item in load_inputs(loaded, _inputs(args.images), failures):
+        captured = capture_activations(loaded.module, item.tensor.unsqueeze(0), layers)
+        for name, act in captured.items():
+            ids, chosen = select_channels(act[0], args.channels, ChannelOrder(args.order))
+            stem = f"{item.stem}.{safe_stem(name)}"
+            fig = activations_figure(
+                chosen.float().cpu().numpy(),
+                title=f"Activations of {name} {tuple(act.shape)} — {item.path.name}",
+                channel_ids=ids,
+                shared_scale=args.shared_scale,
+            )
+            atomic_write_bytes(out / f"{stem}.activations.png", figure_to_png_bytes(fig))
+            write_npy(out / f"{stem}.activations.npy", act[0].float().cpu().numpy())
+            items.append(
+                {
+                    "input": str(item.path),
+                    "layer": name,
+                    "shape": list(act.shape),
+                    "channels": ids,
+                    "files": {
+                        "figure": f"{stem}.activations.png",
+                        "raw": f"{stem}.activations.npy",
+                    },
+                }
+            )
+    manifest = Manifest(
+        command="activations",
+        model=model_record(loaded),
+        items=tuple(items),
+        failures=tuple(failures),
+        extra={"order": args.order, "shared_scale": args.shared_scale},
+    )
+    write_manifest(out, manifest)
+    return _finish(manifest.to_dict(), out, args)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from cnnviz.pipeline import ALL_METHODS, ExplainSettings, explain_files
+
+    if args.method.strip().lower() != ALL_METHODS:
+        from cnnviz.methods.base import get_method
+
+        get_method(args.method)  # an unknown name fails before the model is loaded
+    paths = _inputs(args.images)
+    loaded = _load(args)
+    options: dict[str, Any] = {}
+    if getattr(args, "signed", False):
+        options["signed"] = True
+    settings = ExplainSettings(
+        method=args.method,
+        layer=getattr(args, "layer", None),
+        target=_target(args),
+        options=options,
+        cmap=args.cmap,
+        alpha=args.alpha,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        resume=args.resume,
+    )
+    out = _out(args)
+    manifest = explain_files(
+        loaded, paths, out, settings, command=args.command, progress=not args.quiet
+    )
+    return _finish(manifest, out, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cnnviz.report import ReportSettings, build_report
+
+    out = _out(args)
+    settings = ReportSettings(
+        layers=[n.strip() for n in args.layers.split(",")] if args.layers else None,
+        cmap=args.cmap,
+        alpha=args.alpha,
+    )
+    loaded = _load(args)
+    if args.demo:
+        from cnnviz.report import demo_inputs
+
+        paths, boxes = demo_inputs(loaded, out)
+    else:
+        if not args.images:
+            raise SystemExit("cnnviz: error: give image files or folders, or --demo")
+        paths, boxes = _inputs(args.images), {}
+    result = build_report(loaded, paths, out, settings, boxes=boxes, progress=not args.quiet)
+    if args.json:
+        _emit_json(result)
+    else:
+        print(f"Report: {result['index']}")
+    return EXIT_PARTIAL if result.get("failures") else EXIT_OK
