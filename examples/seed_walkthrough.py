@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     # (2) conv1's filters as RGB images
     weight = conv_weight(model, "conv1")
-    fig = filters_figure(rgb_filter_tiles(weight), title=f"Filters in conv1 layer {tuple(weight.shape)}")
+    fig = filters_figure(
+        rgb_filter_tiles(weight), title=f"Filters in conv1 layer {tuple(weight.shape)}"
+    )
     atomic_write_bytes(out / "conv1_filters.png", figure_to_png_bytes(fig))
     print(f"(2) conv1 filters {tuple(weight.shape)} → {out / 'conv1_filters.png'}")
 

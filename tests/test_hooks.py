@@ -146,9 +146,16 @@ def test_remove_is_idempotent_and_restores_mixed_training_flags() -> None:
 
 def test_model_state_guard_restores_flags_after_exception() -> None:
     model = TinyNet().train()
-    with pytest.raises(ZeroDivisionError), model_state_guard(model):
-        assert not model.training
-        _ = 1 / 0
+    seen: list[bool] = []
+
+    def fail_inside() -> None:
+        with model_state_guard(model):
+            seen.append(model.training)
+            raise ZeroDivisionError
+
+    with pytest.raises(ZeroDivisionError):
+        fail_inside()
+    assert seen == [False]
     assert model.training
 
 

@@ -114,13 +114,16 @@ def _chromium() -> str | None:
 
 
 PROBE = """<script>
-var cnnvizErrors = [];
-window.addEventListener('error', function (e) { cnnvizErrors.push(String(e.message || e.type)); }, true);
-document.addEventListener('securitypolicyviolation', function (e) { cnnvizErrors.push('csp ' + e.blockedURI); });
+var errs = [];
+window.addEventListener('error', function (e) { errs.push(String(e.message || e.type)); }, true);
+document.addEventListener('securitypolicyviolation', function (e) {
+  errs.push('csp ' + e.blockedURI);
+});
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length;
-  document.body.setAttribute('data-probe', JSON.stringify({total: imgs.length, broken: broken, errors: cnnvizErrors}));
+  var probe = {total: imgs.length, broken: broken, errors: errs};
+  document.body.setAttribute('data-probe', JSON.stringify(probe));
 });
 </script>"""
 

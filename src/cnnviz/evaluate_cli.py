@@ -261,7 +261,7 @@ def add_commands(sub: Any) -> None:
         "--methods",
         default="gradcam,saliency",
         help="comma-separated methods (see `cnnviz methods`), plus the references "
-        "random-map and centre-map (default gradcam,saliency)",
+        "random-map, coarse-random-map and centre-map (default gradcam,saliency)",
     )
     p.add_argument(
         "--boxes",

@@ -207,9 +207,13 @@ def _grey_to_rgb(levels: np.ndarray) -> Image.Image:
 
 
 def _too_large(file: Path, size: tuple[int, int] | None) -> ImageLoadError:
-    what = f"{size[0]}×{size[1]} = {size[0] * size[1]:,} pixels" if size else "too many pixels"
+    what = (
+        f"its {size[0]}×{size[1]} = {size[0] * size[1]:,} pixels exceed"
+        if size
+        else "its pixel count (too large for Pillow even to open) exceeds"
+    )
     return ImageLoadError(
-        f"Refusing {file}: {what} exceeds the limit of {MAX_IMAGE_PIXELS:,} "
+        f"Refusing {file}: {what} the limit of {MAX_IMAGE_PIXELS:,} "
         "(a possible decompression bomb); downscale the image first."
     )
 

@@ -66,7 +66,7 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> str:
     if isinstance(layer, nn.Module):
         for name, module in model.named_modules():
             if module is layer and name:
-                return name
+                return str(name)
         raise LayerError(
             f"The module {type(layer).__name__} given as layer is not a submodule of the model. "
             "Pass a module from this model, or its dotted name (see `cnnviz layers MODEL`)."
@@ -83,9 +83,10 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> str:
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
+        shown = ", ".join(matches[:6]) + (", …" if len(matches) > 6 else "")
         raise LayerError(
             f"Layer name {layer!r} is ambiguous: it ends {len(matches)} module paths "
-            f"({', '.join(matches[:6])}{', …' if len(matches) > 6 else ''}). Give the full dotted name."
+            f"({shown}). Give the full dotted name."
         )
     # Suggest by full path and by last component (so "bn4_l" suggests "backbone.bn4_1").
     by_last = {n.rsplit(".", 1)[-1]: n for n in reversed(names)}
@@ -102,7 +103,10 @@ def get_module(model: nn.Module, name: str) -> nn.Module:
 
 
 def alias_of(model: nn.Module, name: str) -> str | None:
-    """The shortest unique suffix of ``name`` that :func:`resolve_layer` maps back to it, if shorter."""
+    """The shortest unique suffix of ``name`` that :func:`resolve_layer` maps back to it.
+
+    ``None`` when no suffix shorter than the full name is unique.
+    """
     parts = name.split(".")
     names = layer_names(model)
     for k in range(1, len(parts)):
@@ -200,8 +204,9 @@ def auto_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
             handle.remove()
     if chosen is None:
         raise LayerError(
-            f"{type(model).__name__} has no layer with a spatial (N, C, H, W) output larger than 1×1; "
-            "CAM methods need one. Pass --layer explicitly or use a gradient method such as saliency."
+            f"{type(model).__name__} has no layer with a spatial (N, C, H, W) output larger "
+            "than 1×1; CAM methods need one. Pass --layer explicitly or use a gradient method "
+            "such as saliency."
         )
     logger.info("Automatic CAM layer: %s", chosen)
     return chosen

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 import io
 import json
 import logging
@@ -19,6 +18,7 @@ import os
 import platform
 import re
 import secrets
+import sys
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -231,11 +231,11 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 
 def _version(package: str) -> str:
-    """``package.__version__`` (which carries local tags such as ``+cu130``), else its metadata."""
-    try:
-        return str(importlib.import_module(package).__version__)
-    except (ImportError, AttributeError):
-        pass
+    """The package's version without importing it when not yet imported (importing torchvision
+    costs seconds); an imported module's ``__version__`` carries local tags such as ``+cu130``."""
+    module = sys.modules.get(package)
+    if module is not None and hasattr(module, "__version__"):
+        return str(module.__version__)
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

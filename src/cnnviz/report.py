@@ -57,7 +57,10 @@ def figure_data_uri(fig: Any) -> str:
 
 
 def draw_box(image: np.ndarray, box: Box | None) -> np.ndarray:
-    """A copy of ``image`` with a green rectangle around ``box`` (x0, y0, x1, y1; x1/y1 exclusive)."""
+    """A copy of ``image`` with a green rectangle around ``box``.
+
+    ``box`` is ``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive.
+    """
     if box is None:
         return image
     from PIL import Image, ImageDraw
@@ -204,8 +207,8 @@ def _page(
     for name in settings.methods:
         e = explain(loaded, x, name)
         methods.append({"label": f"{e.method}", "src": overlay_uri(display_maps(e)[0, 0])})
-    layers = list(settings.layers) if settings.layers else default_activation_layers(
-        loaded.module, x
+    layers = (
+        list(settings.layers) if settings.layers else default_activation_layers(loaded.module, x)
     )
     activations = []
     for name, act in capture_activations(loaded.module, x, layers).items():
@@ -225,9 +228,7 @@ def _page(
         "model": model_record(loaded),
         "gradcam_layer": cams.layer,
         "predictions": predictions,
-        "gradcam_targets": [
-            {"name": g["label"], "probability": g["probability"]} for g in gradcam
-        ],
+        "gradcam_targets": [{"name": g["label"], "probability": g["probability"]} for g in gradcam],
         "saliency_target": saliency["label"],
         "activation_layers": layers,
         "notes": list(item.notes),

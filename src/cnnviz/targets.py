@@ -89,7 +89,7 @@ def class_index(value: int | str, class_names: Sequence[str] | None, num_classes
             )
         raise TargetError(
             f"Unknown class name {value!r}.{close_matches(text.lower(), lowered)} "
-            "List the classes with `cnnviz models` or give an index."
+            f"Give an exact class name of this model or an index 0…{num_classes - 1}."
         )
     if not 0 <= value < num_classes:
         raise TargetError(

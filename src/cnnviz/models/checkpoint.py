@@ -71,9 +71,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         state = load_checkpoint("my_vgg.safetensors")
     """
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise CheckpointNotFoundError(
+            f"Checkpoint {str(file)!r} is a directory; pass the checkpoint file itself as --weights"
+        )
     if not file.is_file():
         raise CheckpointNotFoundError(
-            f"checkpoint {str(file)!r} does not exist; check the path passed as --weights"
+            f"Checkpoint {str(file)!r} does not exist; check the path passed as --weights"
         )
     suffix = file.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:

@@ -296,7 +296,7 @@ def _unknown_model(name: str) -> ModelNotFoundError:
     else:
         hint = close_matches(name, list(_REGISTRY))
     return ModelNotFoundError(
-        f"unknown model {name!r}.{hint} Built-in models: {', '.join(_REGISTRY)}; "
+        f"Unknown model {name!r}.{hint} Built-in models: {', '.join(_REGISTRY)}; "
         "any torchvision or timm classifier as torchvision:NAME or timm:NAME"
     )
 

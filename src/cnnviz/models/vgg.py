@@ -131,7 +131,8 @@ class VGG11(nn.Module):
         x = self.backbone(x)
         x = self.avgpool(x)
         x = torch.flatten(x, 1)
-        return self.classifier(x)
+        logits: torch.Tensor = self.classifier(x)
+        return logits
 
 
 def torchvision_key_map(*, batch_norm: bool) -> dict[str, str]:
@@ -148,7 +149,7 @@ def torchvision_key_map(*, batch_norm: bool) -> dict[str, str]:
             continue
         layers = [f"conv{suffix}"] + ([f"bn{suffix}"] if batch_norm else [])
         for layer in layers:
-            params = ("weight", "bias")
+            params: tuple[str, ...] = ("weight", "bias")
             if layer.startswith("bn"):
                 params += ("running_mean", "running_var", "num_batches_tracked")
             for p in params:
