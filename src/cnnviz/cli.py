@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True)
     p.add_argument("--demo", action="store_true", help="run on the bundled sample images")
     p.add_argument("--layers", default=None, help="activation layers (comma-separated)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="methods compared side by side: comma-separated names, 'all' or 'none' "
+        "(default: the fast CAM and gradient methods)",
+    )
     _drawing(p)
     from cnnviz.evaluate_cli import add_commands
 

@@ -299,6 +299,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return _finish(manifest, out, args)
 
 
+def _compared_methods(text: str | None) -> tuple[str, ...]:
+    """The report's "methods compared": default set, ``none``, ``all`` or a comma list."""
+    from cnnviz.methods.base import get_method, method_names
+    from cnnviz.report import COMPARED_METHODS
+
+    if text is None:
+        return COMPARED_METHODS
+    if text.strip().lower() == "none":
+        return ()
+    if text.strip().lower() == "all":
+        return tuple(method_names())
+    return tuple(get_method(name).name for name in text.split(",") if name.strip())
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from cnnviz.report import ReportSettings, build_report
 
@@ -307,6 +321,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         layers=[n.strip() for n in args.layers.split(",")] if args.layers else None,
         cmap=args.cmap,
         alpha=args.alpha,
+        methods=_compared_methods(args.methods),
     )
     loaded = _load(args)
     if args.demo:

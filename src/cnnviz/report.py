@@ -13,7 +13,7 @@ import base64
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,20 @@ logger = logging.getLogger(__name__)
 
 Box = tuple[int, int, int, int]
 
+COMPARED_METHODS: tuple[str, ...] = (
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "eigencam",
+    "gradxinput",
+    "smoothgrad",
+    "integrated-gradients",
+    "guided-backprop",
+    "guided-gradcam",
+)
+"""The report's default "methods compared": those that cost a few passes, not one per channel."""
+
 
 @dataclass(frozen=True)
 class ReportSettings:
@@ -37,7 +51,7 @@ class ReportSettings:
     alpha: float = 0.5
     cam_classes: int = 3
     channels: int = 16
-    methods: Sequence[str] = field(default_factory=tuple)
+    methods: Sequence[str] = COMPARED_METHODS
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -174,16 +188,19 @@ def _page(
 ) -> dict[str, Any]:
     from cnnviz.activations import ChannelOrder, capture_activations, select_channels
     from cnnviz.api import explain
+    from cnnviz.errors import CnnvizError
+    from cnnviz.methods.base import get_method
     from cnnviz.outputs import environment_info, to_json_text
     from cnnviz.pipeline import display_maps, model_record
+    from cnnviz.postprocess import Display
     from cnnviz.render import activations_figure, overlay, to_uint8
     from cnnviz.targets import TopK
 
     x = item.tensor.unsqueeze(0)
     shown_input = draw_box(item.display, box)
 
-    def overlay_uri(map01: np.ndarray) -> str:
-        picture = overlay(item.display, map01, cmap=settings.cmap, alpha=settings.alpha)
+    def overlay_uri(map01: np.ndarray, cmap: str = settings.cmap) -> str:
+        picture = overlay(item.display, map01, cmap=cmap, alpha=settings.alpha)
         return png_data_uri(draw_box(picture, box))
 
     cams = explain(loaded, x, "gradcam", target=TopK(settings.cam_classes))
@@ -204,9 +221,17 @@ def _page(
         "raw": png_data_uri(to_uint8(sal_map)),
     }
     methods = []
+    top_class = None if cams.targets.indices is None else int(cams.targets.indices[0, 0])
     for name in settings.methods:
-        e = explain(loaded, x, name)
-        methods.append({"label": f"{e.method}", "src": overlay_uri(display_maps(e)[0, 0])})
+        try:
+            e = explain(loaded, x, name, target=top_class)
+        except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
+            logger.warning("method %s skipped: %s", name, error)
+            continue
+        signed = e.display is Display.SIGNED  # diverging colours: red +, blue −
+        picture = overlay_uri(display_maps(e)[0, 0], "bwr" if signed else settings.cmap)
+        label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")
+        methods.append({"label": label, "src": picture})
     layers = (
         list(settings.layers) if settings.layers else default_activation_layers(loaded.module, x)
     )
