@@ -1,0 +1,362 @@
+"""A synthetic shapes dataset with known ground truth: one object per image, with its exact mask.
+
+Every image holds one object of a class in :data:`SHAPE_CLASSES` — random colour, size (its
+mask covers :data:`AREA_FRACTION` of the image, its tight box about 8–35 %), rotation and
+position — painted over a cluttered background:
+
+* the background is smooth two-octave colour noise, soft or hard stripes of random period,
+  angle and colours, or a blend of the two;
+* 1–6 distractors of the same colour distribution as objects but of no shape class: thin
+  ellipses (aspect ≤ 0.6, so never a circle) and line segments, up to ~29 px long; they never
+  touch the object (a 2 px margin keeps its silhouette intact);
+* Gaussian pixel noise (σ ≤ 0.05) over everything, object included.
+
+Nothing but the object's shape tells the class: background, distractors, colour, size and
+position are drawn independently of it, so a classifier that is right must look at the object.
+Shapes are drawn without anti-aliasing by exact tests on pixel centres (half-planes, radii), so
+:attr:`ShapesBatch.masks` are exactly the object's pixels (noise aside) and
+:attr:`ShapesBatch.boxes` their tight bounding box.
+
+Everything is drawn from one ``torch.Generator`` seeded with ``seed`` in a fixed order, so the
+same ``(n, seed, size)`` gives identical tensors (for a given torch version). Generation is
+vectorised in chunks: 6,000 images of 64×64 take about a second.
+
+Example:
+    >>> from cnnviz.data.shapes import SHAPE_CLASSES, make_shapes
+    >>> batch = make_shapes(8, seed=0)
+    >>> batch.images.shape, batch.masks.shape, batch.boxes.shape
+    (torch.Size([8, 3, 64, 64]), torch.Size([8, 64, 64]), torch.Size([8, 4]))
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
+"""Class names, in label order."""
+
+HELDOUT_SEED: int = 20_240_601
+"""Seed of the held-out set. Training (:func:`cnnviz.models.shapes.train_shapes_vgg11`) draws its
+data with seeds below 1,000, so the two never coincide."""
+
+DATASET_VERSION: int = 1
+"""Bumped whenever the generator's output for a given seed changes (cached models retrain)."""
+
+AREA_FRACTION: tuple[float, float] = (0.04, 0.10)
+"""Range of the object's intended area as a fraction of the image; pixel-centre sampling makes
+the drawn mask's fraction deviate by a few per cent of that (tests allow 0.04–0.17)."""
+
+_CHUNK = 512  # images rendered at once: bounds memory at ~100 MB for 64×64
+_DISTRACTORS = (1, 6)  # fewest and most distractors per image
+_LINE_HALF_LENGTH = (5.0, 14.0)
+_LINE_HALF_WIDTH = (0.6, 1.3)
+_BLOB_HALF_LENGTH = (2.0, 8.0)
+_BLOB_ASPECT = (0.25, 0.6)  # minor / major axis: never round, so never a circle
+_SHADING = 0.0  # largest brightness change from an object's centre to its rim
+_NOISE = (0.0, 0.05)  # range of the pixel noise's standard deviation
+_BAND_PROBABILITY = 0.0  # chance of a grey band along each side
+_BAND_WIDTH = (2.0, 12.0)
+_RING_INNER = 0.55  # inner radius of a ring, relative to its outer radius
+_STAR_INNER = 0.5  # inner vertex radius of the 5-pointed star, relative to the outer one
+_CROSS_HALF_WIDTH = 0.3  # half-width of a cross's arm, relative to the arm's half-length
+_CROSS_LENGTH = 1.0 / math.sqrt(1.0 + _CROSS_HALF_WIDTH**2)  # arm tips' corners on the unit circle
+
+# Area of each class's shape when its circumradius is 1 (all shapes fit the unit circle), so a
+# shape of area A has circumradius sqrt(A / unit_area).
+_UNIT_AREA: dict[str, float] = {
+    "circle": math.pi,
+    "square": 2.0,  # half-side 1/√2
+    "triangle": 3.0 * math.sqrt(3.0) / 4.0,  # equilateral
+    "star": 5.0 * _STAR_INNER * math.sin(math.radians(36.0)),  # 10 triangles (1, inner, 36°)
+    "cross": _CROSS_LENGTH**2 * (8.0 * _CROSS_HALF_WIDTH - 4.0 * _CROSS_HALF_WIDTH**2),
+    "ring": math.pi * (1.0 - _RING_INNER**2),
+}
+
+
+@dataclass(frozen=True)
+class ShapesBatch:
+    """Images of the shapes dataset with their ground truth.
+
+    Attributes:
+        images: ``(N, 3, S, S)`` float32 in [0, 1].
+        labels: ``(N,)`` int64 indices into :data:`SHAPE_CLASSES`.
+        masks: ``(N, S, S)`` bool, True exactly on the object's pixels.
+        boxes: ``(N, 4)`` int64 ``x0, y0, x1, y1``, the tight box of the mask (x1, y1 exclusive).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor
+    boxes: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+def make_shapes(n: int, *, seed: int, size: int = 64) -> ShapesBatch:
+    """Generate ``n`` images of ``size``×``size`` pixels, reproducibly from ``seed``.
+
+    Classes are balanced: each occurs ``n // len(SHAPE_CLASSES)`` or one more times, in a
+    random order. See the module docstring for what an image contains.
+
+    Raises:
+        TypeError: ``n``, ``seed`` or ``size`` is not an int.
+        ValueError: ``n`` is negative or ``size`` is outside 32–512.
+    """
+    for name, value in (("n", n), ("seed", seed), ("size", size)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if n < 0:
+        raise ValueError(f"n must be the number of images (>= 0), got {n}")
+    if not 32 <= size <= 512:
+        raise ValueError(f"size must be between 32 and 512 pixels, got {size}")
+    gen = torch.Generator().manual_seed(seed)
+    num_classes = len(SHAPE_CLASSES)
+    labels = torch.arange(n, dtype=torch.int64).remainder(num_classes)
+    labels = labels[torch.randperm(n, generator=gen)]
+    images, masks = [], []
+    for start in range(0, n, _CHUNK):
+        chunk_images, chunk_masks = _render(labels[start : start + _CHUNK], gen, size)
+        images.append(chunk_images)
+        masks.append(chunk_masks)
+    if n == 0:
+        images = [torch.zeros(0, 3, size, size)]
+        masks = [torch.zeros(0, size, size, dtype=torch.bool)]
+    mask = torch.cat(masks)
+    return ShapesBatch(torch.cat(images), labels, mask, mask_boxes(mask))
+
+
+def heldout_shapes(n: int = 200, *, size: int = 64) -> ShapesBatch:
+    """The held-out set, ``make_shapes(n, seed=HELDOUT_SEED, size=size)``; never trained on."""
+    return make_shapes(n, seed=HELDOUT_SEED, size=size)
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight boxes ``(N, 4)`` int64 ``x0, y0, x1, y1`` (x1, y1 exclusive) of ``(N, H, W)`` masks.
+
+    An empty mask gets the box ``0, 0, 0, 0``.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"Expected masks of shape (N, H, W), got {tuple(masks.shape)}")
+    masks = masks.bool()
+    boxes = []
+    for axis in (1, 2):  # any over rows → columns present (x); any over columns → rows (y)
+        present = masks.any(dim=axis)
+        length = present.shape[1]
+        first = present.to(torch.uint8).argmax(dim=1)
+        last = length - present.flip(1).to(torch.uint8).argmax(dim=1)
+        nonempty = present.any(dim=1)
+        boxes.append((torch.where(nonempty, first, 0), torch.where(nonempty, last, 0)))
+    (x0, x1), (y0, y1) = boxes
+    return torch.stack([x0, y0, x1, y1], dim=1).to(torch.int64)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+def _uniform(gen: torch.Generator, shape: tuple[int, ...], lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(shape, generator=gen)
+
+
+def _background(batch: int, gen: torch.Generator, size: int) -> torch.Tensor:
+    """``(B, 3, S, S)``: smooth colour noise, stripes, or an even blend of both."""
+    coarse = F.interpolate(
+        torch.rand(batch, 3, 5, 5, generator=gen), size=(size, size), mode="bicubic"
+    )
+    fine = F.interpolate(
+        torch.rand(batch, 3, 16, 16, generator=gen), size=(size, size), mode="bilinear"
+    )
+    smooth = (0.7 * coarse + 0.3 * fine).clamp(0.0, 1.0)
+
+    ys, xs = _grid(size)
+    angle = _uniform(gen, (batch, 1, 1), 0.0, math.pi)
+    period = _uniform(gen, (batch, 1, 1), 3.0, 12.0)
+    phase = _uniform(gen, (batch, 1, 1), 0.0, 2.0 * math.pi)
+    sharpness = _uniform(gen, (batch, 1, 1), 0.5, 8.0)
+    wavenumber = 2.0 * math.pi / period
+    wave = torch.sin(xs * (angle.cos() * wavenumber) + (ys * (angle.sin() * wavenumber) + phase))
+    weight = (0.5 + 0.5 * torch.tanh(sharpness * wave)).unsqueeze(1)
+    colours = torch.rand(batch, 2, 3, 1, 1, generator=gen)
+    stripes = weight * colours[:, 0] + (1.0 - weight) * colours[:, 1]
+
+    kind = torch.randint(0, 3, (batch,), generator=gen)  # 0 smooth, 1 stripes, 2 blend
+    alpha = torch.tensor([0.0, 1.0, 0.5])[kind].view(batch, 1, 1, 1)
+    return (1.0 - alpha) * smooth + alpha * stripes
+
+
+def _grid(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates ``(ys, xs)``, shaped ``(S, 1)`` and ``(1, S)``; pixel (i, j) is at
+    (i, j)."""
+    coords = torch.arange(size, dtype=torch.float32)
+    return coords.view(size, 1), coords.view(1, size)
+
+
+def _local(
+    ys: torch.Tensor,
+    xs: torch.Tensor,
+    cy: torch.Tensor,
+    cx: torch.Tensor,
+    angle: torch.Tensor,
+    scale: torch.Tensor,
+    scale_v: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates ``(u, v)`` in each shape's frame: centred, rotated by ``-angle``, with
+    ``u`` divided by ``scale`` and ``v`` by ``scale_v`` (default ``scale``).
+
+    ``cy, cx, angle, scale`` broadcast against ``ys, xs`` (give them trailing ``1, 1`` dims).
+    Each result costs one full-size addition: the products are taken on rows and columns.
+    """
+    scale_v = scale if scale_v is None else scale_v
+    cos, sin = angle.cos(), angle.sin()
+    dy, dx = ys - cy, xs - cx  # (..., S, 1) and (..., 1, S)
+    return dx * (cos / scale) + dy * (sin / scale), dy * (cos / scale_v) - dx * (sin / scale_v)
+
+
+def _shape_mask(name: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Inside test of class ``name`` at local coordinates of a shape with circumradius 1."""
+    if name in ("circle", "ring"):
+        rho2 = u * u + v * v
+        return (rho2 <= 1.0) & (rho2 >= _RING_INNER**2) if name == "ring" else rho2 <= 1.0
+    if name == "square":
+        half_side = 1.0 / math.sqrt(2.0)
+        return (u.abs() <= half_side) & (v.abs() <= half_side)
+    if name == "triangle":  # equilateral: edge normals at 90°+120°k, inradius 1/2
+        inside = torch.ones_like(u, dtype=torch.bool)
+        for k in range(3):
+            normal = math.pi / 2.0 + 2.0 * math.pi * k / 3.0
+            inside &= u * math.cos(normal) + v * math.sin(normal) <= 0.5
+        return inside
+    if name == "cross":
+        arm, width = _CROSS_LENGTH, _CROSS_HALF_WIDTH * _CROSS_LENGTH
+        au, av = u.abs(), v.abs()
+        return ((au <= arm) & (av <= width)) | ((au <= width) & (av <= arm))
+    if name == "star":
+        # Fold the angle into one 36° half-sector between an outer vertex (at 0°, radius 1) and
+        # an inner one (at 36°); inside iff on the centre's side of the edge joining them.
+        sector = 2.0 * math.pi / 5.0
+        phi = torch.remainder(torch.atan2(v, u), sector)
+        phi = torch.minimum(phi, sector - phi)
+        rho = torch.hypot(u, v)
+        px, py = rho * phi.cos(), rho * phi.sin()
+        ex = _STAR_INNER * math.cos(sector / 2.0) - 1.0
+        ey = _STAR_INNER * math.sin(sector / 2.0)
+        return ex * py - ey * (px - 1.0) >= 0.0
+    raise ValueError(f"Unknown shape class {name!r}; expected one of {SHAPE_CLASSES}")
+
+
+def _distractor_map(
+    centres: torch.Tensor,
+    angle: torch.Tensor,
+    half_length: torch.Tensor,
+    half_width: torch.Tensor,
+    is_line: torch.Tensor,
+    count: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
+    """``(B, S, S)`` int64: 0 for no distractor, ``k + 1`` where distractor ``k`` is on top.
+
+    Distractors are filled polygons drawn by PIL (no anti-aliasing): a line segment is a
+    rectangle, a blob a 12-gon inscribed in an ellipse. Inputs are ``(B, K)`` (``centres``
+    ``(B, K, 2)`` as x, y); only the first ``count[b]`` distractors of image ``b`` are drawn.
+    """
+    from PIL import Image, ImageDraw
+
+    t = torch.arange(12, dtype=torch.float32) * (2.0 * math.pi / 12.0)
+    ellipse = torch.stack([t.cos(), t.sin()], dim=-1)  # (12, 2) on the unit circle
+    rectangle = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    radii = torch.stack([half_length, half_width], dim=-1).unsqueeze(2)  # (B, K, 1, 2)
+    cos, sin = angle.cos().unsqueeze(2), angle.sin().unsqueeze(2)
+    polygons = []
+    for unit in (ellipse, rectangle):
+        local = unit * radii  # (B, K, P, 2)
+        x = local[..., 0] * cos - local[..., 1] * sin + centres[..., 0:1]
+        y = local[..., 0] * sin + local[..., 1] * cos + centres[..., 1:2]
+        # PIL's pixel (i, j) spans [j, j + 1) × [i, i + 1); ours is centred on (i, j).
+        polygons.append(torch.stack([x + 0.5, y + 0.5], dim=-1).flatten(2).numpy())
+    lines, counts = is_line.tolist(), count.tolist()
+    maps = np.zeros((len(counts), size, size), dtype=np.uint8)
+    for b, n in enumerate(counts):
+        canvas = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(canvas)
+        for k in range(n):
+            draw.polygon(polygons[1 if lines[b][k] else 0][b, k].tolist(), fill=k + 1)
+        maps[b] = np.asarray(canvas)
+    return torch.from_numpy(maps).to(torch.int64)
+
+
+def _render(labels: torch.Tensor, gen: torch.Generator, size: int) -> tuple[torch.Tensor, ...]:
+    """Images ``(B, 3, S, S)`` and masks ``(B, S, S)`` for one chunk of labels."""
+    batch = labels.shape[0]
+    ys, xs = _grid(size)
+    image = _background(batch, gen, size)
+
+    # The object: area → circumradius per class; centre so that it lies fully inside.
+    unit_area = torch.tensor([_UNIT_AREA[name] for name in SHAPE_CLASSES])[labels]
+    area = _uniform(gen, (batch,), *AREA_FRACTION) * size * size
+    radius = (area / unit_area).sqrt()
+    # Positions follow the arcsine law (Beta(½, ½)) along each axis, which favours the edges, so
+    # that pointing at the image centre is a weak baseline for localisation.
+    lo, span = radius + 1.0, (size - 3.0 - 2.0 * radius).clamp(min=0.0)
+    cx = lo + span * torch.sin(0.5 * math.pi * torch.rand(batch, generator=gen)) ** 2
+    cy = lo + span * torch.sin(0.5 * math.pi * torch.rand(batch, generator=gen)) ** 2
+    angle = _uniform(gen, (batch,), 0.0, 2.0 * math.pi)
+    shade_angle = _uniform(gen, (batch,), 0.0, 2.0 * math.pi)
+    shade = torch.rand(batch, generator=gen).view(batch, 1, 1)
+    mask = torch.zeros(batch, size, size, dtype=torch.bool)
+    for index, name in enumerate(SHAPE_CLASSES):
+        rows = (labels == index).nonzero().squeeze(1)
+        params = (t[rows].view(-1, 1, 1) for t in (cy, cx, angle, radius))
+        mask[rows] = _shape_mask(name, *_local(ys, xs, *params))
+
+    # Distractors: thin blobs and line segments, kept 2 px away from the object.
+    slots = (batch, _DISTRACTORS[1])
+    count = torch.randint(_DISTRACTORS[0], _DISTRACTORS[1] + 1, (batch,), generator=gen)
+    centres = _uniform(gen, (*slots, 2), 0.0, size - 1.0)
+    dangle = _uniform(gen, slots, 0.0, math.pi)
+    is_line = torch.rand(slots, generator=gen) < 0.5
+    half_length = torch.where(
+        is_line, _uniform(gen, slots, *_LINE_HALF_LENGTH), _uniform(gen, slots, *_BLOB_HALF_LENGTH)
+    )
+    half_width = torch.where(
+        is_line,
+        _uniform(gen, slots, *_LINE_HALF_WIDTH),
+        half_length * _uniform(gen, slots, *_BLOB_ASPECT),
+    )
+    which = _distractor_map(centres, dangle, half_length, half_width, is_line, count, size)
+    margin = mask.unsqueeze(1).float()  # dilated by 2 px, separably
+    margin = F.max_pool2d(margin, kernel_size=(1, 5), stride=1, padding=(0, 2))
+    margin = F.max_pool2d(margin, kernel_size=(5, 1), stride=1, padding=(2, 0)) > 0
+    which = which.masked_fill(margin.squeeze(1), 0)
+    palette = torch.rand(batch, _DISTRACTORS[1] + 1, 3, generator=gen)
+    painted = palette.gather(1, which.view(batch, -1, 1).expand(-1, -1, 3))  # (B, S*S, 3)
+    painted = painted.permute(0, 2, 1).reshape(batch, 3, size, size)
+    image = torch.where((which > 0).unsqueeze(1), painted, image)
+
+    # Object colour: of 4 random candidates, the farthest from the background under the mask.
+    weight = mask.unsqueeze(1).float()
+    under = (image * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp(min=1.0)
+    candidates = torch.rand(batch, 4, 3, generator=gen)
+    best = (candidates - under.unsqueeze(1)).norm(dim=2).argmax(dim=1)
+    colour = candidates[torch.arange(batch), best].view(batch, 3, 1, 1)
+    # Shading: a linear brightness ramp of ±strength across the object, so that it is not flat.
+    ramp, _ = _local(ys, xs, *(t.view(batch, 1, 1) for t in (cy, cx, shade_angle, radius)))
+    colour = colour + (_SHADING * shade * ramp).unsqueeze(1)
+    image = torch.where(mask.unsqueeze(1), colour, image)
+
+    sigma = _uniform(gen, (batch, 1, 1, 1), *_NOISE)
+    noise = torch.randn(image.shape, generator=gen) * sigma
+    image = (image + noise).clamp(0.0, 1.0)
+
+    # Letterbox bands: flat mid-grey (the value zero-padding takes after normalisation) along
+    # some sides, behind the object, so a grey-to-content edge is no evidence of any class.
+    present = torch.rand(batch, 4, generator=gen) < _BAND_PROBABILITY
+    width = torch.where(present, _uniform(gen, (batch, 4), *_BAND_WIDTH), 0.0).view(batch, 4, 1, 1)
+    band = (xs < width[:, 0]) | (ys < width[:, 1]) | (xs >= size - width[:, 2])
+    band |= ys >= size - width[:, 3]
+    image = torch.where(band.unsqueeze(1) & ~mask.unsqueeze(1), 0.5, image)
+    return image.contiguous(), mask.contiguous()

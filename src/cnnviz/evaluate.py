@@ -1,0 +1,577 @@
+"""``cnnviz evaluate``: every metric of :mod:`cnnviz.metrics` for every method on a folder.
+
+For each readable image the model's predicted class is explained by each method and scored:
+deletion and insertion AUC, Average Drop / Increase in Confidence, ROAD (MoRF and LeRF means),
+the pointing games when ground truth is given, and — on the first ``sanity_images`` images —
+the similarity to the original map after full cascading randomisation. Results are one row per
+image × method × metric (``results.csv``, ``results.json``) and means with seeded 95 % bootstrap
+intervals (``summary.csv``); plots (``curves.png``, ``road.png``, ``sanity.png``,
+``sanity-maps.png``) and a self-contained ``index.html`` come with them.
+
+An unreadable image is reported (stderr and the manifest's failures) and skipped; so is an image
+smaller than ``min_side`` pixels on a side (upsampled to the model input it is a flat picture on
+which the metrics mean nothing). An undefined value (e.g. the energy game of a map without
+positive mass) is written as ``null`` with a note and left out of the means; no NaN is written.
+
+Besides registry methods, three reference maps can be scored
+(:func:`cnnviz.metrics.localisation.reference_map`):
+``random-map`` (uniform noise per pixel), ``coarse-random-map`` (uniform noise on a grid 1/16 of
+the image side, upsampled bilinearly like a CAM) and ``centre-map`` (peaked at the centre).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnviz.errors import CnnvizError
+from cnnviz.metrics.localisation import REFERENCE_MAPS, reference_map
+from cnnviz.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "deletion": ("deletion_auc",),
+    "insertion": ("insertion_auc",),
+    "confidence": ("average_drop", "increase_in_confidence"),
+    "road": ("road_morf", "road_lerf"),
+    "pointing": ("pointing_game", "energy_pointing_game"),
+    "sanity": ("cascading_spearman_abs", "cascading_spearman", "cascading_ssim", "cascading_hog"),
+}
+_LOWER_IS_BETTER = {"deletion_auc", "average_drop", "road_morf", *METRIC_GROUPS["sanity"]}
+BETTER: dict[str, str] = {
+    m: "lower" if m in _LOWER_IS_BETTER else "higher" for g in METRIC_GROUPS.values() for m in g
+}
+"""Whether a lower or a higher value of each metric is better."""
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What ``cnnviz evaluate`` measures (defaults follow the papers)."""
+
+    methods: tuple[str, ...] = ("gradcam", "saliency")
+    metrics: tuple[str, ...] = tuple(METRIC_GROUPS)
+    layer: str | None = None
+    steps: int = 100
+    baseline: str = "zeros"
+    batch_size: int = 64
+    tolerance: float = 15.0
+    road_percentages: tuple[float, ...] = (10.0, 30.0, 50.0, 70.0, 90.0)
+    sanity_images: int = 2
+    bootstrap: int = 2000
+    seed: int = 0
+    min_side: int = 8
+    cmap: str = "jet"
+    thumbnails: int = 12
+
+
+def bootstrap_ci(
+    values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean and percentile-bootstrap interval of the mean (``numpy.random.default_rng(seed)``)."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        raise ValueError("bootstrap_ci needs at least one value")
+    mean = float(data.mean())
+    if data.size == 1 or resamples < 1:
+        return mean, mean, mean
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    return mean, float(low), float(high)
+
+
+def summarize(rows: Sequence[dict[str, Any]], *, resamples: int, seed: int) -> list[dict[str, Any]]:
+    """Mean and 95 % interval per method × metric over the rows with a value."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["value"] is not None:
+            groups.setdefault((row["method"], row["metric"]), []).append(float(row["value"]))
+    summary = []
+    for (method, metric), values in groups.items():
+        mean, low, high = bootstrap_ci(values, resamples=resamples, seed=seed)
+        entry = {"method": method, "metric": metric, "n": len(values), "mean": mean}
+        summary.append({**entry, "ci_low": low, "ci_high": high, "better": BETTER.get(metric, "")})
+    return summary
+
+
+# -- one image -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """Everything one ``evaluate_files`` call accumulates."""
+
+    loaded: LoadedModel
+    settings: EvaluateSettings
+    methods: list[str]
+    truth: dict[str, Any] | None
+    root: Path | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, dict[str, list[np.ndarray]]] = field(default_factory=dict)
+    road: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    thumbs: list[dict[str, Any]] = field(default_factory=list)
+    items: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    sanity: dict[str, Any] = field(default_factory=dict)
+
+    def add_row(self, base: dict[str, Any], metric: str, value: float, note: str = "") -> None:
+        """Record one value; a non-finite one becomes ``None`` with a note."""
+        finite = math.isfinite(value)
+        self.rows.append(
+            {
+                **base,
+                "metric": metric,
+                "value": float(value) if finite else None,
+                "note": note if finite or note else "undefined",
+            }
+        )
+
+
+def _score_method(
+    run: _Run,
+    x: torch.Tensor,
+    method: str,
+    index: int,
+    base: dict[str, Any],
+    truth: torch.Tensor | None,
+) -> np.ndarray:
+    """Every selected metric of one method on one image ``x`` ``(1, C, H, W)``; its picture.
+
+    Rows and curves are recorded only when every metric succeeded.
+    """
+    from cnnviz.api import explain
+    from cnnviz.metrics import faithfulness as fa
+    from cnnviz.metrics import localisation as lo
+
+    settings, model, target = run.settings, run.loaded.module, base["target_index"]
+    if method in REFERENCE_MAPS:
+        maps = reference_map(method, (x.shape[-2], x.shape[-1]), index, settings.seed)[None]
+    else:
+        e = explain(run.loaded, x, method, layer=settings.layer, target=[target])
+        maps, base = fa.relevance_maps(e), {**base, "layer": e.layer}
+    values: list[tuple[str, float, str]] = []
+    curves: dict[str, np.ndarray] = {}
+    wanted = set(settings.metrics)
+    common: dict[str, Any] = {"target": [target], "batch_size": settings.batch_size}
+    road = None
+    for kind in ("deletion", "insertion"):
+        if kind in wanted:
+            options = {"baseline": settings.baseline} if kind == "deletion" else {}
+            curve = getattr(fa, kind)(model, x, maps, steps=settings.steps, **options, **common)
+            curves[kind] = curve.probabilities[0].numpy()
+            values.append((f"{kind}_auc", float(curve.auc[0]), ""))
+    if "confidence" in wanted:
+        change = fa.confidence_change(model, x, maps, **common)
+        values.append(("average_drop", 100.0 * float(change.drop[0]), ""))
+        values.append(("increase_in_confidence", 100.0 * float(change.increase[0]), ""))
+    if "road" in wanted:
+        result = fa.road(
+            model, x, maps, percentages=settings.road_percentages, seed=settings.seed, **common
+        )
+        road = (result.morf[0].numpy(), result.lerf[0].numpy())
+        values.append(("road_morf", float(result.morf_mean[0]), ""))
+        values.append(("road_lerf", float(result.lerf_mean[0]), ""))
+    if "pointing" in wanted and truth is not None:
+        hit = lo.pointing_game(maps, truth[None], tolerance=settings.tolerance)
+        values.append(("pointing_game", float(hit.hits[0]), ""))
+        energy = float(lo.energy_pointing_game(maps, truth[None])[0])
+        values.append(
+            (
+                "energy_pointing_game",
+                energy,
+                "" if math.isfinite(energy) else "no positive map mass",
+            )
+        )
+    for metric, value, note in values:
+        run.add_row(base, metric, value, note)
+    for kind, probabilities in curves.items():
+        run.curves.setdefault(method, {}).setdefault(kind, []).append(probabilities)
+    if road is not None:
+        run.road.setdefault(method, []).append(road)
+    picture: np.ndarray = fa.unit_maps(maps)[0].numpy()
+    return picture
+
+
+def _file_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file that has already been decoded once (header only)."""
+    from PIL import Image
+
+    from cnnviz.errors import ImageLoadError
+
+    try:
+        with Image.open(path) as opened:
+            width, height = opened.size
+    except OSError as e:
+        raise ImageLoadError(f"{path}: cannot be read again ({e}).") from e
+    return height, width
+
+
+def _truth_mask(run: _Run, item: Any, size: tuple[int, int]) -> tuple[torch.Tensor | None, str]:
+    from cnnviz.metrics.localisation import lookup
+
+    if run.truth is None:
+        return None, ""
+    entry = lookup(run.truth, item.path, run.root)
+    if entry is None:
+        return None, "no ground truth for this image"
+    mask = entry.model_mask(size, run.loaded.preprocessing)
+    if not mask.any():
+        return None, "the object lies outside the model's centre crop"
+    return mask, ""
+
+
+def _evaluate_image(run: _Run, item: Any) -> dict[str, Any] | None:
+    """Score every method on one decoded image; its manifest record, or ``None`` if skipped."""
+    from cnnviz.metrics.faithfulness import class_targets
+
+    try:
+        size = _file_size(item.path)
+    except CnnvizError as e:
+        run.failures.append({"input": str(item.path), "error": str(e)})
+        return None
+    if min(size) < run.settings.min_side:
+        reason = (
+            f"skipped: the image is {size[1]}×{size[0]} pixels, the evaluation needs at least "
+            f"{run.settings.min_side} on a side (resized to the model input, a tinier image is "
+            "a flat picture whose metrics mean nothing)"
+        )
+        logger.error("%s: %s", item.path, reason)
+        run.failures.append({"input": str(item.path), "error": reason})
+        return None
+    x = item.tensor.unsqueeze(0)
+    target = int(class_targets(run.loaded.module, x, None)[0])
+    label = _label(run.loaded, target)
+    mask, truth_note = _truth_mask(run, item, size)
+    notes = list(item.notes) + ([truth_note] if truth_note else [])
+    done: list[str] = []
+    record = {"input": str(item.path), "target_index": target, "target_name": label}
+    record |= {"methods": done, "notes": notes}
+    base: dict[str, Any] = {
+        "image": str(item.path),
+        "method": "",
+        "layer": None,
+        "target_index": target,
+        "target_name": label,
+    }
+    pictures = {}
+    for method in run.methods:
+        try:
+            pictures[method] = _score_method(
+                run, x, method, item.index, {**base, "method": method}, mask
+            )
+        except CnnvizError as e:
+            logger.error("%s, %s: %s", item.path, method, e)
+            run.failures.append({"input": str(item.path), "method": method, "error": str(e)})
+            continue
+        done.append(method)
+    if len(run.thumbs) < run.settings.thumbnails:
+        run.thumbs.append({"item": item, "maps": pictures, "label": label})
+    return record
+
+
+def _label(loaded: LoadedModel, index: int) -> str:
+    return loaded.class_names[index] if loaded.class_names else str(index)
+
+
+# -- the folder --------------------------------------------------------------------------------
+
+
+def evaluate_files(
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    out_dir: Path,
+    settings: EvaluateSettings,
+    *,
+    truth_file: Path | None = None,
+    root: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``settings.methods`` on ``paths`` into ``out_dir``; returns the manifest dict.
+
+    ``truth_file`` holds ground-truth boxes or masks (:mod:`cnnviz.metrics.localisation`),
+    matched by path relative to ``root`` or by file name.
+    """
+    from tqdm import tqdm
+
+    from cnnviz.methods.base import get_method
+    from cnnviz.metrics.localisation import load_ground_truth
+    from cnnviz.outputs import Manifest, write_manifest
+    from cnnviz.pipeline import load_inputs, model_record
+
+    unknown = set(settings.metrics) - set(METRIC_GROUPS)
+    if unknown:
+        raise ValueError(
+            f"Unknown metric group(s) {sorted(unknown)}; choose from {', '.join(METRIC_GROUPS)}."
+        )
+    methods = [m if m in REFERENCE_MAPS else get_method(m).name for m in settings.methods]
+    truth = load_ground_truth(truth_file) if truth_file is not None else None
+    run = _Run(loaded, settings, methods, truth, root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sanity_inputs: list[tuple[Any, int]] = []
+    bar = tqdm(
+        total=len(paths), desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True
+    )
+    try:
+        for item in load_inputs(loaded, list(paths), run.failures):
+            record = _evaluate_image(run, item)
+            if record is not None:
+                run.items.append(record)
+                if len(sanity_inputs) < settings.sanity_images:
+                    sanity_inputs.append((item, record["target_index"]))
+            bar.update(item.index + 1 - bar.n)  # skipped files count as done
+        bar.update(len(paths) - bar.n)
+    finally:
+        bar.close()
+    if "sanity" in settings.metrics and sanity_inputs:
+        _sanity(run, sanity_inputs)
+    summary = summarize(run.rows, resamples=settings.bootstrap, seed=settings.seed)
+    files = _write_results(run, out_dir, summary)
+    manifest = Manifest(
+        command="evaluate",
+        model=model_record(loaded),
+        method=",".join(methods),
+        layer=settings.layer,
+        items=tuple(run.items),
+        failures=tuple(run.failures),
+        extra={"settings": _settings_dict(settings), "files": files, "summary": summary},
+    )
+    write_manifest(out_dir, manifest)
+    return manifest.to_dict()
+
+
+def _settings_dict(settings: EvaluateSettings) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
+
+
+def _sanity(run: _Run, inputs: list[tuple[Any, int]]) -> None:
+    """Full-depth cascading randomisation of the registry methods on the first images."""
+    from cnnviz.metrics.sanity import SIMILARITIES, parameter_randomization
+
+    methods = [m for m in run.methods if m not in REFERENCE_MAPS]
+    if not methods:
+        return
+    x = torch.stack([item.tensor for item, _ in inputs])
+    try:
+        run.sanity = parameter_randomization(
+            run.loaded.module,
+            x,
+            methods,
+            layer=run.settings.layer,
+            target=[t for _, t in inputs],
+            seed=run.settings.seed,
+        )
+    except CnnvizError as e:
+        logger.error("sanity check: %s", e)
+        run.failures.append({"input": "sanity check", "error": str(e)})
+        return
+    for name, result in run.sanity.items():
+        for i, (item, target) in enumerate(inputs):
+            base = {
+                "image": str(item.path),
+                "method": name,
+                "layer": result.layer,
+                "target_index": target,
+                "target_name": _label(run.loaded, target),
+            }
+            for metric in SIMILARITIES:
+                run.add_row(base, f"cascading_{metric}", float(result.full_depth(metric)[i]))
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _csv_text(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
+    return buffer.getvalue()
+
+
+def curves_figure(curves: dict[str, dict[str, list[np.ndarray]]]) -> Any:
+    """Mean deletion and insertion curves per method (faint lines: single images)."""
+    from cnnviz.render import _new_figure
+
+    kinds = [k for k in ("deletion", "insertion") if any(k in c for c in curves.values())]
+    fig = _new_figure(5.0 * len(kinds), 4.0, 100)
+    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
+    for ax, kind in zip(axes, kinds, strict=True):
+        for index, (method, by_kind) in enumerate(curves.items()):
+            if kind not in by_kind:
+                continue
+            stack = np.stack(by_kind[kind])
+            xs = np.linspace(0.0, 1.0, stack.shape[1])
+            for row in stack[:20]:
+                ax.plot(xs, row, color=f"C{index % 10}", alpha=0.08, linewidth=0.8)
+            auc = float(np.mean((stack.sum(1) - (stack[:, 0] + stack[:, -1]) / 2) / (len(xs) - 1)))
+            ax.plot(
+                xs, stack.mean(axis=0), color=f"C{index % 10}", label=f"{method} (AUC {auc:.3f})"
+            )
+        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} is better)")
+        ax.set_xlabel("fraction of pixels " + ("deleted" if kind == "deletion" else "inserted"))
+        ax.set_ylabel("class probability")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize="x-small")
+    return fig
+
+
+def road_figure(
+    road: dict[str, list[tuple[np.ndarray, np.ndarray]]], percentages: Sequence[float]
+) -> Any:
+    """Mean ROAD MoRF (solid) and LeRF (dashed) curves per method."""
+    from cnnviz.render import _new_figure
+
+    fig = _new_figure(5.5, 4.0, 100)
+    ax = fig.add_subplot()
+    for index, (method, pairs) in enumerate(road.items()):
+        for k, (kind, style) in enumerate((("MoRF", "-"), ("LeRF", "--"))):
+            mean = np.stack([p[k] for p in pairs]).mean(axis=0)
+            ax.plot(
+                percentages,
+                mean,
+                color=f"C{index % 10}",
+                linestyle=style,
+                marker="os"[k],
+                label=f"{method} {kind}",
+            )
+    ax.set_xlabel("% of pixels removed (noisy linear imputation)")
+    ax.set_ylabel("class probability")
+    ax.set_title("ROAD: MoRF low and LeRF high is faithful")
+    ax.legend(fontsize="x-small")
+    return fig
+
+
+def _figures(run: _Run) -> dict[str, tuple[Any, str]]:
+    figures: dict[str, tuple[Any, str]] = {}
+    if run.curves:
+        figures["curves"] = (curves_figure(run.curves), "Deletion and insertion curves")
+    if run.road:
+        figures["road"] = (road_figure(run.road, run.settings.road_percentages), "ROAD")
+    if run.sanity:
+        from cnnviz.metrics.sanity import maps_figure, similarity_figure
+
+        figures["sanity"] = (similarity_figure(run.sanity), "Cascading parameter randomisation")
+        figures["sanity-maps"] = (
+            maps_figure(run.sanity, cmap=run.settings.cmap),
+            "Maps under cascading randomisation (first image)",
+        )
+    return figures
+
+
+def _write_results(run: _Run, out_dir: Path, summary: list[dict[str, Any]]) -> dict[str, str]:
+    from cnnviz.outputs import atomic_write_bytes, environment_info, write_json
+    from cnnviz.pipeline import model_record
+    from cnnviz.render import figure_to_png_bytes
+
+    files = {
+        "results_csv": "results.csv",
+        "summary_csv": "summary.csv",
+        "results_json": "results.json",
+        "html": "index.html",
+    }
+    fields = ["image", "method", "layer", "target_index", "target_name", "metric", "value", "note"]
+    atomic_write_bytes(out_dir / files["results_csv"], _csv_text(run.rows, fields).encode())
+    fields = ["method", "metric", "n", "mean", "ci_low", "ci_high", "better"]
+    atomic_write_bytes(out_dir / files["summary_csv"], _csv_text(summary, fields).encode())
+    pngs: dict[str, tuple[bytes, str]] = {}
+    for name, (fig, caption) in _figures(run).items():
+        pngs[name] = (figure_to_png_bytes(fig), caption)
+        files[name] = f"{name}.png"
+        atomic_write_bytes(out_dir / files[name], pngs[name][0])
+    sanity = {
+        n: {
+            "layer": r.layer,
+            "steps": list(r.steps),
+            "mean": {
+                m: [float(v) if math.isfinite(v) else None for v in r.mean(m)] for m in r.similarity
+            },
+        }
+        for n, r in run.sanity.items()
+    }
+    write_json(
+        out_dir / files["results_json"],
+        {
+            "rows": run.rows,
+            "summary": summary,
+            "settings": _settings_dict(run.settings),
+            "sanity": sanity,
+            "model": model_record(run.loaded),
+            "environment": environment_info(),
+            "failures": run.failures,
+        },
+    )
+    html = _render_html(run, summary, pngs)
+    atomic_write_bytes(out_dir / files["html"], html.encode("utf-8"))
+    return files
+
+
+def _render_html(
+    run: _Run, summary: list[dict[str, Any]], pngs: dict[str, tuple[bytes, str]]
+) -> str:
+    import base64
+
+    from cnnviz.outputs import environment_info
+    from cnnviz.pipeline import model_record
+    from cnnviz.render import overlay
+    from cnnviz.report import _environment, png_data_uri
+
+    table: dict[str, dict[str, Any]] = {}
+    for entry in summary:
+        table.setdefault(entry["metric"], {})[entry["method"]] = entry
+    metrics = [m for group in run.settings.metrics for m in METRIC_GROUPS[group] if m in table]
+    thumbs = []
+    for thumb in run.thumbs:
+        item, maps = thumb["item"], thumb["maps"]
+        cells = [
+            {
+                "method": m,
+                "src": png_data_uri(overlay(item.display, maps[m], cmap=run.settings.cmap))
+                if m in maps
+                else None,
+            }
+            for m in run.methods
+        ]
+        thumbs.append(
+            {
+                "title": item.path.name,
+                "label": thumb["label"],
+                "input": png_data_uri(item.display),
+                "cells": cells,
+            }
+        )
+    figures = [
+        {
+            "name": n,
+            "caption": caption,
+            "src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
+        }
+        for n, (data, caption) in pngs.items()
+    ]
+    template = _environment().get_template("evaluate.html.j2")
+    return str(
+        template.render(
+            model=model_record(run.loaded),
+            environment=environment_info(),
+            methods=run.methods,
+            metrics=metrics,
+            table=table,
+            better=BETTER,
+            figures=figures,
+            thumbs=thumbs,
+            rows=run.rows,
+            failures=run.failures,
+            settings=_settings_dict(run.settings),
+        )
+    )

@@ -1,0 +1,302 @@
+"""``shapes_vgg11``: the seed's VGG-11 narrowed for 64×64 images, trained here on synthetic shapes.
+
+It is cnnviz's offline demo model and the known ground truth its explanation methods are
+measured against: the class is decided by the object alone (:mod:`cnnviz.data.shapes`), whose
+exact mask and box are known, so a faithful map must point at the object.
+
+The model is :class:`~cnnviz.models.vgg.VGG11` with ``batch_norm=True``, every width ÷ 8
+(8 … 64 channels), two 256-unit hidden layers and a 2×2 average pool, so it keeps the seed's
+layer names (``conv1`` … ``conv5_2``, ``bn1`` … ``bn5_2``). Spatial sizes: 64 at ``conv1``, 32 at
+``conv2``, 16 at ``conv3_*``, 8 at ``conv4_*``, 4 at ``conv5_*``.
+
+It is trained on first use (about half a minute on two CPU cores) and cached as
+``shapes_cache_dir()/shapes_vgg11-v<N>-<hash>.safetensors`` with a JSON of metrics beside it; the
+hash covers the whole recipe, so changing it retrains. Example::
+
+    from cnnviz.models.shapes import SHAPES_PREPROCESSING, load_shapes_vgg11
+    from cnnviz.data.shapes import heldout_shapes
+
+    model = load_shapes_vgg11()
+    batch = heldout_shapes(100)
+    logits = model(normalize_shapes(batch.images))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cnnviz.data.shapes import (
+    DATASET_VERSION,
+    HELDOUT_SEED,
+    SHAPE_CLASSES,
+    heldout_shapes,
+    make_shapes,
+)
+from cnnviz.errors import CheckpointError
+from cnnviz.models.vgg import VGG11
+from cnnviz.preprocess import Preprocessing
+
+logger = logging.getLogger(__name__)
+
+SHAPES_PREPROCESSING = Preprocessing(
+    input_size=(64, 64),
+    crop_pct=1.0,
+    interpolation="bilinear",
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+)
+"""How an RGB image in [0, 1] becomes this model's input: 64×64, then ``(x - 0.5) / 0.5``."""
+
+SHAPES_VGG11_VERSION = 1
+"""Bumped by hand when the recipe changes in a way the hash cannot see (e.g. the training loop)."""
+
+_MODEL_CONFIG: dict[str, Any] = {
+    "width": 1 / 8,
+    "hidden": 256,
+    "pool_size": 1,
+    "dropout": 0.0,
+    "batch_norm": True,
+}
+_TRAIN_DEFAULTS: dict[str, Any] = {
+    "seed": 0,
+    "n_per_epoch": 6000,
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "weight_decay": 5e-4,
+}
+_N_HELDOUT = 1000  # images the recorded held-out accuracy is measured on
+_EXPECTED_SECONDS = 40  # logged on first use; measured with 2 CPU threads
+
+
+def build_shapes_vgg11() -> VGG11:
+    """The untrained ``shapes_vgg11`` architecture (a :class:`VGG11`, seed layer names)."""
+    return VGG11(num_classes=len(SHAPE_CLASSES), **_MODEL_CONFIG)
+
+
+def normalize_shapes(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], ``(N, 3, 64, 64)``, normalised with :data:`SHAPES_PREPROCESSING`."""
+    mean = torch.tensor(SHAPES_PREPROCESSING.mean, dtype=images.dtype, device=images.device)
+    std = torch.tensor(SHAPES_PREPROCESSING.std, dtype=images.dtype, device=images.device)
+    return (images - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def train_shapes_vgg11(
+    *,
+    seed: int = 0,
+    n_per_epoch: int = 6000,
+    epochs: int = 10,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 5e-4,
+    n_heldout: int = _N_HELDOUT,
+    progress: bool = True,
+) -> tuple[VGG11, dict[str, float]]:
+    """Train ``shapes_vgg11`` from scratch, deterministically for a given ``seed``.
+
+    Each epoch draws fresh images, ``make_shapes(n_per_epoch, seed=1000 * seed + epoch)``, so the
+    network never sees an image twice and cannot learn backgrounds by heart; ``seed`` must be in
+    0–999, so training seeds stay below 1,000,000, far from
+    :data:`~cnnviz.data.shapes.HELDOUT_SEED`. Weights are initialised from
+    ``torch.manual_seed(seed)`` and batches shuffled by a generator seeded with ``seed``. AdamW
+    with a one-cycle learning rate (peak ``lr``), cross-entropy, no augmentation. ``progress``
+    shows a tqdm bar on stderr when it is a terminal.
+
+    Returns:
+        The model in eval mode and its metrics: ``heldout_accuracy`` (on ``n_heldout`` images),
+        ``seconds`` and ``cpu_seconds`` (data generation and training), ``threads`` (torch's),
+        ``n_train`` (distinct training images, ``epochs * n_per_epoch``), ``epochs`` and
+        ``final_loss`` (the last epoch's mean).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 1000:
+        raise ValueError(f"seed must be in 0–999 (held-out data uses {HELDOUT_SEED}), got {seed}")
+    if n_per_epoch < batch_size or epochs < 1 or batch_size < 2:
+        raise ValueError(
+            f"Need n_per_epoch >= batch_size >= 2 and epochs >= 1, got n_per_epoch={n_per_epoch}, "
+            f"batch_size={batch_size}, epochs={epochs}"
+        )
+    from tqdm.auto import tqdm
+
+    start, start_cpu = time.perf_counter(), time.process_time()
+    torch.manual_seed(seed)
+    model = build_shapes_vgg11()
+    shuffle = torch.Generator().manual_seed(seed)
+    steps = n_per_epoch // batch_size  # the last partial batch is dropped (BatchNorm wants > 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.25
+    )
+    model.train()
+    final_loss = math.nan
+    with tqdm(
+        total=epochs * steps, desc="shapes_vgg11", unit="batch", disable=None if progress else True
+    ) as bar:
+        for epoch in range(epochs):
+            data = make_shapes(n_per_epoch, seed=1000 * seed + epoch)
+            inputs, labels = normalize_shapes(data.images), data.labels
+            order = torch.randperm(n_per_epoch, generator=shuffle)
+            total = 0.0
+            for step in range(steps):
+                index = order[step * batch_size : (step + 1) * batch_size]
+                loss = F.cross_entropy(model(inputs[index]), labels[index])
+                optimizer.zero_grad(set_to_none=True)
+                torch.autograd.backward(loss)
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach())
+                bar.update(1)
+            final_loss = total / steps
+            bar.set_postfix(loss=f"{final_loss:.3f}")
+    model.eval()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
+    metrics = {
+        "heldout_accuracy": heldout_accuracy(model, n_heldout),
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "threads": float(torch.get_num_threads()),
+        "n_train": float(epochs * n_per_epoch),
+        "epochs": float(epochs),
+        "final_loss": final_loss,
+    }
+    return model, metrics
+
+
+@torch.no_grad()
+def heldout_accuracy(model: torch.nn.Module, n: int = _N_HELDOUT) -> float:
+    """Top-1 accuracy of ``model`` (run in eval mode) on ``heldout_shapes(n)``."""
+    was_training = model.training
+    model.eval()
+    try:
+        batch = heldout_shapes(n)
+        logits = torch.cat([model(normalize_shapes(x)) for x in torch.split(batch.images, 250)])
+    finally:
+        model.train(was_training)
+    return float((logits.argmax(dim=1) == batch.labels).float().mean())
+
+
+def shapes_cache_dir() -> Path:
+    """Where ``shapes_vgg11`` is cached: ``$CNNVIZ_CACHE`` if set, else ``~/.cache/cnnviz``."""
+    env = os.environ.get("CNNVIZ_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "cnnviz"
+
+
+def recipe() -> dict[str, Any]:
+    """Everything that determines the cached weights (hashed into the file name)."""
+    return {
+        "version": SHAPES_VGG11_VERSION,
+        "dataset_version": DATASET_VERSION,
+        "classes": list(SHAPE_CLASSES),
+        "model": _MODEL_CONFIG,
+        "train": _TRAIN_DEFAULTS,
+    }
+
+
+def shapes_vgg11_path(cache_dir: Path | None = None) -> Path:
+    """The weights file for the current recipe (it may not exist yet)."""
+    blob = json.dumps(recipe(), sort_keys=True).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:10]
+    directory = Path(cache_dir) if cache_dir is not None else shapes_cache_dir()
+    return directory / f"shapes_vgg11-v{SHAPES_VGG11_VERSION}-{digest}.safetensors"
+
+
+def load_shapes_vgg11(cache_dir: Path | None = None, *, retrain: bool = False) -> VGG11:
+    """The trained ``shapes_vgg11`` in eval mode, trained and cached on first use.
+
+    Safe to call from several processes at once: one trains under a lock file, the others wait
+    and then load its result; files are written to a temporary name and renamed.
+
+    Args:
+        cache_dir: folder of the cache (default :func:`shapes_cache_dir`).
+        retrain: train again and overwrite the cached file.
+
+    Raises:
+        CheckpointError: the cached file exists but cannot be read or does not fit the model.
+    """
+    path = shapes_vgg11_path(cache_dir)
+    if path.exists() and not retrain:
+        return _load(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(path.with_name(path.name + ".lock")):
+        if path.exists() and not retrain:  # trained by another process while we waited
+            return _load(path)
+        logger.info("training shapes_vgg11 (first use, ~%d s)…", _EXPECTED_SECONDS)
+        model, metrics = train_shapes_vgg11(**_TRAIN_DEFAULTS)
+        logger.info(
+            "shapes_vgg11: held-out accuracy %.3f after %.0f s; saved to %s",
+            metrics["heldout_accuracy"],
+            metrics["seconds"],
+            path,
+        )
+        _save(model, metrics, path)
+    return model
+
+
+def _load(path: Path) -> VGG11:
+    from safetensors.torch import load_file
+
+    model = build_shapes_vgg11()
+    try:
+        model.load_state_dict(load_file(str(path)), strict=True)
+    except Exception as e:  # safetensors raises its own error types; keep the cause
+        raise CheckpointError(
+            f"The cached shapes_vgg11 weights {path} cannot be loaded ({type(e).__name__}: {e}). "
+            "Delete the file or call load_shapes_vgg11(retrain=True)."
+        ) from e
+    return model.eval()
+
+
+def _save(model: VGG11, metrics: dict[str, float], path: Path) -> None:
+    """Write the JSON sidecar, then the weights (whose presence marks the cache complete)."""
+    from safetensors.torch import save_file
+
+    info = {
+        "model": "shapes_vgg11",
+        "recipe": recipe(),
+        "metrics": metrics,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    _atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"recipe": json.dumps(recipe())}))
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block."""
+    import fcntl
+
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
