@@ -81,7 +81,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for name, act in capture_activations(model, x, ["conv1", "bn4_1"]).items():
         channels = act[0, :16].float().numpy()
         fig = activations_figure(
-            channels, title=f"Activations on: {name}", channel_ids=range(16), shared_scale=False
+            channels,
+            title=f"Activations on: {name}",
+            channel_ids=range(channels.shape[0]),
+            shared_scale=False,
         )
         atomic_write_bytes(out / f"activations_{name}.png", figure_to_png_bytes(fig))
         results[f"activation_shape_{name}"] = tuple(act.shape)

@@ -270,7 +270,14 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    import torch.multiprocessing
+
     from cnnviz.pipeline import ALL_METHODS, ExplainSettings, explain_files
+
+    # Decoding workers hand tensors over through shared-memory files rather than passed file
+    # descriptors, so a SIGTERM mid-run cannot leave the descriptor-sharing thread printing a
+    # traceback. This is the CLI's own process, so the global setting is ours to choose.
+    torch.multiprocessing.set_sharing_strategy("file_system")
 
     if args.method.strip().lower() != ALL_METHODS:
         from cnnviz.methods.base import get_method

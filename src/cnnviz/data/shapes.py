@@ -52,11 +52,18 @@ AREA_FRACTION: tuple[float, float] = (0.04, 0.10)
 the drawn mask's fraction deviate by a few per cent of that (tests allow 0.04–0.17)."""
 
 _CHUNK = 512  # images rendered at once: bounds memory at ~100 MB for 64×64
+_STRIPE_PERIOD = (3.0, 12.0)  # pixels
+_STRIPE_SHARPNESS = (0.5, 8.0)  # 0.5: nearly sinusoidal; 8: nearly square waves
 _DISTRACTORS = (1, 6)  # fewest and most distractors per image
 _LINE_HALF_LENGTH = (5.0, 14.0)
 _LINE_HALF_WIDTH = (0.6, 1.3)
 _BLOB_HALF_LENGTH = (2.0, 8.0)
-_BLOB_ASPECT = (0.25, 0.6)  # minor / major axis: never round, so never a circle
+_BLOB_ASPECT = (0.25, 0.6)  # minor / major axis: never round, so never a circle or square
+_LARGE_PROBABILITY = 0.0  # chance of one object-sized distractor
+_LARGE_HALF_LENGTH = (6.0, 11.0)
+# Distractor kinds: small (blob, line) and object-sized (ellipse, rectangle, half disc).
+_BLOB, _LINE, _ELLIPSE, _RECTANGLE, _HALF_DISC = range(5)
+_NUM_KINDS = 5
 _SHADING = 0.0  # largest brightness change from an object's centre to its rim
 _NOISE = (0.0, 0.05)  # range of the pixel noise's standard deviation
 _BAND_PROBABILITY = 0.0  # chance of a grey band along each side
@@ -175,9 +182,9 @@ def _background(batch: int, gen: torch.Generator, size: int) -> torch.Tensor:
 
     ys, xs = _grid(size)
     angle = _uniform(gen, (batch, 1, 1), 0.0, math.pi)
-    period = _uniform(gen, (batch, 1, 1), 3.0, 12.0)
+    period = _uniform(gen, (batch, 1, 1), *_STRIPE_PERIOD)
     phase = _uniform(gen, (batch, 1, 1), 0.0, 2.0 * math.pi)
-    sharpness = _uniform(gen, (batch, 1, 1), 0.5, 8.0)
+    sharpness = _uniform(gen, (batch, 1, 1), *_STRIPE_SHARPNESS)
     wavenumber = 2.0 * math.pi / period
     wave = torch.sin(xs * (angle.cos() * wavenumber) + (ys * (angle.sin() * wavenumber) + phase))
     weight = (0.5 + 0.5 * torch.tanh(sharpness * wave)).unsqueeze(1)
@@ -249,42 +256,51 @@ def _shape_mask(name: str, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"Unknown shape class {name!r}; expected one of {SHAPE_CLASSES}")
 
 
+def _unit_polygon(kind: int) -> torch.Tensor:
+    """``(P, 2)`` vertices of distractor ``kind`` with unit half-length and half-width."""
+    if kind in (_BLOB, _ELLIPSE):
+        t = torch.arange(12 if kind == _BLOB else 24, dtype=torch.float32)
+        t = t * (2.0 * math.pi / t.numel())
+    elif kind == _HALF_DISC:
+        t = torch.linspace(0.0, math.pi, 13)
+    else:  # _LINE, _RECTANGLE
+        return torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
+    return torch.stack([t.cos(), t.sin()], dim=-1)
+
+
 def _distractor_map(
+    kind: torch.Tensor,
+    active: torch.Tensor,
     centres: torch.Tensor,
     angle: torch.Tensor,
     half_length: torch.Tensor,
     half_width: torch.Tensor,
-    is_line: torch.Tensor,
-    count: torch.Tensor,
     size: int,
 ) -> torch.Tensor:
     """``(B, S, S)`` int64: 0 for no distractor, ``k + 1`` where distractor ``k`` is on top.
 
-    Distractors are filled polygons drawn by PIL (no anti-aliasing): a line segment is a
-    rectangle, a blob a 12-gon inscribed in an ellipse. Inputs are ``(B, K)`` (``centres``
-    ``(B, K, 2)`` as x, y); only the first ``count[b]`` distractors of image ``b`` are drawn.
+    Distractors are filled polygons drawn by PIL (no anti-aliasing), in slot order. Inputs are
+    ``(B, K)`` (``centres`` ``(B, K, 2)`` as x, y); inactive slots are not drawn.
     """
     from PIL import Image, ImageDraw
 
-    t = torch.arange(12, dtype=torch.float32) * (2.0 * math.pi / 12.0)
-    ellipse = torch.stack([t.cos(), t.sin()], dim=-1)  # (12, 2) on the unit circle
-    rectangle = torch.tensor([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])
     radii = torch.stack([half_length, half_width], dim=-1).unsqueeze(2)  # (B, K, 1, 2)
     cos, sin = angle.cos().unsqueeze(2), angle.sin().unsqueeze(2)
     polygons = []
-    for unit in (ellipse, rectangle):
-        local = unit * radii  # (B, K, P, 2)
+    for k in range(_NUM_KINDS):
+        local = _unit_polygon(k) * radii  # (B, K, P, 2)
         x = local[..., 0] * cos - local[..., 1] * sin + centres[..., 0:1]
         y = local[..., 0] * sin + local[..., 1] * cos + centres[..., 1:2]
         # PIL's pixel (i, j) spans [j, j + 1) × [i, i + 1); ours is centred on (i, j).
         polygons.append(torch.stack([x + 0.5, y + 0.5], dim=-1).flatten(2).numpy())
-    lines, counts = is_line.tolist(), count.tolist()
-    maps = np.zeros((len(counts), size, size), dtype=np.uint8)
-    for b, n in enumerate(counts):
+    kinds, actives = kind.tolist(), active.tolist()
+    maps = np.zeros((len(kinds), size, size), dtype=np.uint8)
+    for b, (row, on) in enumerate(zip(kinds, actives, strict=True)):
         canvas = Image.new("L", (size, size), 0)
         draw = ImageDraw.Draw(canvas)
-        for k in range(n):
-            draw.polygon(polygons[1 if lines[b][k] else 0][b, k].tolist(), fill=k + 1)
+        for k, (slot_kind, slot_on) in enumerate(zip(row, on, strict=True)):
+            if slot_on:
+                draw.polygon(polygons[slot_kind][b, k].tolist(), fill=k + 1)
         maps[b] = np.asarray(canvas)
     return torch.from_numpy(maps).to(torch.int64)
 
@@ -313,26 +329,43 @@ def _render(labels: torch.Tensor, gen: torch.Generator, size: int) -> tuple[torc
         params = (t[rows].view(-1, 1, 1) for t in (cy, cx, angle, radius))
         mask[rows] = _shape_mask(name, *_local(ys, xs, *params))
 
-    # Distractors: thin blobs and line segments, kept 2 px away from the object.
-    slots = (batch, _DISTRACTORS[1])
-    count = torch.randint(_DISTRACTORS[0], _DISTRACTORS[1] + 1, (batch,), generator=gen)
+    # Distractors, kept 2 px away from the object: in slot 0 (drawn first) perhaps one as large
+    # as an object but of no class (elongated ellipse or rectangle, half disc), then small ones
+    # (thin blobs and line segments).
+    slots = (batch, _DISTRACTORS[1] + 1)
+    count = torch.randint(_DISTRACTORS[0], _DISTRACTORS[1] + 1, (batch, 1), generator=gen)
+    active = torch.arange(slots[1]).view(1, -1) <= count
+    active[:, 0] = torch.rand(batch, generator=gen) < _LARGE_PROBABILITY
+    small = torch.where(torch.rand(slots, generator=gen) < 0.5, _LINE, _BLOB)
+    large = torch.randint(_ELLIPSE, _NUM_KINDS, slots, generator=gen)
+    kind = torch.cat([large[:, :1], small[:, 1:]], dim=1)
     centres = _uniform(gen, (*slots, 2), 0.0, size - 1.0)
-    dangle = _uniform(gen, slots, 0.0, math.pi)
-    is_line = torch.rand(slots, generator=gen) < 0.5
-    half_length = torch.where(
-        is_line, _uniform(gen, slots, *_LINE_HALF_LENGTH), _uniform(gen, slots, *_BLOB_HALF_LENGTH)
-    )
-    half_width = torch.where(
-        is_line,
-        _uniform(gen, slots, *_LINE_HALF_WIDTH),
-        half_length * _uniform(gen, slots, *_BLOB_ASPECT),
-    )
-    which = _distractor_map(centres, dangle, half_length, half_width, is_line, count, size)
+    dangle = _uniform(gen, slots, 0.0, 2.0 * math.pi)
+    lengths = {
+        _BLOB: _uniform(gen, slots, *_BLOB_HALF_LENGTH),
+        _LINE: _uniform(gen, slots, *_LINE_HALF_LENGTH),
+        _ELLIPSE: _uniform(gen, slots, *_LARGE_HALF_LENGTH),
+    }
+    lengths[_RECTANGLE] = lengths[_HALF_DISC] = lengths[_ELLIPSE]
+    aspect = _uniform(gen, slots, *_BLOB_ASPECT)
+    widths = {
+        _BLOB: lengths[_BLOB] * aspect,
+        _LINE: _uniform(gen, slots, *_LINE_HALF_WIDTH),
+        _ELLIPSE: lengths[_ELLIPSE] * aspect,
+        _RECTANGLE: lengths[_ELLIPSE] * aspect,
+        _HALF_DISC: lengths[_ELLIPSE],
+    }
+    half_length = torch.zeros(slots)
+    half_width = torch.zeros(slots)
+    for k in range(_NUM_KINDS):
+        half_length = torch.where(kind == k, lengths[k], half_length)
+        half_width = torch.where(kind == k, widths[k], half_width)
+    which = _distractor_map(kind, active, centres, dangle, half_length, half_width, size)
     margin = mask.unsqueeze(1).float()  # dilated by 2 px, separably
     margin = F.max_pool2d(margin, kernel_size=(1, 5), stride=1, padding=(0, 2))
     margin = F.max_pool2d(margin, kernel_size=(5, 1), stride=1, padding=(2, 0)) > 0
     which = which.masked_fill(margin.squeeze(1), 0)
-    palette = torch.rand(batch, _DISTRACTORS[1] + 1, 3, generator=gen)
+    palette = torch.rand(batch, slots[1] + 1, 3, generator=gen)
     painted = palette.gather(1, which.view(batch, -1, 1).expand(-1, -1, 3))  # (B, S*S, 3)
     painted = painted.permute(0, 2, 1).reshape(batch, 3, size, size)
     image = torch.where((which > 0).unsqueeze(1), painted, image)
