@@ -121,8 +121,8 @@ def run(
     """Every configuration's row, and facts for the header."""
     from cnnviz.api import default_layer
     from cnnviz.data.shapes import heldout_shapes
-    from cnnviz.metrics.localisation import reference_map
     from cnnviz.methods.base import get_method, method_names
+    from cnnviz.metrics.localisation import reference_map
     from cnnviz.metrics.sanity import randomization_groups, randomized_copy
     from cnnviz.models import load_model
     from cnnviz.models.shapes import heldout_accuracy, normalize_shapes

@@ -205,10 +205,12 @@ def test_road_curves(tiny: TinyNet) -> None:
 
 def test_gradcam_against_random_maps_on_heldout_shapes() -> None:
     """Grad-CAM against model-free random maps on 50 held-out shapes (numbers in
-    docs/evaluation.md). Insertion: Grad-CAM wins against both random maps. Deletion wins
-    against a random map as coarse as the CAM and, with the blur baseline, against per-pixel
-    noise; with the zero baseline per-pixel noise deletes as fast as Grad-CAM (scattered grey
-    pixels push the image out of distribution), which ROAD's imputation corrects."""
+    docs/evaluation.md): lower deletion and higher insertion AUC than per-pixel noise. The
+    deletion margin is small (0.27 against 0.30): with the zero baseline, deleting scattered
+    pixels pushes the image out of distribution almost as fast as deleting the object. Against a
+    random map as coarse as the CAM, with the blur baseline, or with ROAD's imputation instead
+    of grey pixels, the margins are wide.
+    """
     from cnnviz.api import explain
     from cnnviz.data.shapes import heldout_shapes
     from cnnviz.metrics.localisation import reference_map
@@ -228,19 +230,20 @@ def test_gradcam_against_random_maps_on_heldout_shapes() -> None:
     }
     auc = {}
     for name, m in maps.items():
-        for kind, curve in (
-            ("deletion", fa.deletion(model, x, m, steps=16, batch_size=512)),
-            ("deletion-blur", fa.deletion(model, x, m, steps=16, baseline="blur", batch_size=512)),
-            ("insertion", fa.insertion(model, x, m, steps=16, batch_size=512)),
-        ):
-            auc[name, kind] = float(curve.auc.mean())
+        auc[name, "deletion"] = float(fa.deletion(model, x, m, steps=16, batch_size=512).auc.mean())
+        auc[name, "insertion"] = float(
+            fa.insertion(model, x, m, steps=16, batch_size=512).auc.mean()
+        )
+        if name != "coarse":
+            blur = fa.deletion(model, x, m, steps=16, baseline="blur", batch_size=512)
+            auc[name, "deletion-blur"] = float(blur.auc.mean())
     assert auc["gradcam", "insertion"] > auc["random", "insertion"] + 0.1, auc
     assert auc["gradcam", "insertion"] > auc["coarse", "insertion"] + 0.1, auc
     assert auc["gradcam", "deletion"] < auc["coarse", "deletion"] - 0.1, auc
     assert auc["gradcam", "deletion-blur"] < auc["random", "deletion-blur"] - 0.1, auc
-    assert abs(auc["gradcam", "deletion"] - auc["random", "deletion"]) < 0.05, auc
+    assert auc["gradcam", "deletion"] < auc["random", "deletion"], auc
     road = {
-        name: fa.road(model, x[:20], maps[name][:20], percentages=(10, 30, 50, 70, 90))
+        name: fa.road(model, x[:10], maps[name][:10], percentages=(10, 30, 50, 70, 90))
         for name in ("gradcam", "random")
     }
     assert float(road["gradcam"].morf_mean.mean()) < float(road["random"].morf_mean.mean()) - 0.2

@@ -102,10 +102,10 @@ def test_cascading_randomisation_against_the_paper(
     original falls below 0.3 for gradients and Grad-CAM and stays above it for guided backprop.
 
     On shapes_vgg11 (these 8 images, seed 0; more in docs/evaluation.md) the first half
-    reproduces: saliency 0.18, Grad-CAM −0.15. The second does not: guided backprop falls to
-    0.20 once the first convolutions are random too. What does reproduce is its insensitivity to
-    the upper layers: with the whole classifier random it still correlates ≥ 0.95 with the
-    original, far above saliency and Grad-CAM, and over the whole cascade it stays the highest.
+    reproduces: saliency 0.23, Grad-CAM −0.17. The second does not: guided backprop falls to
+    0.22 once the first convolutions are random too. What does reproduce is its insensitivity to
+    the upper layers: with the whole classifier random it still correlates 0.99 with the
+    original (saliency 0.76, Grad-CAM 0.33), and over the whole cascade it stays the highest.
     """
     full = {name: float(np.nanmean(r.full_depth("spearman_abs"))) for name, r in cascading.items()}
     assert full["saliency"] < 0.3, full
@@ -137,7 +137,7 @@ def test_cascading_result_shapes_and_figures(cascading: dict[str, sanity.SanityR
 
 def test_data_randomisation_changes_the_maps(shapes: tuple[torch.nn.Module, torch.Tensor]) -> None:
     model, x = shapes
-    random_model, metrics = sanity.train_random_labels(seed=1, n_train=384, epochs=3)
+    random_model, metrics = sanity.train_random_labels(seed=1, n_train=256, epochs=3)
     assert metrics["heldout_accuracy"] < 0.35  # the labels carried no information
     results = sanity.compare_models(model, random_model, x, ["saliency", "gradcam"])
     for result in results.values():

@@ -277,7 +277,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     # Decoding workers hand tensors over through shared-memory files rather than passed file
     # descriptors, so a SIGTERM mid-run cannot leave the descriptor-sharing thread printing a
     # traceback. This is the CLI's own process, so the global setting is ours to choose.
-    torch.multiprocessing.set_sharing_strategy("file_system")
+    torch.multiprocessing.set_sharing_strategy("file_system")  # type: ignore[no-untyped-call]  # untyped in torch
 
     if args.method.strip().lower() != ALL_METHODS:
         from cnnviz.methods.base import get_method

@@ -33,8 +33,8 @@ def _split(text: str, what: str) -> list[str]:
 
 
 def _methods(text: str, *, references: bool) -> tuple[str, ...]:
-    from cnnviz.evaluate import REFERENCE_MAPS
     from cnnviz.methods.base import get_method
+    from cnnviz.metrics.localisation import REFERENCE_MAPS
 
     names = []
     for name in _split(text, "methods"):
