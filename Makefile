@@ -30,8 +30,8 @@ demo: $(VENV)/.installed
 
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
 
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy

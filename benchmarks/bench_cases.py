@@ -265,7 +265,10 @@ CASES: list[Case] = [
     Case("pytorch-grad-cam", "gradcam", pgc_method("GradCAM")),
     Case("captum", "gradcam", captum_layer_gradcam),
     Case("torchcam", "gradcam", torchcam_method("GradCAM")),
-    *(Case("cnnviz", name, cnnviz_method(name), batches=(1, 8)) for name in GRADIENT_CAMS),
+    *(
+        Case("cnnviz", name, cnnviz_method(name), batches=(1, 8), memory=False)
+        for name in GRADIENT_CAMS
+    ),
     Case("cnnviz", "saliency", cnnviz_method("saliency", layer=False), batches=(1, 8)),
     Case("captum", "saliency", captum_saliency, batches=(1, 8)),
     Case(

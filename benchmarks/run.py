@@ -69,6 +69,7 @@ class Result:
     ratio: float | None = None
     extra_mib: float | None = None
     memory_ratio: float | None = None
+    vs_captum: float | None = None  # cnnviz's time over captum's, same rounds (median)
 
 
 def synchronise(device: torch.device) -> None:
@@ -96,27 +97,26 @@ YARDSTICKS = ("plain:forward", "plain:forward-x32")
 
 
 def time_group(
-    s: Setup, runners: dict[str, Runner], partner: dict[str, str], repeats: int, seed: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """``repeats`` rounds; in each, every case in shuffled order, each timed right next to its
-    yardstick (in random order), so that load drift on a shared machine hits both alike.
-
-    Returns the times of every runner and, per case, the ratios to the adjacent yardstick.
-    """
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    ratios: dict[str, list[float]] = {name: [] for name in partner}
+    s: Setup, runners: dict[str, Runner], sets: list[list[str]], repeats: int, seed: int
+) -> list[list[dict[str, float]]]:
+    """``repeats`` rounds; in each, every set (a yardstick and the tools doing the same thing)
+    runs back to back in random order, the sets in random order, so that load drift on a
+    shared machine hits what is compared alike. Returns, per set, each round's times."""
+    rounds: list[list[dict[str, float]]] = [[] for _ in sets]
     rng = random.Random(seed)
-    cases = list(partner)
+    order = list(range(len(sets)))
     for _ in range(repeats):
-        rng.shuffle(cases)
-        for name in cases:
-            pair = [name, partner[name]]
-            rng.shuffle(pair)
-            took = {who: timed(runners[who], s) for who in pair}
-            for who, seconds in took.items():
-                times[who].append(seconds)
-            ratios[name].append(took[name] / took[partner[name]])
-    return times, ratios
+        rng.shuffle(order)
+        for i in order:
+            members = list(sets[i])
+            rng.shuffle(members)
+            rounds[i].append({name: timed(runners[name], s) for name in members})
+    return rounds
+
+
+def median_ratio(rounds: list[dict[str, float]], num: str, den: str) -> float:
+    """The median over rounds of ``num``'s time over ``den``'s in the same round."""
+    return statistics.median(r[num] / r[den] for r in rounds)
 
 
 def read_status(key: str) -> int:
@@ -128,7 +128,7 @@ def read_status(key: str) -> int:
 
 
 def measure_memory(case_id: str, device: torch.device) -> dict[str, Any]:
-    """In this (fresh) process: the extra peak memory of two calls of one case, in bytes."""
+    """In this (fresh) process: the extra peak memory of one call of one case, in bytes."""
     model, batch_text, name = case_id.split("/")
     case = next(c for c in CASES + SLOW_PEERS if c.name == name)
     s = make_setup(model, int(batch_text.lstrip("b")), device)
@@ -139,15 +139,11 @@ def measure_memory(case_id: str, device: torch.device) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
         run()
-        settle(s)
-        run()
         synchronise(device)
         return {"extra_bytes": torch.cuda.max_memory_allocated(device) - base, "how": "cuda"}
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     base = read_status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    run()
-    settle(s)
     run()
     return {"extra_bytes": read_status("VmHWM") - base, "how": "VmHWM"}
 
@@ -221,30 +217,35 @@ def run_group(
     repeats = args.repeats
     if time.perf_counter() - started > args.round_budget:
         repeats = min(repeats, 3)  # a slow group: fewer rounds, stated in the table
-    partner = {
-        c.name: YARDSTICKS[1] if c.forwards else YARDSTICKS[0]
-        for c in cases
-        if c.name in runners
-        and c.name not in YARDSTICKS
-        and (YARDSTICKS[1] if c.forwards else YARDSTICKS[0]) in runners
-    }
-    times, ratios = time_group(s, runners, partner, repeats, seed=batch)
+    sets: dict[tuple[str, str], list[str]] = {}  # (yardstick, method) → yardstick + tools
+    for c in cases:
+        yardstick = YARDSTICKS[1] if c.forwards else YARDSTICKS[0]
+        if c.name in runners and c.name not in YARDSTICKS and yardstick in runners:
+            sets.setdefault((yardstick, c.method), [yardstick]).append(c.name)
+    rounds = time_group(s, runners, list(sets.values()), repeats, seed=batch)
+    set_of = {name: i for i, members in enumerate(sets.values()) for name in members[1:]}
     for case in cases:
         r = results[case.name]
-        if not times.get(case.name):
+        times = [t[case.name] for i in rounds for t in i if case.name in t]
+        if not times:
             if r.status == "ok":
                 r.status, r.note = "not timed", "its yardstick did not run"
             continue
-        r.times_s, r.repeats = [round(t, 5) for t in times[case.name]], len(times[case.name])
-        r.median_s = statistics.median(times[case.name])
-        if case.name == YARDSTICKS[0]:
+        r.times_s, r.repeats = [round(t, 5) for t in times], len(times)
+        r.median_s = statistics.median(times)
+        if case.name in set_of:
+            these = rounds[set_of[case.name]]
+            yardstick = YARDSTICKS[1] if case.forwards else YARDSTICKS[0]
+            r.ratio = median_ratio(these, case.name, yardstick)
+            if case.forwards is not None:
+                count = case.forwards(s)
+                r.yardstick = f"{count} × plain:forward of one image (batched by 32)"
+                r.ratio *= 32 / count
+            peer = f"captum:{case.method}"
+            if case.tool == "cnnviz" and peer in these[0]:
+                r.vs_captum = median_ratio(these, case.name, peer)
+        elif case.name == YARDSTICKS[0]:
             r.ratio = 1.0
-        elif case.forwards is not None:
-            count = case.forwards(s)
-            r.yardstick = f"{count} × plain:forward of one image (batched by 32)"
-            r.ratio = statistics.median(ratios[case.name]) * 32 / count
-        elif case.name in ratios:
-            r.ratio = statistics.median(ratios[case.name])
         if args.memory and case.memory:
             r.extra_mib, failure = memory_of(f"{model}/b{batch}/{case.name}", args)
             r.note = "; ".join(n for n in (r.note, failure) if n)
@@ -284,16 +285,9 @@ def check_targets(results: list[Result]) -> list[dict[str, Any]]:
             )
         for method in ("saliency", "integrated-gradients", "smoothgrad"):
             for batch in (8, SLOW_BATCH):
-                ours, theirs = (
-                    found.get((model, batch, f"cnnviz:{method}")),
-                    found.get((model, batch, f"captum:{method}")),
-                )
-                if ours and theirs and ours.ratio and theirs.ratio:
-                    add(  # each normalised by its adjacent forwards: robust to load drift
-                        f"{model} b{batch} cnnviz:{method} time / captum's",
-                        ours.ratio / theirs.ratio,
-                        1.0,
-                    )
+                ours = found.get((model, batch, f"cnnviz:{method}"))
+                if ours and ours.vs_captum:
+                    add(f"{model} b{batch} cnnviz:{method} time / captum's", ours.vs_captum, 1.0)
         for method, limit in (
             ("scorecam", 1.1),
             ("ablationcam", 1.1),
@@ -354,8 +348,9 @@ def fmt(value: float | None, pattern: str) -> str:
 
 def table(results: list[Result]) -> list[str]:
     rows = [
-        "| model | batch | case | median s | × forward | extra MiB | × fwd memory | runs | note |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| model | batch | case | median s | × forward | × captum | extra MiB | × fwd memory "
+        "| runs | note |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         note = r.note if r.status == "ok" else f"**{r.status}**: {r.note}"
@@ -363,7 +358,8 @@ def table(results: list[Result]) -> list[str]:
             note = "; ".join(n for n in (f"ratio to {r.yardstick}", note) if n)
         rows.append(
             f"| {r.model} | {r.batch} | {r.case} | {fmt(r.median_s, '{:.3f}')} | "
-            f"{fmt(r.ratio, '{:.2f}')} | {fmt(r.extra_mib, '{:.0f}')} | "
+            f"{fmt(r.ratio, '{:.2f}')} | {fmt(r.vs_captum, '{:.2f}')} | "
+            f"{fmt(r.extra_mib, '{:.0f}')} | "
             f"{fmt(r.memory_ratio, '{:.2f}')} | {r.repeats or ''} | {note.replace('|', '/')} |"
         )
     return rows
@@ -381,14 +377,15 @@ def report(meta: dict[str, Any], results: list[Result], checks: list[dict[str, A
         f" · torchcam {v['torchcam']} · load average {meta['load_before']} → {meta['load_after']}",
         "",
         f"`{meta['command']}`. Each case runs {meta['warmup']} time(s) untimed, then in "
-        f"{meta['repeats']} rounds (3 where one round of a group exceeds the budget), each time "
-        "right next to its yardstick in random order: the model's plain forward under "
-        "`torch.no_grad()` on the same batch (for perturbation methods: that forward on 32 "
-        "copies of the image, per image, times the forwards the method needs at least). "
-        "*median s* is the median time, *× forward* the median of the per-pair ratios. "
-        "*extra MiB*: peak resident memory (GPU: allocated) over two calls in a fresh process, "
-        "minus the level with model, input and libraries loaded; *× fwd memory* divides it by "
-        "the plain forward's.",
+        f"{meta['repeats']} rounds (3 where one round of a group exceeds the budget). In each "
+        "round the tools doing the same thing run back to back with their yardstick, in random "
+        "order. Yardstick: the model's plain forward under `torch.no_grad()` on the same batch "
+        "(for perturbation methods: that forward on 32 copies of the image, per image, times the "
+        "forwards the method needs at least). *median s*: the median time; *× forward*, "
+        "*× captum*: the median over rounds of the time over the yardstick's (captum's) in the "
+        "same round. *extra MiB*: peak resident memory (GPU: allocated) of one call in a fresh "
+        "process, minus the level with model, input and libraries loaded; *× fwd memory* divides "
+        "it by the plain forward's.",
         "",
         *table(results),
         "",

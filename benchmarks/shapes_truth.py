@@ -5,7 +5,7 @@ Regenerates ``docs/shapes-benchmark.md``::
     .venv/bin/python benchmarks/shapes_truth.py
 
 For every method in the registry (CAM methods at their default layer and at the conv4 block's
-last convolution, ``backbone.conv4_2``, 8×8) plus three reference maps (a Gaussian at the image
+output, ``backbone.relu4_2``, 8×8) plus three reference maps (a Gaussian at the image
 centre, uniform noise per pixel, uniform noise on a 4×4 grid upsampled like a CAM), on
 ``heldout_shapes(N)`` (64×64, never used in training; N = 100 by default), explaining each
 image's true class:
@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CONV4 = "backbone.conv4_2"
+CONV4 = "backbone.relu4_2"
 TOLERANCE = 4.0
 REFERENCES = ("centre-map", "random-map", "coarse-random-map")
 
@@ -187,6 +187,9 @@ def markdown(
     rows: Sequence[dict[str, Any]], facts: dict[str, Any], args: argparse.Namespace, seconds: float
 ) -> str:
     """The docs page."""
+    from cnnviz.data.shapes import AREA_FRACTION
+
+    lo, hi = AREA_FRACTION
     command = "python benchmarks/shapes_truth.py" + "".join(
         f" --{k.replace('_', '-')} {v}"
         for k, v in vars(args).items()
@@ -209,7 +212,7 @@ def markdown(
         f"* **pointing**: pointing game on the exact object mask, tolerance {TOLERANCE:g} px "
         "(the papers' 15 px at 224 px, scaled to 64 px); higher is better.",
         "* **energy**: energy pointing game, share of positive map mass on the object mask "
-        "(the objects cover 4–10 % of the image); higher is better.",
+        f"(the objects cover {lo:.0%}–{hi:.0%} of the image); higher is better.",
         f"* **deletion ↓ / insertion ↑**: RISE AUC, {args.steps} steps, deletion to zeros of the "
         "normalised input (mid-grey), insertion into the blurred image (11×11, σ = 5), "
         "class probability after softmax, trapezoid rule over the pixel fraction [0, 1].",
@@ -218,7 +221,8 @@ def markdown(
         "cascading randomisation, Adebayo et al. 2018); near 0 means the map depends on the "
         "weights, as it should. Not defined for the reference maps.",
         f"* **layer**: CAM methods at their default layer (`{facts['default_layer']}`, 4×4) and at "
-        f"the conv4 block's last convolution (`{CONV4}`, 8×8); `input` for input-space methods.",
+        f"the conv4 block's output (`{CONV4}`, 8×8, before pooling); `input` for input-space "
+        "methods.",
         f"* **ms/img**: explanation time per image, batches of {args.chunk}, this machine.",
         "* **references**: `centre-map` is a Gaussian at the image centre (σ = 16 px), "
         "`random-map` uniform noise per pixel, `coarse-random-map` uniform noise on a 4×4 grid "
@@ -246,7 +250,85 @@ def markdown(
     return "\n".join(lines)
 
 
-DEFAULTS = {"images": 100, "steps": 50, "batch_size": 256, "chunk": 50, "seed": 0}
+SANITY_METHODS = ("saliency", "gradcam", "guided-backprop")  # the trio of Adebayo et al.
+
+
+def _row(name: str, values: Iterable[float], digits: int = 2) -> str:
+    return f"| {name} | " + " | ".join(_cell(v, digits) for v in values) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[str]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| --- |" + " ---: |" * (len(header) - 1),
+        *rows,
+        "",
+    ]
+
+
+def sanity_markdown(n: int, seed: int, data_train: int, data_epochs: int) -> list[str]:
+    """The sanity-check sections: cascading and independent randomisation step by step for the
+    paper's three methods, and data randomisation (retraining on permuted labels)."""
+    from cnnviz.data.shapes import heldout_shapes
+    from cnnviz.methods.base import method_names
+    from cnnviz.metrics import sanity
+    from cnnviz.models import load_model
+    from cnnviz.models.shapes import normalize_shapes
+
+    model = load_model("shapes_vgg11").module
+    x = normalize_shapes(heldout_shapes(n).images)
+    methods = [m for m in SANITY_METHODS if m in method_names()]
+    lines = [
+        "## Sanity checks step by step",
+        "",
+        f"{n} held-out images explained for their predicted class (`heldout_shapes({n})`), "
+        f"seed {seed}; mean over images. Cascading: the layer groups are re-initialised from "
+        "the logits down, cumulatively (each column names the lowest group randomised so far); "
+        "independent: one group at a time. Discussion in docs/evaluation.md.",
+        "",
+    ]
+    for mode in sanity.MODES:
+        results = sanity.parameter_randomization(model, x, methods, mode=mode, seed=seed)
+        steps = [sanity.short_label(label) for label in next(iter(results.values())).steps]
+        lines += [f"**{mode}**, `spearman_abs` (Spearman rank correlation of |map|):", ""]
+        rows = [_row(name, r.mean("spearman_abs")) for name, r in results.items()]
+        lines += _table(["method", *steps], rows)
+        if mode == "cascading":
+            lines += ["**cascading**, every layer random, every similarity:", ""]
+            rows = [
+                _row(name, [r.mean(m)[-1] for m in sanity.SIMILARITIES])
+                for name, r in results.items()
+            ]
+            lines += _table(["method", *sanity.SIMILARITIES], rows)
+    if data_epochs > 0:
+        random_model, metrics = sanity.train_random_labels(
+            seed=seed + 1, n_train=data_train, epochs=data_epochs
+        )
+        results = sanity.compare_models(model, random_model, x, methods)
+        lines += [
+            "**data randomisation**: `train_random_labels(n_train="
+            f"{data_train}, epochs={data_epochs})` reaches {100 * metrics['train_accuracy']:.0f} % "
+            f"on its permuted training labels and {100 * metrics['heldout_accuracy']:.0f} % on "
+            "true held-out labels (chance 17 %); its maps compared with the trained model's:",
+            "",
+        ]
+        rows = [
+            _row(name, [r.mean(m)[0] for m in sanity.SIMILARITIES]) for name, r in results.items()
+        ]
+        lines += _table(["method", *sanity.SIMILARITIES], rows)
+    return lines
+
+
+DEFAULTS = {
+    "images": 100,
+    "steps": 50,
+    "batch_size": 256,
+    "chunk": 50,
+    "seed": 0,
+    "sanity_images": 32,
+    "data_train": 1024,
+    "data_epochs": 30,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,13 +341,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--chunk", type=int, default=DEFAULTS["chunk"], help="images per explain call"
     )
     parser.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    parser.add_argument(
+        "--sanity-images",
+        type=int,
+        default=DEFAULTS["sanity_images"],
+        help="images of the step-by-step sanity tables (0: none)",
+    )
+    parser.add_argument("--data-train", type=int, default=DEFAULTS["data_train"])
+    parser.add_argument(
+        "--data-epochs",
+        type=int,
+        default=DEFAULTS["data_epochs"],
+        help="epochs of the permuted-label model (0: no data randomisation)",
+    )
     parser.add_argument("--out", default=str(ROOT / "docs" / "shapes-benchmark.md"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     rows, facts = run(args.images, args.steps, args.batch_size, args.chunk, args.seed)
-    text = markdown(rows, facts, args, time.perf_counter() - start)
+    extra = (
+        sanity_markdown(args.sanity_images, args.seed, args.data_train, args.data_epochs)
+        if args.sanity_images > 0
+        else []
+    )
+    text = markdown(rows, facts, args, time.perf_counter() - start) + "\n".join(["", *extra])
     from cnnviz.outputs import atomic_write_bytes
 
     atomic_write_bytes(Path(args.out), text.encode("utf-8"))

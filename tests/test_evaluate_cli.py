@@ -46,7 +46,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str,
 
 
 def test_evaluate_survives_bad_files(
-    run: tuple[Path, Path, dict], capsys: pytest.CaptureFixture[str]
+    run: tuple[Path, Path, dict[str, list[list[int]]]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     folder, out, _ = run
     code = main(
@@ -170,7 +170,9 @@ def test_evaluate_rejects_unknown_method_in_one_line(
 
 
 def test_sanity_command_on_one_image(
-    run: tuple[Path, Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run: tuple[Path, Path, dict[str, list[list[int]]]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     folder, _, _ = run
     out = tmp_path / "sanity"

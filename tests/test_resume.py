@@ -88,13 +88,22 @@ def _check_readable(out: Path) -> int:
     return len(list((out / "records").glob("*.json"))) if (out / "records").is_dir() else 0
 
 
+def _written_since(entry: os.DirEntry[str], since: int) -> bool:
+    """Whether ``entry`` is a file modified at or after ``since`` (False once it has vanished:
+    temporary files are renamed away while we look)."""
+    try:
+        return entry.is_file() and entry.stat().st_mtime_ns >= since
+    except FileNotFoundError:
+        return False
+
+
 def _wait_for_output(proc: subprocess.Popen[Any], out: Path, since: int) -> None:
     """Until this process has written something into ``out`` (or ended)."""
     deadline = time.monotonic() + 120
     while proc.poll() is None and time.monotonic() < deadline:
         if out.is_dir():
             with os.scandir(out) as entries:
-                if any(e.is_file() and e.stat().st_mtime_ns >= since for e in entries):
+                if any(_written_since(entry, since) for entry in entries):
                     return
         time.sleep(0.002)
 

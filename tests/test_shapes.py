@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -129,7 +132,7 @@ def test_masks_are_exactly_the_painted_pixels(batch: ShapesBatch) -> None:
     count = weight.sum(dim=(2, 3))
     mean = (images * weight).sum(dim=(2, 3)) / count
     var = (((images - mean[..., None, None]) ** 2) * weight).sum(dim=(2, 3)) / count
-    assert float(var.sqrt().max()) < 0.06
+    assert float(var.sqrt().max()) < 0.065
     ring = (F.max_pool2d(weight, kernel_size=3, stride=1, padding=1) > 0) & ~masks
     distance = (images - mean[..., None, None]).abs().amax(dim=1, keepdim=True)
     outside = (distance * ring).sum(dim=(1, 2, 3)) / ring.sum(dim=(1, 2, 3))
@@ -154,7 +157,7 @@ def test_objects_are_spread_over_the_image() -> None:
     b = heldout_shapes(500)
     x0, y0, x1, y1 = (b.boxes[:, i] for i in range(4))
     hits = (x0 - 4 <= 32) & (x1 + 4 > 32) & (y0 - 4 <= 32) & (y1 + 4 > 32)
-    assert float(hits.float().mean()) < 0.65
+    assert float(hits.float().mean()) < 0.45  # measured 0.41 on 500 images
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -220,17 +223,47 @@ def test_save_and_load_round_trip_and_a_corrupt_file(tmp_path: Path) -> None:
         load_shapes_vgg11(tmp_path)
 
 
-def test_training_is_deterministic() -> None:
+def test_training_is_deterministic_and_leaves_global_state_alone() -> None:
     kwargs = {"n_per_epoch": 64, "epochs": 1, "batch_size": 32, "n_heldout": 60, "progress": False}
+    threads, rng = torch.get_num_threads(), torch.random.get_rng_state()
     a, metrics = shapes_model.train_shapes_vgg11(seed=3, **kwargs)
     b, _ = shapes_model.train_shapes_vgg11(seed=3, **kwargs)
+    assert torch.get_num_threads() == threads
+    assert torch.equal(torch.random.get_rng_state(), rng)
     assert not a.training
     assert metrics["n_train"] == 64
-    assert metrics["epochs"] == 1
+    assert metrics["threads"] == 1
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     with pytest.raises(ValueError, match="0–999"):
         shapes_model.train_shapes_vgg11(seed=HELDOUT_SEED)
+
+
+def test_cache_key_covers_the_training_defaults() -> None:
+    """The defaults of train_shapes_vgg11 are the recipe that is hashed into the file name."""
+    signature = inspect.signature(shapes_model.train_shapes_vgg11)
+    recipe = shapes_model.recipe()
+    for name, value in recipe["train"].items():
+        assert signature.parameters[name].default == value, name
+    assert recipe["data"]["area_fraction"] == list(AREA_FRACTION)
+
+
+def test_concurrent_first_use_trains_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def fake_train(**_kwargs: object) -> tuple[VGG11, dict[str, float]]:
+        calls.append(1)
+        time.sleep(0.3)  # long enough for the other thread to reach the lock
+        torch.manual_seed(len(calls))
+        return build_shapes_vgg11().eval(), {"heldout_accuracy": 0.0, "seconds": 0.3}
+
+    monkeypatch.setattr(shapes_model, "train_shapes_vgg11", fake_train)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        models = list(pool.map(lambda _: load_shapes_vgg11(tmp_path), range(2)))
+    assert len(calls) == 1
+    x = normalize_shapes(make_shapes(2, seed=0).images)
+    with torch.no_grad():
+        assert torch.equal(models[0](x), models[1](x))
 
 
 def test_trained_model_is_accurate_on_heldout_shapes(shapes_vgg11: VGG11) -> None:

@@ -151,6 +151,7 @@ def _score_method(
     Rows and curves are recorded only when every metric succeeded.
     """
     from cnnviz.api import explain
+    from cnnviz.methods.base import get_method
     from cnnviz.metrics import faithfulness as fa
     from cnnviz.metrics import localisation as lo
 
@@ -158,7 +159,8 @@ def _score_method(
     if method in REFERENCE_MAPS:
         maps = reference_map(method, (x.shape[-2], x.shape[-1]), index, settings.seed)[None]
     else:
-        e = explain(run.loaded, x, method, layer=settings.layer, target=[target])
+        layer = settings.layer if get_method(method).needs_layer else None
+        e = explain(run.loaded, x, method, layer=layer, target=[target])
         maps, base = fa.relevance_maps(e), {**base, "layer": e.layer}
     values: list[tuple[str, float, str]] = []
     curves: dict[str, np.ndarray] = {}

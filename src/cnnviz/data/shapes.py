@@ -1,14 +1,17 @@
 """A synthetic shapes dataset with known ground truth: one object per image, with its exact mask.
 
 Every image holds one object of a class in :data:`SHAPE_CLASSES` — random colour, size (its
-mask covers :data:`AREA_FRACTION` of the image, its tight box about 8–35 %), rotation and
-position — painted over a cluttered background:
+mask covers 4–8 % of the image, :data:`AREA_FRACTION`; its tight box 4–19 %), rotation and
+position (favouring the edges, so that the image centre is a weak guess) — over clutter:
 
-* the background is smooth two-octave colour noise, soft or hard stripes of random period,
-  angle and colours, or a blend of the two;
-* 1–6 distractors of the same colour distribution as objects but of no shape class: thin
-  ellipses (aspect ≤ 0.6, so never a circle) and line segments, up to ~29 px long; they never
-  touch the object (a 2 px margin keeps its silhouette intact);
+* the background is smooth two-octave colour noise, soft stripes of random period (4–12 px),
+  angle and colours, or an even blend of the two;
+* distractors of the same colour distribution as objects but of no shape class: with
+  probability 0.8 one as large as an object (an elongated ellipse or rectangle, aspect
+  0.25–0.6, or a half disc), plus 0–4 small ones (thin blobs, line segments up to 28 px);
+  they never touch the object (a 2 px margin keeps its silhouette intact). The large ones make
+  "a big blob" or "a straight edge" no evidence of any class, so the classifier has to look at
+  the object's exact outline;
 * Gaussian pixel noise (σ ≤ 0.05) over everything, object included.
 
 Nothing but the object's shape tells the class: background, distractors, colour, size and
@@ -19,7 +22,8 @@ Shapes are drawn without anti-aliasing by exact tests on pixel centres (half-pla
 
 Everything is drawn from one ``torch.Generator`` seeded with ``seed`` in a fixed order, so the
 same ``(n, seed, size)`` gives identical tensors (for a given torch version). Generation is
-vectorised in chunks: 6,000 images of 64×64 take about a second.
+vectorised in chunks (distractors drawn with PIL): 6,000 images of 64×64 take about two seconds
+of one CPU core.
 
 Example:
     >>> from cnnviz.data.shapes import SHAPE_CLASSES, make_shapes
@@ -44,30 +48,29 @@ HELDOUT_SEED: int = 20_240_601
 """Seed of the held-out set. Training (:func:`cnnviz.models.shapes.train_shapes_vgg11`) draws its
 data with seeds below 1,000, so the two never coincide."""
 
-DATASET_VERSION: int = 1
-"""Bumped whenever the generator's output for a given seed changes (cached models retrain)."""
+DATASET_VERSION: int = 3
+"""Bumped whenever the generator's code changes its output for a given seed; together with
+:func:`dataset_config` it names the cached model (:mod:`cnnviz.models.shapes`)."""
 
-AREA_FRACTION: tuple[float, float] = (0.04, 0.10)
-"""Range of the object's intended area as a fraction of the image; pixel-centre sampling makes
-the drawn mask's fraction deviate by a few per cent of that (tests allow 0.04–0.17)."""
+AREA_FRACTION: tuple[float, float] = (0.04, 0.08)
+"""Range of the object's intended area as a fraction of the image (uniform); pixel-centre
+sampling makes the drawn mask's fraction deviate by a few per cent of that."""
 
-_CHUNK = 512  # images rendered at once: bounds memory at ~100 MB for 64×64
-_STRIPE_PERIOD = (3.0, 12.0)  # pixels
-_STRIPE_SHARPNESS = (0.5, 8.0)  # 0.5: nearly sinusoidal; 8: nearly square waves
-_DISTRACTORS = (1, 6)  # fewest and most distractors per image
+_CHUNK = 512  # images rendered at once, which bounds memory (about 30 MB at 64×64)
+_STRIPE_PERIOD = (4.0, 12.0)  # pixels
+_STRIPE_SHARPNESS = (0.5, 3.0)  # 0.5: nearly sinusoidal; 3: nearly square waves
+_DISTRACTORS = (0, 4)  # fewest and most small distractors per image
 _LINE_HALF_LENGTH = (5.0, 14.0)
 _LINE_HALF_WIDTH = (0.6, 1.3)
 _BLOB_HALF_LENGTH = (2.0, 8.0)
 _BLOB_ASPECT = (0.25, 0.6)  # minor / major axis: never round, so never a circle or square
-_LARGE_PROBABILITY = 0.0  # chance of one object-sized distractor
+_LARGE_PROBABILITY = 0.8  # chance of one object-sized distractor
 _LARGE_HALF_LENGTH = (6.0, 11.0)
 # Distractor kinds: small (blob, line) and object-sized (ellipse, rectangle, half disc).
 _BLOB, _LINE, _ELLIPSE, _RECTANGLE, _HALF_DISC = range(5)
 _NUM_KINDS = 5
-_SHADING = 0.0  # largest brightness change from an object's centre to its rim
 _NOISE = (0.0, 0.05)  # range of the pixel noise's standard deviation
-_BAND_PROBABILITY = 0.0  # chance of a grey band along each side
-_BAND_WIDTH = (2.0, 12.0)
+_POSITION_POWER = 0.5  # offsets from the middle are |v|^power, v uniform: < 1 favours the edges
 _RING_INNER = 0.55  # inner radius of a ring, relative to its outer radius
 _STAR_INNER = 0.5  # inner vertex radius of the 5-pointed star, relative to the outer one
 _CROSS_HALF_WIDTH = 0.3  # half-width of a cross's arm, relative to the arm's half-length
@@ -143,6 +146,29 @@ def heldout_shapes(n: int = 200, *, size: int = 64) -> ShapesBatch:
     return make_shapes(n, seed=HELDOUT_SEED, size=size)
 
 
+def dataset_config() -> dict[str, object]:
+    """The generator's version and parameters, JSON-ready (for cache keys and manifests)."""
+    return {
+        "version": DATASET_VERSION,
+        "classes": list(SHAPE_CLASSES),
+        "area_fraction": list(AREA_FRACTION),
+        "stripe_period": list(_STRIPE_PERIOD),
+        "stripe_sharpness": list(_STRIPE_SHARPNESS),
+        "small_distractors": list(_DISTRACTORS),
+        "line_half_length": list(_LINE_HALF_LENGTH),
+        "line_half_width": list(_LINE_HALF_WIDTH),
+        "blob_half_length": list(_BLOB_HALF_LENGTH),
+        "blob_aspect": list(_BLOB_ASPECT),
+        "large_probability": _LARGE_PROBABILITY,
+        "large_half_length": list(_LARGE_HALF_LENGTH),
+        "noise": list(_NOISE),
+        "position_power": _POSITION_POWER,
+        "ring_inner": _RING_INNER,
+        "star_inner": _STAR_INNER,
+        "cross_half_width": _CROSS_HALF_WIDTH,
+    }
+
+
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight boxes ``(N, 4)`` int64 ``x0, y0, x1, y1`` (x1, y1 exclusive) of ``(N, H, W)`` masks.
 
@@ -172,13 +198,11 @@ def _uniform(gen: torch.Generator, shape: tuple[int, ...], lo: float, hi: float)
 
 def _background(batch: int, gen: torch.Generator, size: int) -> torch.Tensor:
     """``(B, 3, S, S)``: smooth colour noise, stripes, or an even blend of both."""
-    coarse = F.interpolate(
-        torch.rand(batch, 3, 5, 5, generator=gen), size=(size, size), mode="bicubic"
-    )
-    fine = F.interpolate(
-        torch.rand(batch, 3, 16, 16, generator=gen), size=(size, size), mode="bilinear"
-    )
-    smooth = (0.7 * coarse + 0.3 * fine).clamp(0.0, 1.0)
+    # Two octaves mixed at 16×16 (coarse 5×5 upsampled bicubically), then upsampled once.
+    coarse = torch.rand(batch, 3, 5, 5, generator=gen)
+    fine = torch.rand(batch, 3, 16, 16, generator=gen)
+    smooth = 0.7 * F.interpolate(coarse, size=(16, 16), mode="bicubic") + 0.3 * fine
+    smooth = F.interpolate(smooth, size=(size, size), mode="bilinear").clamp(0.0, 1.0)
 
     ys, xs = _grid(size)
     angle = _uniform(gen, (batch, 1, 1), 0.0, math.pi)
@@ -315,14 +339,14 @@ def _render(labels: torch.Tensor, gen: torch.Generator, size: int) -> tuple[torc
     unit_area = torch.tensor([_UNIT_AREA[name] for name in SHAPE_CLASSES])[labels]
     area = _uniform(gen, (batch,), *AREA_FRACTION) * size * size
     radius = (area / unit_area).sqrt()
-    # Positions follow the arcsine law (Beta(½, ½)) along each axis, which favours the edges, so
-    # that pointing at the image centre is a weak baseline for localisation.
+    # Along each axis the offset from the middle of the allowed range is half_span·sign(v)·|v|^½,
+    # v uniform in [−1, 1]: its density rises linearly towards the edges, so that pointing at
+    # the image centre is a weak baseline for localisation (it hits about 40 % of boxes).
     lo, span = radius + 1.0, (size - 3.0 - 2.0 * radius).clamp(min=0.0)
-    cx = lo + span * torch.sin(0.5 * math.pi * torch.rand(batch, generator=gen)) ** 2
-    cy = lo + span * torch.sin(0.5 * math.pi * torch.rand(batch, generator=gen)) ** 2
+    offset = _uniform(gen, (2, batch), -1.0, 1.0)
+    offset = offset.sign() * offset.abs() ** _POSITION_POWER
+    cx, cy = lo + 0.5 * span * (1.0 + offset[0]), lo + 0.5 * span * (1.0 + offset[1])
     angle = _uniform(gen, (batch,), 0.0, 2.0 * math.pi)
-    shade_angle = _uniform(gen, (batch,), 0.0, 2.0 * math.pi)
-    shade = torch.rand(batch, generator=gen).view(batch, 1, 1)
     mask = torch.zeros(batch, size, size, dtype=torch.bool)
     for index, name in enumerate(SHAPE_CLASSES):
         rows = (labels == index).nonzero().squeeze(1)
@@ -336,30 +360,19 @@ def _render(labels: torch.Tensor, gen: torch.Generator, size: int) -> tuple[torc
     count = torch.randint(_DISTRACTORS[0], _DISTRACTORS[1] + 1, (batch, 1), generator=gen)
     active = torch.arange(slots[1]).view(1, -1) <= count
     active[:, 0] = torch.rand(batch, generator=gen) < _LARGE_PROBABILITY
-    small = torch.where(torch.rand(slots, generator=gen) < 0.5, _LINE, _BLOB)
-    large = torch.randint(_ELLIPSE, _NUM_KINDS, slots, generator=gen)
-    kind = torch.cat([large[:, :1], small[:, 1:]], dim=1)
+    small_kind = torch.where(torch.rand(slots, generator=gen) < 0.5, _LINE, _BLOB)
+    large_kind = torch.randint(_ELLIPSE, _NUM_KINDS, (batch, 1), generator=gen)
+    kind = torch.cat([large_kind, small_kind[:, 1:]], dim=1)
     centres = _uniform(gen, (*slots, 2), 0.0, size - 1.0)
     dangle = _uniform(gen, slots, 0.0, 2.0 * math.pi)
-    lengths = {
-        _BLOB: _uniform(gen, slots, *_BLOB_HALF_LENGTH),
-        _LINE: _uniform(gen, slots, *_LINE_HALF_LENGTH),
-        _ELLIPSE: _uniform(gen, slots, *_LARGE_HALF_LENGTH),
-    }
-    lengths[_RECTANGLE] = lengths[_HALF_DISC] = lengths[_ELLIPSE]
-    aspect = _uniform(gen, slots, *_BLOB_ASPECT)
-    widths = {
-        _BLOB: lengths[_BLOB] * aspect,
-        _LINE: _uniform(gen, slots, *_LINE_HALF_WIDTH),
-        _ELLIPSE: lengths[_ELLIPSE] * aspect,
-        _RECTANGLE: lengths[_ELLIPSE] * aspect,
-        _HALF_DISC: lengths[_ELLIPSE],
-    }
-    half_length = torch.zeros(slots)
-    half_width = torch.zeros(slots)
-    for k in range(_NUM_KINDS):
-        half_length = torch.where(kind == k, lengths[k], half_length)
-        half_width = torch.where(kind == k, widths[k], half_width)
+    blob = _uniform(gen, slots, *_BLOB_HALF_LENGTH)
+    line = _uniform(gen, slots, *_LINE_HALF_LENGTH)
+    large = _uniform(gen, slots, *_LARGE_HALF_LENGTH)
+    half_length = torch.where(kind == _BLOB, blob, torch.where(kind == _LINE, line, large))
+    thin = half_length * _uniform(gen, slots, *_BLOB_ASPECT)
+    line_width = _uniform(gen, slots, *_LINE_HALF_WIDTH)
+    half_width = torch.where(kind == _LINE, line_width, thin)
+    half_width = torch.where(kind == _HALF_DISC, half_length, half_width)
     which = _distractor_map(kind, active, centres, dangle, half_length, half_width, size)
     margin = mask.unsqueeze(1).float()  # dilated by 2 px, separably
     margin = F.max_pool2d(margin, kernel_size=(1, 5), stride=1, padding=(0, 2))
@@ -376,20 +389,8 @@ def _render(labels: torch.Tensor, gen: torch.Generator, size: int) -> tuple[torc
     candidates = torch.rand(batch, 4, 3, generator=gen)
     best = (candidates - under.unsqueeze(1)).norm(dim=2).argmax(dim=1)
     colour = candidates[torch.arange(batch), best].view(batch, 3, 1, 1)
-    # Shading: a linear brightness ramp of ±strength across the object, so that it is not flat.
-    ramp, _ = _local(ys, xs, *(t.view(batch, 1, 1) for t in (cy, cx, shade_angle, radius)))
-    colour = colour + (_SHADING * shade * ramp).unsqueeze(1)
     image = torch.where(mask.unsqueeze(1), colour, image)
 
     sigma = _uniform(gen, (batch, 1, 1, 1), *_NOISE)
     noise = torch.randn(image.shape, generator=gen) * sigma
-    image = (image + noise).clamp(0.0, 1.0)
-
-    # Letterbox bands: flat mid-grey (the value zero-padding takes after normalisation) along
-    # some sides, behind the object, so a grey-to-content edge is no evidence of any class.
-    present = torch.rand(batch, 4, generator=gen) < _BAND_PROBABILITY
-    width = torch.where(present, _uniform(gen, (batch, 4), *_BAND_WIDTH), 0.0).view(batch, 4, 1, 1)
-    band = (xs < width[:, 0]) | (ys < width[:, 1]) | (xs >= size - width[:, 2])
-    band |= ys >= size - width[:, 3]
-    image = torch.where(band.unsqueeze(1) & ~mask.unsqueeze(1), 0.5, image)
-    return image.contiguous(), mask.contiguous()
+    return (image + noise).clamp(0.0, 1.0).contiguous(), mask.contiguous()

@@ -106,6 +106,13 @@ def randomization_groups(model: nn.Module, example: torch.Tensor) -> list[LayerG
     return [LayerGroup(names[0], tuple(names)) for names in groups]
 
 
+def short_label(name: str) -> str:
+    """A layer's name for plots: its last part, or its last two when that is a number
+    (``backbone.conv5_2`` → ``conv5_2``, ``classifier.6`` → ``classifier.6``)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
 def reset_group(model: nn.Module, group: LayerGroup, seed: int) -> None:
     """Re-initialise every module of ``group`` in ``model`` with ``reset_parameters()``, seeded."""
     from cnnviz.hooks import model_device
@@ -510,7 +517,7 @@ def similarity_figure(
         ax.set_ylim(-1.05 if metric.startswith(("spearman", "hog")) else -0.05, 1.05)
         ax.axhline(0.0, color="0.7", linewidth=0.8)
         ax.set_xticks(xs)
-        ax.set_xticklabels([s.split(".")[-1] for s in steps], rotation=70, fontsize="x-small")
+        ax.set_xticklabels([short_label(s) for s in steps], rotation=70, fontsize="x-small")
         ax.set_xlabel(
             "randomised " + ("down to" if first.mode == "cascading" else "layer"), fontsize="small"
         )
@@ -540,7 +547,7 @@ def maps_figure(
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(labels[k].split(".")[-1], fontsize="x-small")
+                ax.set_title(short_label(labels[k]), fontsize="x-small")
             if col == 0:
                 ax.set_ylabel(name, fontsize="small")
     fig.suptitle(f"{first.mode} randomisation: maps of image {image}")
