@@ -205,12 +205,13 @@ def test_road_curves(tiny: TinyNet) -> None:
 
 
 def test_gradcam_against_random_maps_on_heldout_shapes() -> None:
-    """Grad-CAM against model-free random maps on 50 held-out shapes (numbers and the reason in
-    docs/evaluation.md). Insertion: Grad-CAM wins against both. Deletion: it wins against a
-    random map as coarse as the CAM, with the blur baseline, and under ROAD's imputation; with
-    RISE's zero baseline against per-pixel noise it only ties (0.27 against 0.26; the sign
-    flips between versions of the shapes data): graying out scattered pixels pushes the image
-    out of distribution about as fast as deleting the object.
+    """Grad-CAM (default layer, 4×4) against model-free random maps on 50 held-out shapes.
+
+    Measured (16 steps): deletion 0.26 against 0.32 (per-pixel noise) and 0.49 (noise as
+    coarse as the CAM); insertion 0.80 against 0.65 and 0.49; deletion to the blur baseline
+    0.29 against 0.64; ROAD most-relevant-first 0.36 against 0.82. Per-pixel noise is the
+    hardest baseline for deletion: graying out scattered pixels pushes the image out of
+    distribution almost as fast as deleting the object (docs/evaluation.md).
     """
     from cnnviz.api import explain
     from cnnviz.data.shapes import heldout_shapes
@@ -242,7 +243,7 @@ def test_gradcam_against_random_maps_on_heldout_shapes() -> None:
     assert auc["gradcam", "insertion"] > auc["coarse", "insertion"] + 0.1, auc
     assert auc["gradcam", "deletion"] < auc["coarse", "deletion"] - 0.1, auc
     assert auc["gradcam", "deletion-blur"] < auc["random", "deletion-blur"] - 0.1, auc
-    assert auc["gradcam", "deletion"] < auc["random", "deletion"] + 0.05, auc  # a tie at worst
+    assert auc["gradcam", "deletion"] < auc["random", "deletion"] - 0.03, auc
     road = {
         name: fa.road(model, x[:10], maps[name][:10], percentages=(10, 30, 50, 70, 90))
         for name in ("gradcam", "random")

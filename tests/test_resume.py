@@ -88,6 +88,10 @@ def _check_readable(out: Path) -> int:
     return len(list((out / "records").glob("*.json"))) if (out / "records").is_dir() else 0
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _written_since(entry: os.DirEntry[str], since: int) -> bool:
     """Whether ``entry`` is a file modified at or after ``since`` (False once it has vanished:
     temporary files are renamed away while we look)."""
@@ -181,7 +185,13 @@ def test_sigterm_and_ctrl_c_stop_cleanly(
     for _ in range(3):  # retry in the unlikely case the run ends before the signal lands
         start = time.time_ns()
         proc = subprocess.Popen(
-            _command(world, out, "--batch-size", "1"), stderr=subprocess.PIPE, text=True, env=ENV
+            _command(world, out, "--batch-size", "1"),
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+            # A suite started in the background inherits SIGINT ignored, and Python then keeps
+            # it ignored: give the child the default disposition, as a terminal would.
+            preexec_fn=_default_sigint,
         )
         _wait_for_output(proc, out, start)
         proc.send_signal(sig)

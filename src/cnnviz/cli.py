@@ -48,7 +48,8 @@ Handler = Callable[[argparse.Namespace], int]
 # -- parser ----------------------------------------------------------------------------------
 
 
-def _common(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
+def add_model_options(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
+    """``--model``, ``--weights``, ``--device`` and ``--json``: the options every command shares."""
     if model_option:
         p.add_argument(
             "--model",
@@ -135,13 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = add(name, handler, text)
         p.add_argument("model_name", nargs="?", default=DEFAULT_MODEL, metavar="MODEL")
-        _common(p, model_option=False)
+        add_model_options(p, model_option=False)
         p.set_defaults(model=None)
         if name == "summary":
             p.add_argument("--depth", type=int, default=None, help="rows down to this depth")
     p = add("filters", cmd_filters, "draw a conv layer's filters (conv1 as RGB)")
     p.add_argument("model_name", nargs="?", default=DEFAULT_MODEL, metavar="MODEL")
-    _common(p, model_option=False)
+    add_model_options(p, model_option=False)
     p.add_argument("--layer", "-l", default=None, help="conv layer (default: the first)")
     p.add_argument("--scale", choices=["per-filter", "global"], default="per-filter")
     p.add_argument(
@@ -153,23 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", required=True)
     p = add("activations", cmd_activations, "capture layers in one forward pass, draw channels")
     p.add_argument("images", nargs="+")
-    _common(p)
+    add_model_options(p)
     p.add_argument("--layers", required=True, help="comma-separated layer names")
     p.add_argument("--channels", type=int, default=16, help="how many channels to draw")
     p.add_argument("--order", choices=["first", "top"], default="first")
     p.add_argument("--shared-scale", action="store_true", help="one colour scale for all")
     p.add_argument("--out", "-o", required=True)
     p = add("saliency", cmd_explain, "gradient saliency (Simonyan et al. 2014)")
-    _common(p)
+    add_model_options(p)
     _explaining(p, layer=False)
     p.add_argument("--signed", action="store_true", help="keep the gradient's sign")
     p.set_defaults(method="saliency")
     p = add("gradcam", cmd_explain, "Grad-CAM (Selvaraju et al. 2017)")
-    _common(p)
+    add_model_options(p)
     _explaining(p, layer=True)
     p.set_defaults(method="gradcam")
     p = add("explain", cmd_explain, "any method from `cnnviz methods`")
-    _common(p)
+    add_model_options(p)
     _explaining(p, layer=True)
     p.add_argument(
         "--method",
@@ -183,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the HTML report: predictions, structure, filters, activations, saliency, Grad-CAM",
     )
     p.add_argument("images", nargs="*")
-    _common(p)
+    add_model_options(p)
     p.add_argument("--out", "-o", required=True)
     p.add_argument("--demo", action="store_true", help="run on the bundled sample images")
     p.add_argument("--layers", default=None, help="activation layers (comma-separated)")

@@ -17,7 +17,6 @@ from typing import Any
 
 from cnnviz.errors import CnnvizError
 
-DEFAULT_MODEL = "efficientnet_lite0"
 EXIT_OK, EXIT_PARTIAL = 0, 1
 
 
@@ -222,20 +221,9 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--model",
-        "-m",
-        default=DEFAULT_MODEL,
-        help=f"model name (see `cnnviz models`; default {DEFAULT_MODEL})",
-    )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="checkpoint file (.pth/.pt/.safetensors), or 'random'; "
-        "default: the model's pretrained weights",
-    )
-    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    from cnnviz.cli import add_model_options
+
+    add_model_options(p)
     p.add_argument("--out", "-o", required=True, help="output folder")
     p.add_argument(
         "--layer",

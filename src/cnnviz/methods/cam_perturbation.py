@@ -13,7 +13,6 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -22,7 +21,7 @@ from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.hooks import channels_last_suits, model_state_guard
+from cnnviz.hooks import HookOwner, input_layout, model_state_guard
 from cnnviz.methods.base import register
 from cnnviz.methods.cam import ActivationCAM, LayerPass
 from cnnviz.postprocess import upsample
@@ -46,7 +45,7 @@ def _progress(total: int, what: str) -> Any:
     )
 
 
-class OutputSwap:
+class OutputSwap(HookOwner):
     """Replace one layer's output by a given tensor during forward passes (a context manager).
 
     The layer's forward hook returns the replacement, so the part of the network after the layer
@@ -69,14 +68,6 @@ class OutputSwap:
     def __enter__(self) -> OutputSwap:
         self._handle = self.module.register_forward_hook(self._hook)
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def remove(self) -> None:
         """Remove the hook; safe to call more than once."""
@@ -183,12 +174,6 @@ class ScoreCAM(ActivationCAM):
                 bar.update()
         weights = scores.softmax(dim=1)
         return torch.einsum("nkt,nkhw->nthw", weights, A)
-
-
-def input_layout(model: nn.Module, x: torch.Tensor) -> torch.memory_format:
-    """The memory layout :class:`~cnnviz.hooks.LayerCapture` feeds ``model`` (channels-last for
-    convolutions on CPU), so perturbed forwards run as fast as the plain one."""
-    return torch.channels_last if channels_last_suits(model, x) else torch.contiguous_format
 
 
 def unit_masks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -15,13 +15,13 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from types import TracebackType
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnviz.hooks import HookOwner
 from cnnviz.methods.base import Explanation, Method, gradient_pass, register
 from cnnviz.methods.cam import GradCAM
 from cnnviz.methods.gradients import (
@@ -84,7 +84,7 @@ def parse_modules(modules: Sequence[str]) -> tuple[type[nn.Module], ...]:
     return tuple(RELU_MODULES[m] for m in modules)
 
 
-class ReluOverride:
+class ReluOverride(HookOwner):
     """Context manager: for its block, every module of ``types`` in ``model`` backpropagates by
     ``rule``. The forward values are unchanged; hooks are removed on exit (idempotent), also
     after an exception, and the model is left exactly as found.
@@ -125,14 +125,6 @@ class ReluOverride:
                 self.rule.value,
             )
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.remove()
 
     def remove(self) -> None:
         """Remove every hook; safe to call more than once."""

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.errors import TargetError
-from cnnviz.hooks import as_model_input, model_state_guard
+from cnnviz.hooks import as_model_input, forward_in_layout, model_state_guard
 from cnnviz.postprocess import Display, minmax_normalize, relu
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def probabilities(
     with torch.inference_mode(), model_state_guard(model):
         for start in range(0, images.shape[0], batch_size):
             chunk = as_model_input(model, images[start : start + batch_size])
-            logits = logits_of(model(chunk)).float()
+            logits = logits_of(forward_in_layout(model, chunk)).float()
             index = targets[rows[start : start + batch_size]].to(logits.device)
             out.append(logits.softmax(dim=1).gather(1, index.view(-1, 1)).squeeze(1).cpu())
     return torch.cat(out) if out else torch.zeros(0)
@@ -149,7 +149,8 @@ def class_targets(
     if isinstance(target, torch.Tensor):
         target = [int(v) for v in target.reshape(-1).tolist()]
     with torch.inference_mode(), model_state_guard(model):
-        logits = logits_of(model(as_model_input(model, images))).float().cpu()
+        logits = logits_of(forward_in_layout(model, as_model_input(model, images)))
+        logits = logits.float().cpu()
     if callable(target) and not isinstance(target, str):
         raise TargetError(
             "Faithfulness metrics need class targets (softmax probabilities); "
@@ -294,7 +295,7 @@ def switch_curve(
             image, step = chunk[:, 0], chunk[:, 1]
             switched = ranks[image] < counts[step].view(-1, 1, 1, 1)
             batch = torch.where(switched, end[image], start[image])
-            logits = logits_of(model(as_model_input(model, batch))).float()
+            logits = logits_of(forward_in_layout(model, as_model_input(model, batch))).float()
             index = targets[image].to(logits.device).view(-1, 1)
             out.append(logits.softmax(dim=1).gather(1, index).squeeze(1).cpu())
     return torch.cat(out).view(n, steps + 1)
