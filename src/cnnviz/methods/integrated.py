@@ -4,6 +4,7 @@ ICML 2017): attributions that add up to the score difference from a baseline ima
 from __future__ import annotations
 
 import enum
+import logging
 import math
 from collections.abc import Sequence
 
@@ -28,6 +29,12 @@ from cnnviz.methods.gradients import (
 from cnnviz.postprocess import Display
 from cnnviz.preprocess import Preprocessing
 from cnnviz.targets import TargetSpec
+
+logger = logging.getLogger(__name__)
+
+COMPLETENESS_WARNING = 0.05
+"""Relative completeness gap above which a warning suggests more steps (the paper's advice:
+attributions should add up to within 5 % of the score difference)."""
 
 # -- Integrated Gradients -----------------------------------------------------------------------
 
@@ -99,7 +106,11 @@ class IntegratedGradients(Method):
     default, or "riemann_left/right/middle/trapezoid"; captum calls it ``method``) over
     ``steps`` (64) points. Completeness says
     Σ a = S_c(x) − S_c(x′); ``extras["delta_f"]`` holds S_c(x) − S_c(x′) and
-    ``extras["completeness_gap"]`` Σ a − (S_c(x) − S_c(x′)), both ``(N, T)``.
+    ``extras["completeness_gap"]`` Σ a − (S_c(x) − S_c(x′)), both ``(N, T)``. Where the gap
+    exceeds :data:`COMPLETENESS_WARNING` (5 %) of |S_c(x) − S_c(x′)| a warning names the images
+    and suggests more steps: on a ReLU network the path crosses many kinks, and the error of any
+    quadrature falls only like 1/steps (on the trained ``shapes_vgg11``, 64 steps leave about
+    half the images above 1 %, a few above 5 %).
 
     ``baseline`` x′ is in the model-input space: "black" (default; zeros unless
     ``preprocessing`` gives the mean/std that map a black image), "blurred" (``blur_sigma``),
@@ -215,6 +226,29 @@ class IntegratedGradients(Method):
         attributions = total * diff.unsqueeze(1)
         delta_f = clean.scores - forward_scores(model, x0, clean.targets)
         gap = attributions.sum(dim=(2, 3, 4)) - delta_f
+        warn_if_incomplete(gap, delta_f, self.steps)
         return input_space_result(
             self.name, x, clean, attributions, self.reduction, completeness_gap=gap, delta_f=delta_f
         )
+
+
+def warn_if_incomplete(gap: torch.Tensor, delta_f: torch.Tensor, steps: int) -> list[int]:
+    """Log a warning naming the images whose relative completeness gap |gap| / |Δf| exceeds
+    :data:`COMPLETENESS_WARNING` (a score change of zero counts as complete); returns them."""
+    relative = gap.abs() / delta_f.abs().clamp_min(torch.finfo(delta_f.dtype).tiny)
+    relative = torch.where(delta_f == 0, torch.zeros_like(relative), relative)
+    worst = relative.amax(dim=1)
+    images = [int(i) for i in (worst > COMPLETENESS_WARNING).nonzero().flatten()]
+    if images:
+        shown = ", ".join(str(i) for i in images[:8]) + (" …" if len(images) > 8 else "")
+        logger.warning(
+            "Integrated Gradients: the attributions of image(s) %s miss the score change by up "
+            "to %.1f %% (completeness; the paper asks for < %.0f %%); increase steps (now %d; "
+            "try %d).",
+            shown,
+            100 * float(worst.max()),
+            100 * COMPLETENESS_WARNING,
+            steps,
+            4 * steps,
+        )
+    return images
