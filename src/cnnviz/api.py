@@ -12,7 +12,7 @@ from torch import nn
 
 from cnnviz.hooks import as_model_input
 from cnnviz.layers import LayerRef, auto_cam_layer, resolve_layer
-from cnnviz.methods.base import Explanation, Method, check_finite, get_method
+from cnnviz.methods.base import Explanation, Method, check_finite, make_method
 from cnnviz.targets import TargetSpec
 
 if TYPE_CHECKING:
@@ -83,11 +83,7 @@ def explain(
             raise TypeError("Options go to the Method constructor when passing a Method object")
         algorithm = method
     else:
-        cls = get_method(method)
-        try:
-            algorithm = cls(**options)
-        except TypeError as e:
-            raise TypeError(f"Bad option for method {cls.name!r}: {e}") from e
+        algorithm = make_method(method, **options)
     x = as_model_input(module, images)
     check_finite(x, "The input image batch")
     resolved: str | None = None

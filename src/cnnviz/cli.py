@@ -103,6 +103,14 @@ def _explaining(p: argparse.ArgumentParser, *, layer: bool, top_k: bool = True) 
         action="store_true",
         help="skip images whose outputs in --out are complete and valid",
     )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option, repeatable: e.g. --option steps=256 for integrated-gradients, "
+        "--option samples=50 for smoothgrad (numbers, true/false, or text)",
+    )
     _drawing(p)
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cnnviz.errors import one_line
+from cnnviz.errors import UsageError, one_line
 
 if TYPE_CHECKING:
     from cnnviz.models import LoadedModel
@@ -269,6 +269,28 @@ def cmd_activations(args: argparse.Namespace) -> int:
     return _finish(manifest.to_dict(), out, args)
 
 
+def parse_method_options(items: Sequence[str]) -> dict[str, Any]:
+    """``["steps=256", "signed=true"]`` → ``{"steps": 256, "signed": True}``: whole numbers,
+    then decimal numbers, then ``true``/``false``, else the text itself."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--option takes KEY=VALUE (e.g. steps=256), got {item!r}.")
+        value: Any = text.strip()
+        for convert in (int, float):
+            try:
+                value = convert(value)
+                break
+            except ValueError:
+                continue
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        options[key] = value
+    return options
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     import torch.multiprocessing
 
@@ -279,15 +301,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     # traceback. This is the CLI's own process, so the global setting is ours to choose.
     torch.multiprocessing.set_sharing_strategy("file_system")  # type: ignore[no-untyped-call]  # untyped in torch
 
-    if args.method.strip().lower() != ALL_METHODS:
-        from cnnviz.methods.base import get_method
-
-        get_method(args.method)  # an unknown name fails before the model is loaded
-    paths = _inputs(args.images)
-    loaded = _load(args)
-    options: dict[str, Any] = {}
+    options = parse_method_options(getattr(args, "option", []))
     if getattr(args, "signed", False):
         options["signed"] = True
+    if args.method.strip().lower() != ALL_METHODS:
+        from cnnviz.methods.base import make_method
+
+        make_method(args.method, **options)  # bad names and options fail before loading
+    elif options:
+        raise UsageError("--option applies to one method; drop it or choose one with --method.")
+    paths = _inputs(args.images)
+    loaded = _load(args)
     settings = ExplainSettings(
         method=args.method,
         layer=getattr(args, "layer", None),

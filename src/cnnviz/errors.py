@@ -52,6 +52,10 @@ class OutputError(CnnvizError, OSError):
     """An output folder that cannot be created or written."""
 
 
+class UsageError(CnnvizError, ValueError):
+    """Command-line options that do not fit together or do not parse."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
     """A human phrase listing the candidates closest to ``name`` ('' when none is close)."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

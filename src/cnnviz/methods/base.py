@@ -8,6 +8,7 @@ validation and batching live here.
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -23,6 +24,10 @@ from cnnviz.targets import Targets, TargetSpec, logits_of, resolve_targets
 
 class MethodNotFoundError(CnnvizError, ValueError):
     """An unknown method name."""
+
+
+class MethodOptionError(CnnvizError, TypeError, ValueError):
+    """An option a method does not take, or a value it refuses."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +118,31 @@ def get_method(name: str) -> type[Method]:
         f"Unknown method {name!r}.{close_matches(key, _REGISTRY)} "
         "List the methods with `cnnviz methods`."
     )
+
+
+def method_options(cls: type[Method]) -> list[str]:
+    """The keyword options of a method's constructor, in order."""
+    parameters = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+
+def make_method(name: str, **options: Any) -> Method:
+    """The method registered as ``name``, constructed with ``options``.
+
+    Raises:
+        MethodNotFoundError: no such method (close matches named).
+        MethodOptionError: an option it does not take or a value it refuses; the message lists
+            the options it takes.
+    """
+    cls = get_method(name)
+    try:
+        return cls(**options)
+    except (TypeError, ValueError) as e:
+        accepted = ", ".join(method_options(cls)) or "none"
+        raise MethodOptionError(
+            f"Bad option for method {cls.name!r}: {e}. It takes: {accepted} "
+            f"(documented in `help(cnnviz.methods.base.get_method({cls.name!r}))`)."
+        ) from e
 
 
 def _load_builtin_methods() -> None:
