@@ -634,6 +634,8 @@ def test_integrated_gradients_warns_when_incomplete(caplog: pytest.LogCaptureFix
         explain(model, x, "integrated-gradients", target=1, steps=64)
         assert not caplog.records
         options = {"steps": 8, "quadrature": "riemann_left"}
+        explain(model, x, "integrated-gradients", target=1, warn_incomplete=False, **options)
+        assert not caplog.records
         explain(model, x, "integrated-gradients", target=1, **options)
     assert len(caplog.records) == 1
     assert "image(s) 0, 1" in caplog.text and "now 8; try 32" in caplog.text

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnviz.methods.base import Explanation
 from cnnviz.models import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -223,15 +224,19 @@ def _page(
     methods = []
     top_class = None if cams.targets.indices is None else int(cams.targets.indices[0, 0])
     for name in settings.methods:
+        # The page states IG's completeness under its picture instead of a warning on stderr.
+        options: dict[str, Any] = (
+            {"warn_incomplete": False} if name == "integrated-gradients" else {}
+        )
         try:
-            e = explain(loaded, x, name, target=top_class)
+            e = explain(loaded, x, name, target=top_class, **options)
         except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
             logger.warning("method %s skipped: %s", name, error)
             continue
         signed = e.display is Display.SIGNED  # diverging colours: red +, blue −
         picture = overlay_uri(display_maps(e)[0, 0], "bwr" if signed else settings.cmap)
         label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")
-        methods.append({"label": label, "src": picture})
+        methods.append({"label": label, "src": picture, "note": method_note(e)})
     layers = (
         list(settings.layers) if settings.layers else default_activation_layers(loaded.module, x)
     )
@@ -283,6 +288,19 @@ def _page(
         + (["methods"] if methods else [])
         + ["activations", "filters", "summary", "layers", "manifest"],
     }
+
+
+def method_note(e: Explanation) -> str | None:
+    """A caption line for what a picture cannot show: Integrated Gradients' completeness."""
+    if "completeness_gap" not in e.extras:
+        return None
+    from cnnviz.methods.integrated import COMPLETENESS_WARNING, relative_gap
+
+    gap = float(relative_gap(e.extras["completeness_gap"], e.extras["delta_f"])[0, 0])
+    note = f"attributions sum to the score change within {100 * gap:.1f} %"
+    if gap > COMPLETENESS_WARNING:
+        note += " (over the paper's 5 %: more steps would tighten it)"
+    return note
 
 
 def _environment() -> Any:

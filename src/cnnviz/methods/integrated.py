@@ -108,9 +108,10 @@ class IntegratedGradients(Method):
     Σ a = S_c(x) − S_c(x′); ``extras["delta_f"]`` holds S_c(x) − S_c(x′) and
     ``extras["completeness_gap"]`` Σ a − (S_c(x) − S_c(x′)), both ``(N, T)``. Where the gap
     exceeds :data:`COMPLETENESS_WARNING` (5 %) of |S_c(x) − S_c(x′)| a warning names the images
-    and suggests more steps: on a ReLU network the path crosses many kinks, and the error of any
-    quadrature falls only like 1/steps (on the trained ``shapes_vgg11``, 64 steps leave about
-    half the images above 1 %, a few above 5 %).
+    and suggests more steps (``warn_incomplete=False`` leaves that to the caller, as the HTML
+    report does, which prints the gap under the picture): on a ReLU network the path crosses
+    many kinks, and the error of any quadrature falls only like 1/steps (on the trained
+    ``shapes_vgg11``, 64 steps leave about half the images above 1 %, a few above 5 %).
 
     ``baseline`` x′ is in the model-input space: "black" (default; zeros unless
     ``preprocessing`` gives the mean/std that map a black image), "blurred" (``blur_sigma``),
@@ -139,8 +140,10 @@ class IntegratedGradients(Method):
         seed: int = 0,
         batch_size: int = 16,
         reduction: str | ChannelReduction = ChannelReduction.SUM,
+        warn_incomplete: bool = True,
     ) -> None:
         self.steps = positive_int(steps, "steps")
+        self.warn_incomplete = bool(warn_incomplete)
         try:
             self.quadrature = Quadrature(quadrature)
         except ValueError:
@@ -226,18 +229,23 @@ class IntegratedGradients(Method):
         attributions = total * diff.unsqueeze(1)
         delta_f = clean.scores - forward_scores(model, x0, clean.targets)
         gap = attributions.sum(dim=(2, 3, 4)) - delta_f
-        warn_if_incomplete(gap, delta_f, self.steps)
+        if self.warn_incomplete:
+            warn_if_incomplete(gap, delta_f, self.steps)
         return input_space_result(
             self.name, x, clean, attributions, self.reduction, completeness_gap=gap, delta_f=delta_f
         )
 
 
-def warn_if_incomplete(gap: torch.Tensor, delta_f: torch.Tensor, steps: int) -> list[int]:
-    """Log a warning naming the images whose relative completeness gap |gap| / |Δf| exceeds
-    :data:`COMPLETENESS_WARNING` (a score change of zero counts as complete); returns them."""
+def relative_gap(gap: torch.Tensor, delta_f: torch.Tensor) -> torch.Tensor:
+    """|gap| / |Δf| elementwise; a score change of zero counts as complete (0)."""
     relative = gap.abs() / delta_f.abs().clamp_min(torch.finfo(delta_f.dtype).tiny)
-    relative = torch.where(delta_f == 0, torch.zeros_like(relative), relative)
-    worst = relative.amax(dim=1)
+    return torch.where(delta_f == 0, torch.zeros_like(relative), relative)
+
+
+def warn_if_incomplete(gap: torch.Tensor, delta_f: torch.Tensor, steps: int) -> list[int]:
+    """Log a warning naming the images whose relative completeness gap (:func:`relative_gap`)
+    exceeds :data:`COMPLETENESS_WARNING`; returns them."""
+    worst = relative_gap(gap, delta_f).amax(dim=1)
     images = [int(i) for i in (worst > COMPLETENESS_WARNING).nonzero().flatten()]
     if images:
         shown = ", ".join(str(i) for i in images[:8]) + (" …" if len(images) > 8 else "")
