@@ -8,8 +8,9 @@ unique suffix of that path (``conv5_2``), which is how the seed exercise's VGG-1
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -131,13 +132,10 @@ class LayerCall:
 def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
     """Run ``model`` once on ``example`` (no grad, eval mode, model restored) recording every call.
 
-    Modules whose output is not a single tensor get ``output_shape=None``. Used by the layer list
-    and by :func:`auto_cam_layer`.
+    Modules whose output is not a single tensor get ``output_shape=None``. Used by the layer list,
+    the report's activation layers and the sanity checks' layer groups.
     """
-    from cnnviz.hooks import model_state_guard
-
     calls: list[LayerCall] = []
-    handles = []
 
     def make_hook(name: str):  # type: ignore[no-untyped-def]  # hook signature is torch's
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
@@ -147,6 +145,19 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
 
         return hook
 
+    _forward_with_hook_on_every_layer(model, example, make_hook)
+    return calls
+
+
+def _forward_with_hook_on_every_layer(
+    model: nn.Module, example: torch.Tensor, make_hook: Callable[[str], Any]
+) -> None:
+    """One no-grad, eval-mode forward of ``example`` with ``make_hook(name)`` as a forward hook
+    on every named submodule; the hooks are removed and the model's mode restored, whatever
+    happens."""
+    from cnnviz.hooks import model_state_guard
+
+    handles = []
     try:
         for name, module in model.named_modules():
             if name:
@@ -156,7 +167,6 @@ def trace_layers(model: nn.Module, example: torch.Tensor) -> list[LayerCall]:
     finally:
         for handle in handles:
             handle.remove()
-    return calls
 
 
 def auto_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
@@ -170,12 +180,9 @@ def auto_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
     Raises:
         LayerError: no layer produces a spatial map (e.g. a model without convolutions).
     """
-    from cnnviz.hooks import model_state_guard
-
     chosen: str | None = None
     # Pooling outputs, kept alive (not just their ids) so a freed tensor's id cannot be reused.
     skipped: list[torch.Tensor] = []
-    handles = []
 
     def make_hook(name: str):  # type: ignore[no-untyped-def]  # hook signature is torch's
         def hook(module: nn.Module, _inputs: object, output: object) -> None:
@@ -193,15 +200,7 @@ def auto_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
 
         return hook
 
-    try:
-        for name, module in model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with model_state_guard(model), torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward_with_hook_on_every_layer(model, example, make_hook)
     if chosen is None:
         raise LayerError(
             f"{type(model).__name__} has no layer with a spatial (N, C, H, W) output larger "
