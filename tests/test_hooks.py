@@ -197,3 +197,41 @@ def test_auto_cam_layer_choices() -> None:
     assert hooked_modules(resnet) == []
     with pytest.raises(LayerError, match="spatial"):
         auto_cam_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 2)), x)
+
+
+class _ViewsItsFeatures(nn.Module):
+    """Calls ``.view`` on a feature map: fails on a channels-last input, works in the standard
+    layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        out: torch.Tensor = self.fc(features.view(features.shape[0], -1))
+        return out
+
+
+def test_a_model_that_fails_channels_last_runs_in_the_standard_layout() -> None:
+    from cnnviz.hooks import channels_last_suits, forward_in_layout
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+
+    def captured(model: nn.Module) -> torch.Tensor:
+        with LayerCapture(model, ["conv"], grad=GradFrom.NONE) as capture:
+            out: torch.Tensor = capture.forward(x)
+        with torch.no_grad():
+            torch.testing.assert_close(capture.activations["conv"], model.conv(x))
+        return out
+
+    for run in (lambda m: forward_in_layout(m, x), captured):
+        model = _ViewsItsFeatures().eval()
+        assert channels_last_suits(model, x)  # a CPU float32 batch and a Conv2d: worth trying
+        with pytest.raises(RuntimeError, match="view"):
+            model(x.contiguous(memory_format=torch.channels_last))
+        with torch.no_grad():
+            torch.testing.assert_close(run(model), model(x))
+        assert not channels_last_suits(model, x)  # remembered: no second failed attempt

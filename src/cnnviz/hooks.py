@@ -163,12 +163,18 @@ def forward_in_layout(model: nn.Module, x: torch.Tensor) -> Any:
         try:
             return model(x.contiguous(memory_format=torch.channels_last))
         except Exception:  # any failure: retry in the standard layout below
-            _CHANNELS_LAST[model] = False
-            logger.info(
-                "%s fails on a channels-last input; cnnviz runs it in the standard layout",
-                type(model).__name__,
-            )
+            _standard_layout_from_now_on(model, remember=True)
     return model(x)
+
+
+def _standard_layout_from_now_on(model: nn.Module, *, remember: bool) -> None:
+    """Log that ``model`` failed on a channels-last input; with ``remember``, never try again."""
+    if remember:
+        _CHANNELS_LAST[model] = False
+    logger.info(
+        "%s fails on a channels-last input; cnnviz runs it in the standard layout",
+        type(model).__name__,
+    )
 
 
 class HookOwner:
@@ -299,12 +305,7 @@ class LayerCapture(HookOwner):
                 raise
         # The forward pass failed on the channels-last copy: rerun in the standard layout.
         output = self._run(x, False, args, kwargs)
-        logger.info(
-            "%s fails on a channels-last input; cnnviz runs it in the standard layout",
-            type(self.model).__name__,
-        )
-        if self.channels_last is None:
-            _CHANNELS_LAST[self.model] = False
+        _standard_layout_from_now_on(self.model, remember=self.channels_last is None)
         return output
 
     def _run(

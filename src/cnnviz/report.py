@@ -190,7 +190,7 @@ def _page(
     from cnnviz.activations import ChannelOrder, capture_activations, select_channels
     from cnnviz.api import explain
     from cnnviz.errors import CnnvizError
-    from cnnviz.methods.base import get_method
+    from cnnviz.methods.base import get_method, method_options
     from cnnviz.outputs import environment_info, to_json_text
     from cnnviz.pipeline import display_maps, model_record
     from cnnviz.postprocess import Display
@@ -224,10 +224,9 @@ def _page(
     methods = []
     top_class = None if cams.targets.indices is None else int(cams.targets.indices[0, 0])
     for name in settings.methods:
-        # The page states IG's completeness under its picture instead of a warning on stderr.
-        options: dict[str, Any] = (
-            {"warn_incomplete": False} if name == "integrated-gradients" else {}
-        )
+        # The page states completeness under the picture (method_note), not as a warning.
+        quiet = "warn_incomplete" in method_options(get_method(name))
+        options: dict[str, Any] = {"warn_incomplete": False} if quiet else {}
         try:
             e = explain(loaded, x, name, target=top_class, **options)
         except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
