@@ -282,9 +282,22 @@ CASES: list[Case] = [
     Case(
         "cnnviz",
         "integrated-gradients",
+        cnnviz_method(
+            "integrated-gradients",
+            layer=False,
+            steps=IG_STEPS,
+            quadrature="gausslegendre",
+            batch_size=STREAM_ROWS,
+        ),
+        slow=True,
+        note=f"{IG_STEPS} steps, Gauss-Legendre (captum's rule), {STREAM_ROWS} rows per pass",
+    ),
+    Case(
+        "cnnviz",
+        "integrated-gradients-adaptive",
         cnnviz_method("integrated-gradients", layer=False, steps=IG_STEPS, batch_size=STREAM_ROWS),
         slow=True,
-        note=f"{IG_STEPS} steps, Gauss-Legendre, {STREAM_ROWS} rows per pass",
+        note=f"{IG_STEPS} steps, adaptive trapezoid (the default), {STREAM_ROWS} rows per pass",
     ),
     Case(
         "captum",

@@ -12,7 +12,14 @@ from torch import nn
 
 from cnnviz.hooks import as_model_input
 from cnnviz.layers import LayerRef, auto_cam_layer, resolve_layer
-from cnnviz.methods.base import Explanation, Method, check_finite, make_method
+from cnnviz.methods.base import (
+    Explanation,
+    Method,
+    check_finite,
+    get_method,
+    make_method,
+    method_options,
+)
 from cnnviz.targets import TargetSpec
 
 if TYPE_CHECKING:
@@ -67,7 +74,9 @@ def explain(
             spatial layer (:func:`~cnnviz.layers.auto_cam_layer`, logged).
         target: see :mod:`cnnviz.targets` (default: each image's predicted class).
         class_names: names for class targets (taken from a LoadedModel when not given).
-        **options: method options, e.g. ``signed=True`` for saliency.
+        **options: method options, e.g. ``signed=True`` for saliency. A method that takes
+            ``preprocessing`` (Integrated Gradients' black baseline) gets the LoadedModel's
+            unless one is given.
 
     Returns:
         An :class:`~cnnviz.methods.base.Explanation` with raw signed maps ``(N, T, h, w)``.
@@ -83,6 +92,9 @@ def explain(
             raise TypeError("Options go to the Method constructor when passing a Method object")
         algorithm = method
     else:
+        prep = None if isinstance(model, nn.Module) else getattr(model, "preprocessing", None)
+        if prep is not None and "preprocessing" in method_options(get_method(method)):
+            options.setdefault("preprocessing", prep)
         algorithm = make_method(method, **options)
     x = as_model_input(module, images)
     check_finite(x, "The input image batch")

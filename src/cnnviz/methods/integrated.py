@@ -26,11 +26,16 @@ from cnnviz.methods.gradients import (
     positive_int,
     repeated_rows,
 )
+from cnnviz.methods.path_quadrature import adaptive_trapezoid
 from cnnviz.postprocess import Display
 from cnnviz.preprocess import Preprocessing
-from cnnviz.targets import TargetSpec
+from cnnviz.targets import Targets, TargetSpec
 
 logger = logging.getLogger(__name__)
+
+ADAPTIVE_MEMORY_BYTES = 256 * 2**20
+"""The adaptive rule keeps every node's (x − x′) ⊙ gradient until its grid is final; images are
+taken in groups whose kept values stay within this many bytes (at least one image at a time)."""
 
 COMPLETENESS_WARNING = 0.05
 """Relative completeness gap above which a warning suggests more steps (the paper's advice:
@@ -42,6 +47,9 @@ attributions should add up to within 5 % of the score difference)."""
 class Quadrature(enum.Enum):
     """How ∫₀¹ ∂S/∂x(x′ + α(x − x′)) dα is approximated with ``steps`` points."""
 
+    ADAPTIVE = "adaptive"
+    """The trapezoid rule on a grid refined, per image, where the integrand changes
+    (:mod:`cnnviz.methods.path_quadrature`); the default."""
     GAUSS_LEGENDRE = "gausslegendre"
     RIEMANN_LEFT = "riemann_left"
     RIEMANN_RIGHT = "riemann_right"
@@ -61,6 +69,8 @@ def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch
 
         nodes, gauss_weights = np.polynomial.legendre.leggauss(steps)
         return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(gauss_weights / 2)
+    if rule is Quadrature.ADAPTIVE:
+        raise ValueError("The adaptive rule chooses its nodes per image; see adaptive_trapezoid")
     if rule is Quadrature.RIEMANN_TRAPEZOID:
         if steps < 2:
             raise ValueError(f"The trapezoid rule needs steps >= 2, got {steps}")
@@ -102,24 +112,33 @@ class IntegratedGradients(Method):
     Networks", ICML 2017).
 
     a = (x − x′) ⊙ Σ_k w_k ∂S_c/∂x |_(x′ + α_k (x − x′)),   map = Σ_c a_c (signed, display
-    SIGNED), with nodes α_k and weights w_k of ``quadrature`` ("gausslegendre", captum's
-    default, or "riemann_left/right/middle/trapezoid"; captum calls it ``method``) over
-    ``steps`` (64) points. Completeness says
-    Σ a = S_c(x) − S_c(x′); ``extras["delta_f"]`` holds S_c(x) − S_c(x′) and
+    SIGNED), with ``steps`` (64) nodes α_k and weights w_k of ``quadrature``:
+
+    * "adaptive" (default): the trapezoid rule on a grid refined, image by image, where the
+      integrand changes (:mod:`cnnviz.methods.path_quadrature`). On a ReLU network the path
+      crosses many kinks and the error of a fixed rule falls only like 1/steps; at 64 steps on
+      200 held-out images the trained ``shapes_vgg11``'s gap averages 0.45 % of
+      |S_c(x) − S_c(x′)| (Gauss-Legendre 1.5 %), and on the two bundled photos
+      ``efficientnet_lite0``'s is 0.8 % and 0.2 % where Gauss-Legendre misses 16.6 % and 3.8 %,
+      at the same number of gradient evaluations; the attributions are closer to the exact
+      integral too (docs/ig-completeness.md).
+    * "gausslegendre" (captum's default; attributions equal captum's), "riemann_left",
+      "riemann_right", "riemann_middle", "riemann_trapezoid" (captum calls the option
+      ``method``).
+
+    Completeness says Σ a = S_c(x) − S_c(x′); ``extras["delta_f"]`` holds S_c(x) − S_c(x′) and
     ``extras["completeness_gap"]`` Σ a − (S_c(x) − S_c(x′)), both ``(N, T)``. Where the gap
     exceeds :data:`COMPLETENESS_WARNING` (5 %) of |S_c(x) − S_c(x′)| a warning names the images
     and suggests more steps (``warn_incomplete=False`` leaves that to the caller, as the HTML
-    report does, which prints the gap under the picture): on a ReLU network the path crosses
-    many kinks, and the error of any quadrature falls only like 1/steps (on the trained
-    ``shapes_vgg11``, 64 steps leave about half the images above 1 %, a few above 5 %).
+    report does, which prints the gap under the picture).
 
     ``baseline`` x′ is in the model-input space: "black" (default; zeros unless
     ``preprocessing`` gives the mean/std that map a black image), "blurred" (``blur_sigma``),
-    "uniform" (``seed``), a number, or a tensor broadcastable to x. Steps stream through the
-    model ``batch_size`` (16) rows at a time (at least one step of every image). Example::
+    "uniform" (``seed``), a number, or a tensor broadcastable to x; :func:`cnnviz.explain` passes
+    a LoadedModel's ``preprocessing``. Steps stream through the model ``batch_size`` (16) rows
+    at a time (at least one step of every image). Example::
 
-        >>> e = explain(model, x, "integrated-gradients", target=3, steps=32,
-        ...             preprocessing=loaded.preprocessing)
+        >>> e = explain(loaded, x, "integrated-gradients", target=3, steps=32)
         >>> e.extras["completeness_gap"] / e.extras["delta_f"]  # small
     """
 
@@ -133,7 +152,7 @@ class IntegratedGradients(Method):
         self,
         *,
         steps: int = 64,
-        quadrature: str | Quadrature = Quadrature.GAUSS_LEGENDRE,
+        quadrature: str | Quadrature = Quadrature.ADAPTIVE,
         baseline: str | Baseline | float | torch.Tensor = Baseline.BLACK,
         preprocessing: Preprocessing | None = None,
         blur_sigma: float | None = None,
@@ -149,7 +168,11 @@ class IntegratedGradients(Method):
         except ValueError:
             choices = ", ".join(q.value for q in Quadrature)
             raise ValueError(f"quadrature must be one of {choices}; got {quadrature!r}") from None
-        nodes_and_weights(self.quadrature, self.steps)  # validate now, not after a forward pass
+        if self.quadrature is Quadrature.ADAPTIVE:  # validate now, not after a forward pass
+            if self.steps < 2:
+                raise ValueError(f"The adaptive rule needs steps >= 2, got {self.steps}")
+        else:
+            nodes_and_weights(self.quadrature, self.steps)
         if isinstance(baseline, str):
             try:
                 baseline = Baseline(baseline.strip().lower())
@@ -216,23 +239,68 @@ class IntegratedGradients(Method):
         clean = clean_pass(model, x, target, class_names)
         x0 = self.baseline_for(x)
         check_finite(x0, "The Integrated Gradients baseline")
-        alphas, weights = (t.to(x) for t in nodes_and_weights(self.quadrature, self.steps))
-        n, diff = x.shape[0], x - x0
-        total = x.new_zeros((n, clean.targets.per_image, *x.shape[1:]))
-        for span in chunks(self.steps, n, self.batch_size):
-            a = alphas[span.start : span.stop].view(-1, 1, 1, 1, 1)
-            path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
-            rows = repeated_rows(n, len(span), x.device)
-            grads, _ = input_gradients(model, path, clean.targets, rows)
-            w = weights[span.start : span.stop].view(-1, 1, 1, 1, 1, 1)
-            total += (grads.view(len(span), n, *grads.shape[1:]) * w).sum(dim=0)
-        attributions = total * diff.unsqueeze(1)
+        diff = x - x0
+        if self.quadrature is Quadrature.ADAPTIVE:
+            attributions = self.adaptive_attributions(model, x0, diff, clean.targets)
+        else:
+            attributions = self.fixed_attributions(model, x0, diff, clean.targets)
         delta_f = clean.scores - forward_scores(model, x0, clean.targets)
         gap = attributions.sum(dim=(2, 3, 4)) - delta_f
         if self.warn_incomplete:
             warn_if_incomplete(gap, delta_f, self.steps)
         return input_space_result(
             self.name, x, clean, attributions, self.reduction, completeness_gap=gap, delta_f=delta_f
+        )
+
+    def fixed_attributions(
+        self, model: nn.Module, x0: torch.Tensor, diff: torch.Tensor, targets: Targets
+    ) -> torch.Tensor:
+        """``(N, T, C, H, W)`` (x − x′) ⊙ Σ_k w_k ∂S_t/∂x at the rule's nodes, streamed
+        ``batch_size`` rows at a time."""
+        alphas, weights = (t.to(diff) for t in nodes_and_weights(self.quadrature, self.steps))
+        n = diff.shape[0]
+        total = diff.new_zeros((n, targets.per_image, *diff.shape[1:]))
+        for span in chunks(self.steps, n, self.batch_size):
+            a = alphas[span.start : span.stop].view(-1, 1, 1, 1, 1)
+            path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
+            rows = repeated_rows(n, len(span), diff.device)
+            grads, _ = input_gradients(model, path, targets, rows)
+            w = weights[span.start : span.stop].view(-1, 1, 1, 1, 1, 1)
+            total += (grads.view(len(span), n, *grads.shape[1:]) * w).sum(dim=0)
+        return total * diff.unsqueeze(1)
+
+    def adaptive_attributions(
+        self, model: nn.Module, x0: torch.Tensor, diff: torch.Tensor, targets: Targets
+    ) -> torch.Tensor:
+        """``(N, T, C, H, W)`` adaptive trapezoid integrals of (x − x′) ⊙ ∂S_t/∂x
+        (:func:`adaptive_trapezoid`), images taken in groups whose kept densities fit
+        :data:`ADAPTIVE_MEMORY_BYTES`, rows streamed ``batch_size`` at a time (at least as
+        many as the group has images, as the fixed rules take one step of every image)."""
+
+        per_image = self.steps * targets.per_image * diff[0].numel() * diff.element_size()
+        group = min(diff.shape[0], max(1, ADAPTIVE_MEMORY_BYTES // per_image))
+        rows_per_pass = max(self.batch_size, group)
+
+        def evaluate(
+            images: torch.Tensor, alphas: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            images = images.to(diff.device)
+            a = alphas.to(diff).view(-1, 1, 1, 1)
+            densities, scores = [], []
+            for span in chunks(len(images), 1, rows_per_pass):
+                rows = images[span.start : span.stop]
+                path = x0[rows] + a[span.start : span.stop] * diff[rows]
+                grads, s = input_gradients(model, path, targets, rows)
+                densities.append(grads * diff[rows].unsqueeze(1))
+                scores.append(s)
+            return torch.cat(densities), torch.cat(scores)
+
+        images = torch.arange(diff.shape[0])
+        return torch.cat(
+            [
+                adaptive_trapezoid(evaluate, images[start : start + group], self.steps)
+                for start in range(0, len(images), group)
+            ]
         )
 
 
