@@ -472,11 +472,11 @@ def test_integrated_gradients_on_efficientnet_lite0_matches_captum_and_is_comple
     lite0: LoadedModel, photos: torch.Tensor
 ) -> None:
     """Gauss-Legendre equals captum's (8 steps, the runner-up classes, black baseline). At 64
-    steps on the two photos (top class) Gauss-Legendre misses 16.6 % (coffee) and 3.8 %
-    (chelsea) of the score change, the uniform trapezoid 6.5 % and 4.9 %: a narrow stretch of
-    the path holds much of it. The adaptive rule (the default) puts nodes there and misses
-    0.79 % and 0.17 % (measured); its attributions are also nearer a 2048-step reference
-    (relative L2 4.3 % and 4.1 %; Gauss-Legendre 6.9 % and 4.9 %)."""
+    steps on the two photos (top class) Gauss-Legendre misses 3.7 % (coffee) and 16.6 %
+    (chelsea) of the score change: a narrow stretch of the path holds much of it. The adaptive
+    rule (the default) puts nodes there and misses 0.17 % and 0.79 % (measured); its
+    attributions are also nearer a 2048-step reference (docs/ig-completeness.md: relative L2
+    4.2 % mean, Gauss-Legendre 5.9 %, uniform trapezoid 8.6 %)."""
     from captum.attr import IntegratedGradients
 
     second = [968, 285]  # runner-up classes of coffee.jpg and chelsea.jpg

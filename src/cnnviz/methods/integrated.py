@@ -119,7 +119,7 @@ class IntegratedGradients(Method):
       crosses many kinks and the error of a fixed rule falls only like 1/steps; at 64 steps on
       200 held-out images the trained ``shapes_vgg11``'s gap averages 0.45 % of
       |S_c(x) − S_c(x′)| (Gauss-Legendre 1.5 %), and on the two bundled photos
-      ``efficientnet_lite0``'s is 0.8 % and 0.2 % where Gauss-Legendre misses 16.6 % and 3.8 %,
+      ``efficientnet_lite0``'s is 0.8 % and 0.2 % where Gauss-Legendre misses 16.6 % and 3.7 %,
       at the same number of gradient evaluations; the attributions are closer to the exact
       integral too (docs/ig-completeness.md).
     * "gausslegendre" (captum's default; attributions equal captum's), "riemann_left",
