@@ -356,10 +356,11 @@ def test_integrated_gradients_matches_captum_and_is_complete_at_64_steps() -> No
 
 
 def test_adaptive_integrated_gradients_in_memory_groups_equal_one_group(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Images taken one at a time (a memory budget of 1 byte) give the same attributions as all
-    three together, and each image gets exactly ``steps`` rows: 17 + 8·5 + 7 at 64."""
+    three together, and each image gets exactly ``steps`` rows: 17 + 8·5 + 7 at 64. One image
+    over the budget is said, with the constant-memory alternative."""
     import cnnviz.methods.integrated as integrated
 
     model = RowCounter(small_vgg())
@@ -369,7 +370,11 @@ def test_adaptive_integrated_gradients_in_memory_groups_equal_one_group(
     assert sum(model.rows) == 2 * 3 + 64 * 3  # clean pass, baseline pass, the path
     monkeypatch.setattr(integrated, "ADAPTIVE_MEMORY_BYTES", 1)
     model.rows.clear()
-    apart = explain(model, x, "integrated-gradients", target=TopK(2), steps=64, batch_size=16)
+    with caplog.at_level(logging.WARNING, logger="cnnviz.methods.integrated"):
+        apart = explain(model, x, "integrated-gradients", target=TopK(2), steps=64, batch_size=16)
+    (record,) = caplog.records
+    assert "6 MiB per image (64 steps × 2 targets)" in record.getMessage()
+    assert "gausslegendre" in record.getMessage()
     assert model.rows[1:9] == [16, 1, 8, 8, 8, 8, 8, 7]  # image 0: 17 nodes, 6 rounds
     close(apart.attributions, together.attributions, 1e-5)
 

@@ -279,6 +279,14 @@ class IntegratedGradients(Method):
 
         per_image = self.steps * targets.per_image * diff[0].numel() * diff.element_size()
         group = min(diff.shape[0], max(1, ADAPTIVE_MEMORY_BYTES // per_image))
+        if per_image > ADAPTIVE_MEMORY_BYTES:
+            logger.warning(
+                "Integrated Gradients: the adaptive rule keeps %.0f MiB per image (%d steps × %d "
+                "targets); quadrature='gausslegendre' streams in constant memory.",
+                per_image / 2**20,
+                self.steps,
+                targets.per_image,
+            )
         rows_per_pass = max(self.batch_size, group)
 
         def evaluate(
