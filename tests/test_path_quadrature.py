@@ -73,13 +73,14 @@ def test_a_jump_is_chased_down_to_1_1024_with_64_nodes() -> None:
     the jump (all others are exact, indicator 0), so it ends 1/16/2⁶ = 1/1024 wide and the
     error is the hand formula; a uniform 64-node rule is 16× coarser there."""
     density = StepDensity([1.0, 0.0], [0.0, 3.0])
-    result = adaptive_trapezoid(density, torch.tensor([0]), steps=64)
+    result, used = adaptive_trapezoid(density, torch.tensor([0]), steps=64)
     error = trapezoid_error_of_the_jump_interval(6) * (density.before - density.after)
     torch.testing.assert_close(result[0, 0], density.exact() + error, rtol=0, atol=1e-12)
     assert float((result[0, 0] - density.exact()).abs().max()) < 3 / 2048
     # every node evaluated once: 17 + 8·5 + 7 = 64 distinct α in 7 calls, 0 and 1 included
     alphas = torch.cat([a for _, a in density.calls])
     assert len(density.calls) == 7
+    assert used.tolist() == [64]
     assert [len(a) for _, a in density.calls] == [17, 8, 8, 8, 8, 8, 7]
     assert len(alphas.unique()) == 64
     assert {0.0, 1.0} <= set(alphas.tolist())
@@ -89,7 +90,7 @@ def test_a_jump_the_score_cannot_see_is_still_refined() -> None:
     """ρ jumps from (1, −1) to (−1, 1): Σρ = 0, so the score is flat and the completeness error
     of every interval is 0; the variation term alone finds the jump."""
     density = StepDensity([1.0, -1.0], [-1.0, 1.0])
-    result = adaptive_trapezoid(density, torch.tensor([0, 1]), steps=64)
+    result, _ = adaptive_trapezoid(density, torch.tensor([0, 1]), steps=64)
     error = trapezoid_error_of_the_jump_interval(6) * (density.before - density.after)
     for image in range(2):
         torch.testing.assert_close(result[image, 0], density.exact() + error, rtol=0, atol=1e-12)
@@ -98,7 +99,27 @@ def test_a_jump_the_score_cannot_see_is_still_refined() -> None:
 def test_a_constant_density_is_integrated_exactly_whatever_the_grid() -> None:
     density = StepDensity([2.0, -0.5], [2.0, -0.5])
     for steps in (2, 3, 64):
-        result = adaptive_trapezoid(density, torch.tensor([0]), steps=steps)
+        result, _ = adaptive_trapezoid(density, torch.tensor([0]), steps=steps)
         torch.testing.assert_close(result[0, 0], density.exact(), rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="steps >= 2"):
         adaptive_trapezoid(density, torch.tensor([0]), steps=1)
+
+
+def test_a_tolerance_stops_each_image_once_its_completeness_bound_is_met() -> None:
+    """The jump's interval [5/16, 6/16] errs by (0.0575 + 3·0.005) − (1/16)(1 + 3)/2 = −0.0525,
+    2.3 % of s(1) − s(0) = 2.26; once bisected, [11/32, 12/32] by 0.04125 − 0.0625, 0.94 %;
+    twice, [23/64, 24/64] by 0.025625 − 0.03125, 0.25 %: under a 0.5 % tolerance after two
+    rounds, 17 + 8 + 8 = 33 nodes. An unreachable tolerance spends the cap (256, in rounds of 8
+    after 17 nodes, as for 64)."""
+    density = StepDensity([1.0, 0.0], [0.0, 3.0])
+    change = density.score(1.0) - density.score(0.0)
+    assert change == pytest.approx(2.26)
+    result, used = adaptive_trapezoid(density, torch.tensor([0]), steps=64, tolerance=0.005)
+    assert int(used[0]) == 33
+    assert abs(float(result.sum()) - change) <= 0.005 * change
+    density.calls.clear()
+    _, used = adaptive_trapezoid(density, torch.tensor([0]), steps=256, tolerance=1e-12)
+    assert int(used[0]) == 256
+    assert [len(a) for _, a in density.calls][:3] == [17, 8, 8]
+    _, used = adaptive_trapezoid(density, torch.tensor([0]), steps=2, tolerance=1e-12)
+    assert int(used[0]) == 2

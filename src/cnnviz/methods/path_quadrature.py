@@ -113,6 +113,15 @@ class PathGrid:
         order = torch.sort(indicator, descending=True, stable=True).indices[:count]
         return (self.alphas[order] + self.alphas[order + 1]) / 2
 
+    def completeness_bound(self) -> float:
+        """max over targets of Σ_intervals |e| / |s(1) − s(0)|: at least the relative
+        completeness gap (0 where the score does not change and every |e| is 0, else ∞)."""
+        total = completeness_errors(self.alphas, self.scores, self.slopes).abs().sum(dim=0)
+        change = (self.scores[-1] - self.scores[0]).abs()
+        relative = torch.where(change > 0, total / change.clamp_min(1e-300), torch.inf)
+        relative = torch.where(total == 0, 0.0, relative)
+        return float(relative.max())
+
     def integral(self) -> torch.Tensor:
         """Σ_k w_k ρ(α_k): the trapezoid rule on the current nodes, ``(T, …)``."""
         total = torch.zeros_like(self.densities[0])
@@ -121,14 +130,23 @@ class PathGrid:
         return total
 
 
-def adaptive_trapezoid(evaluate: Evaluate, images: torch.Tensor, steps: int) -> torch.Tensor:
+def adaptive_trapezoid(
+    evaluate: Evaluate, images: torch.Tensor, steps: int, tolerance: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(len(images), T, …)`` trapezoid integrals ∫₀¹ ρ(α) dα with ``steps`` nodes per image,
-    placed by bisecting the intervals of largest error (module docstring). ``images`` are the
-    indices handed to ``evaluate``; ``steps`` must be at least 2."""
+    placed by bisecting the intervals of largest error (module docstring), and the number of
+    nodes each image used ``(len(images),)``. ``images`` are the indices handed to
+    ``evaluate``; ``steps`` must be at least 2.
+
+    With a ``tolerance``, ``steps`` is a cap: the grid grows as it would for 64 steps and an
+    image stops as soon as Σ_intervals |e| ≤ ``tolerance`` · |s(1) − s(0)| for every target
+    (a bound on its completeness gap, :meth:`PathGrid.completeness_bound`).
+    """
     if steps < 2:
         raise ValueError(f"The adaptive trapezoid rule needs steps >= 2, got {steps}")
+    pace = steps if tolerance is None else min(steps, 64)
     grids = [PathGrid() for _ in range(len(images))]
-    first = torch.linspace(0, 1, first_grid_size(steps), dtype=torch.float64)
+    first = torch.linspace(0, 1, first_grid_size(pace), dtype=torch.float64)
     owners = torch.arange(len(images)).repeat_interleave(len(first))
     alphas = first.repeat(len(images))
     while len(owners):
@@ -138,10 +156,13 @@ def adaptive_trapezoid(evaluate: Evaluate, images: torch.Tensor, steps: int) -> 
             rows = (owners == i).nonzero().flatten()
             if len(rows):
                 grid.add(alphas[rows], densities[rows.to(densities.device)], scores[rows])
-        picks = [
-            grid.midpoints_to_add(min(bisections_per_round(steps), steps - len(grid.alphas)))
-            for grid in grids
-        ]
+        picks = []
+        for grid in grids:
+            count = min(bisections_per_round(pace), steps - len(grid.alphas))
+            if tolerance is not None and grid.completeness_bound() <= tolerance:
+                count = 0
+            picks.append(grid.midpoints_to_add(count))
         owners = torch.cat([torch.full((len(p),), i) for i, p in enumerate(picks)])
         alphas = torch.cat(picks)
-    return torch.stack([grid.integral() for grid in grids])
+    used = torch.tensor([len(grid.alphas) for grid in grids])
+    return torch.stack([grid.integral() for grid in grids]), used
