@@ -26,6 +26,9 @@ completeness alone lowers the gap but not the attribution error; the variation t
 attributions themselves closer to the exact integral than any fixed rule with as many nodes
 (docs/evaluation.md gives the figures).
 
+With a ``tolerance``, ``steps`` is a cap: an image stops refining once Σ|e| over its intervals,
+which bounds |gap|, is within ``tolerance`` of |s(1) − s(0)| for every target.
+
 Cost: ``steps`` evaluations, as for a fixed rule, in ``1 + ⌈(steps − first) / round⌉`` batched
 rounds. Memory: the densities at the nodes are kept until the grid is final, ``steps × targets
 × C × H × W`` values per image (39 MB at 64 steps for one 224² target).
@@ -71,11 +74,11 @@ def completeness_errors(
 
 
 def _shares(values: torch.Tensor) -> torch.Tensor:
-    """Each interval's share of a target's total ``(K − 1, T)``, summed over targets."""
+    """Each interval's share of a target's total ``(K − 1, T)``, summed over targets (a target
+    whose total is 0 adds nothing)."""
     total = values.sum(dim=0, keepdim=True)
-    return torch.where(total > 0, values / total.clamp_min(torch.finfo(values.dtype).tiny), 0).sum(
-        dim=1
-    )
+    shares = values / total.clamp_min(torch.finfo(values.dtype).tiny)
+    return torch.where(total > 0, shares, 0.0).sum(dim=1)
 
 
 class PathGrid:
@@ -108,6 +111,8 @@ class PathGrid:
     def midpoints_to_add(self, count: int) -> torch.Tensor:
         """Midpoints of the ``count`` intervals with the largest indicator (module docstring);
         ties go to the interval nearer α = 0."""
+        if count <= 0:
+            return self.alphas[:0]
         errors = completeness_errors(self.alphas, self.scores, self.slopes).abs()
         indicator = _shares(errors) + _shares(self.variations())
         order = torch.sort(indicator, descending=True, stable=True).indices[:count]
