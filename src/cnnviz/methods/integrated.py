@@ -255,11 +255,11 @@ class IntegratedGradients(Method):
         x0 = self.baseline_for(x)
         check_finite(x0, "The Integrated Gradients baseline")
         diff = x - x0
-        steps_used = torch.full((x.shape[0],), self.steps, device=x.device)
         if self.quadrature is Quadrature.ADAPTIVE:
             attributions, steps_used = self.adaptive_attributions(model, x0, diff, clean.targets)
         else:
             attributions = self.fixed_attributions(model, x0, diff, clean.targets)
+            steps_used = torch.full((x.shape[0],), self.steps, device=x.device)
         delta_f = clean.scores - forward_scores(model, x0, clean.targets)
         gap = attributions.sum(dim=(2, 3, 4)) - delta_f
         if self.warn_incomplete:
