@@ -209,7 +209,7 @@ def captum_smoothgrad(s: Setup) -> Runner:
 
 def layer_activation(s: Setup) -> torch.Tensor:
     """The first image's activation at the CAM layer, ``(K, h·w)``."""
-    hooks = _import("cnnviz.hooks")
+    hooks = _import("cnnviz.capture.hooks")
     with hooks.LayerCapture(s.module, [s.layer], grad=hooks.GradFrom.NONE) as capture:
         capture.forward(s.x[:1])
     activation: torch.Tensor = capture.activations[s.layer][0].flatten(1).double()
@@ -364,9 +364,9 @@ SLOW_PEERS: list[Case] = [
 def make_setup(model: str, batch: int, device: torch.device) -> Setup:
     """The model (random weights are fixed by seed) and the tiled sample photos."""
     from cnnviz.api import default_layer
-    from cnnviz.images import bundled_samples, load_image
+    from cnnviz.inputs.images import bundled_samples, load_image
+    from cnnviz.inputs.preprocess import preprocess_images
     from cnnviz.models import load_model
-    from cnnviz.preprocess import preprocess_images
 
     torch.manual_seed(0)
     loaded = load_model(model, device=device, **MODELS[model])

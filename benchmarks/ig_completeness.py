@@ -125,10 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from cnnviz.data.shapes import heldout_shapes
-    from cnnviz.images import bundled_samples, load_image
+    from cnnviz.inputs.images import bundled_samples, load_image
+    from cnnviz.inputs.preprocess import preprocess_images
     from cnnviz.models import load_model
-    from cnnviz.models.shapes import normalize_shapes
-    from cnnviz.preprocess import preprocess_images
+    from cnnviz.models.shapes_vgg11 import normalize_shapes
 
     shapes = load_model("shapes_vgg11")
     batch = heldout_shapes(args.images)

@@ -6,7 +6,7 @@ cost what they cost on real photos):
 
 * **forward** (the yardstick): the model's plain forward under ``torch.no_grad()``, in batches,
   over the 64 images already decoded and preprocessed in memory;
-* **pipeline**: :func:`cnnviz.pipeline.explain_files` from the JPEG files on disk to overlays,
+* **pipeline**: :func:`cnnviz.runs.explain.explain_files` from the JPEG files on disk to overlays,
   raw maps, records and manifest in a fresh output folder (what the CLI command runs);
 * for reference, **forward + decoding**: the same forward fed by the same DataLoader.
 
@@ -39,7 +39,7 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from cnnviz.images import bundled_samples, load_image
+    from cnnviz.inputs.images import bundled_samples, load_image
 
     rng = np.random.default_rng(seed)
     sources = [load_image(p) for p in bundled_samples()]
@@ -84,7 +84,7 @@ def run_forward(module: Any, batches: list[Any]) -> None:
 def run_loader_forward(loaded: Any, paths: list[Path], batch: int, workers: int) -> None:
     import torch
 
-    from cnnviz.pipeline import _collate, _ImageFiles
+    from cnnviz.runs.explain import _collate, _ImageFiles
 
     loader = torch.utils.data.DataLoader(
         _ImageFiles(paths, loaded.preprocessing, "bench"),
@@ -98,7 +98,7 @@ def run_loader_forward(loaded: Any, paths: list[Path], batch: int, workers: int)
 
 
 def run_pipeline(loaded: Any, paths: list[Path], out: Path, batch: int, workers: int) -> None:
-    from cnnviz.pipeline import ExplainSettings, explain_files
+    from cnnviz.runs.explain import ExplainSettings, explain_files
 
     settings = ExplainSettings(method="gradcam", batch_size=batch, num_workers=workers)
     manifest = explain_files(loaded, paths, out, settings, command="explain", progress=False)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from cnnviz.models import load_model
-    from cnnviz.pipeline import auto_workers, decode_input
+    from cnnviz.runs.explain import auto_workers, decode_input
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)

@@ -104,8 +104,8 @@ def explain_maps(
 
 def spearman_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     """Mean over images of the Spearman correlation of |a| and |b| (NaNs skipped)."""
+    from cnnviz.methods.postprocess import Display
     from cnnviz.metrics.sanity import similarity
-    from cnnviz.postprocess import Display
 
     values = [
         similarity(a[i], b[i], Display.ABSOLUTE, ("spearman_abs",))["spearman_abs"]
@@ -125,7 +125,7 @@ def run(
     from cnnviz.metrics.localisation import reference_map
     from cnnviz.metrics.sanity import randomization_groups, randomized_copy
     from cnnviz.models import load_model
-    from cnnviz.models.shapes import heldout_accuracy, normalize_shapes
+    from cnnviz.models.shapes_vgg11 import heldout_accuracy, normalize_shapes
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     loaded = load_model("shapes_vgg11")
@@ -273,7 +273,7 @@ def sanity_markdown(n: int, seed: int, data_train: int, data_epochs: int) -> lis
     from cnnviz.methods.base import method_names
     from cnnviz.metrics import sanity
     from cnnviz.models import load_model
-    from cnnviz.models.shapes import normalize_shapes
+    from cnnviz.models.shapes_vgg11 import normalize_shapes
 
     model = load_model("shapes_vgg11").module
     x = normalize_shapes(heldout_shapes(n).images)
@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else []
     )
     text = markdown(rows, facts, args, time.perf_counter() - start) + "\n".join(["", *extra])
-    from cnnviz.outputs import atomic_write_bytes
+    from cnnviz.outputs.files import atomic_write_bytes
 
     atomic_write_bytes(Path(args.out), text.encode("utf-8"))
     print(text)

@@ -19,14 +19,15 @@ import numpy as np
 import torch
 
 from cnnviz import explain, load_model
-from cnnviz.activations import capture_activations
 from cnnviz.errors import WeightsUnavailableError
-from cnnviz.filters import conv_weight, rgb_filter_tiles
+from cnnviz.inspect.activations import capture_activations
+from cnnviz.inspect.filters import conv_weight, rgb_filter_tiles
+from cnnviz.inspect.summary import count_parameters
+from cnnviz.methods.postprocess import Display, for_display
 from cnnviz.models import LoadedModel
-from cnnviz.outputs import atomic_write_bytes, write_png
-from cnnviz.postprocess import Display, for_display
-from cnnviz.render import activations_figure, figure_to_png_bytes, filters_figure, overlay
-from cnnviz.summary import count_parameters
+from cnnviz.outputs.files import atomic_write_bytes, write_png
+from cnnviz.render.colours import overlay
+from cnnviz.render.figures import activations_figure, figure_to_png_bytes, filters_figure
 
 logger = logging.getLogger("walkthrough")
 
@@ -35,8 +36,8 @@ def pick_model() -> tuple[LoadedModel, np.ndarray, torch.Tensor]:
     """vgg11_bn with ImageNet weights and the coffee photo, else shapes_vgg11 and a shape."""
     try:
         loaded = load_model("vgg11_bn")
-        from cnnviz.images import bundled_samples, load_image
-        from cnnviz.preprocess import display_image, preprocess_image
+        from cnnviz.inputs.images import bundled_samples, load_image
+        from cnnviz.inputs.preprocess import display_image, preprocess_image
 
         image = load_image(next(p for p in bundled_samples() if p.name == "coffee.jpg"))
         shown = np.asarray(display_image(image, loaded.preprocessing))

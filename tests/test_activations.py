@@ -9,9 +9,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.activations import ChannelOrder, capture_activations, layer_output_4d, select_channels
+from cnnviz.capture.hooks import ForwardError, hooked_modules
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.hooks import ForwardError, hooked_modules
+from cnnviz.inspect.activations import (
+    ChannelOrder,
+    capture_activations,
+    layer_output_4d,
+    select_channels,
+)
 from cnnviz.models.vgg import VGG11
 
 

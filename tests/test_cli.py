@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cnnviz.cli import main
-from cnnviz.images import bundled_samples
+from cnnviz.inputs.images import bundled_samples
 
 
 def _coffee() -> str:
@@ -189,11 +189,11 @@ class _TwoLayerHead(torch.nn.Module):
 def test_method_all_draws_one_grid_and_skips_what_cannot_run(tmp_path: Path) -> None:
     from PIL import Image
 
+    from cnnviz.capture.targets import TopK
+    from cnnviz.inputs.preprocess import Preprocessing
     from cnnviz.methods.base import method_names
     from cnnviz.models import from_module
-    from cnnviz.pipeline import ExplainSettings, explain_files
-    from cnnviz.preprocess import Preprocessing
-    from cnnviz.targets import TopK
+    from cnnviz.runs.explain import ExplainSettings, explain_files
 
     prep = Preprocessing(input_size=(32, 32), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
     rng = np.random.default_rng(0)
@@ -237,8 +237,8 @@ def test_method_options_from_the_command_line(tmp_path: Path) -> None:
     """--option KEY=VALUE reaches the method (values parsed as numbers, booleans or text) and is
     recorded in the manifest; the maps equal the Python API's with the same options."""
     from cnnviz import explain, load_model
-    from cnnviz.commands import parse_method_options
-    from cnnviz.pipeline import decode_input
+    from cnnviz.cli.commands import parse_method_options
+    from cnnviz.runs.explain import decode_input
 
     assert parse_method_options(
         ["steps=8", "sigma=0.25", "signed=true", "quadrature=gausslegendre"]

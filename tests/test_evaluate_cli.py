@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnviz.cli import main
-from cnnviz.evaluate import bootstrap_ci, summarize
+from cnnviz.runs.evaluate import bootstrap_ci, summarize
 
 METHODS = ("gradcam", "saliency", "random-map")
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.filters import (
+from cnnviz.inspect.filters import (
     DeepFilterView,
     FilterScale,
     conv_weight,

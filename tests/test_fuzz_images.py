@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from cnnviz.errors import ImageLoadError
-from cnnviz.images import load_image_with_notes
+from cnnviz.inputs.images import load_image_with_notes
 
 FUZZ = settings(
     max_examples=150,

@@ -1,4 +1,4 @@
-"""cnnviz.images: every kind of file decodes to upright 8-bit RGB with the right pixel values."""
+"""cnnviz.inputs.images: every kind of file decodes to upright 8-bit RGB with the right pixel values."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageFile
 
 from cnnviz.errors import ImageLoadError
-from cnnviz.images import (
+from cnnviz.inputs.images import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
     bundled_samples,
@@ -192,7 +192,7 @@ def test_animated_gif_uses_the_first_frame_and_says_so(
 ) -> None:
     frames = [Image.new("RGB", (4, 4), colour) for colour in (RED, GREEN, BLUE)]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=50)
-    with caplog.at_level(logging.INFO, logger="cnnviz.images"):
+    with caplog.at_level(logging.INFO, logger="cnnviz.inputs.images"):
         result, notes = load_image_with_notes(tmp_path / "a.gif")
     assert result.getpixel((2, 2)) == RED
     assert notes == ["animated GIF: first of 3 frames used"]
@@ -335,7 +335,7 @@ def test_the_limit_itself_is_allowed(
 ) -> None:
     # With a limit of 100 px, 10×10 passes the size check and then fails as truncated (the file
     # holds a header only), while 101×1 is refused as a bomb: the check is `pixels > limit`.
-    monkeypatch.setattr("cnnviz.images.MAX_IMAGE_PIXELS", 100)
+    monkeypatch.setattr("cnnviz.inputs.images.MAX_IMAGE_PIXELS", 100)
     (tmp_path / "edge.png").write_bytes(png_claiming(width, height))
     error = assert_refused(tmp_path / "edge.png")
     assert ("decompression bomb" in str(error)) is refused

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz import explain, load_model
+from cnnviz.capture.hooks import hooked_modules
+from cnnviz.capture.targets import TopK
 from cnnviz.errors import LayerError, NonFiniteError, TargetError
-from cnnviz.hooks import hooked_modules
-from cnnviz.images import bundled_samples, load_image
+from cnnviz.inputs.images import bundled_samples, load_image
+from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
-from cnnviz.preprocess import preprocess_image
-from cnnviz.targets import TopK
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402

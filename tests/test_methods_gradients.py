@@ -17,16 +17,16 @@ import torch
 from torch import nn
 
 from cnnviz import explain, load_model
-from cnnviz.hooks import hooked_modules
-from cnnviz.images import bundled_samples, load_image
+from cnnviz.capture.hooks import hooked_modules
+from cnnviz.capture.targets import TopK
+from cnnviz.inputs.images import bundled_samples, load_image
+from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.methods.base import method_names
 from cnnviz.methods.gradients import gaussian_noise
 from cnnviz.methods.guided import ReluOverride, ReluRule
+from cnnviz.methods.postprocess import relu, upsample
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
-from cnnviz.postprocess import relu, upsample
-from cnnviz.preprocess import preprocess_image
-from cnnviz.targets import TopK
 
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU:UserWarning")
 
@@ -417,8 +417,8 @@ def test_integrated_gradients_converges_to_completeness_on_a_non_homogeneous_mod
 def test_integrated_gradients_baselines() -> None:
     from captum.attr import IntegratedGradients
 
+    from cnnviz.inputs.preprocess import Preprocessing
     from cnnviz.methods.integrated import IntegratedGradients as Integrated
-    from cnnviz.preprocess import Preprocessing
 
     model, prep = small_vgg(), Preprocessing(input_size=(64, 64))
     torch.manual_seed(3)
@@ -630,7 +630,7 @@ class Exploding(nn.Module):
 def test_relu_hooks_are_removed_after_a_failing_forward_and_warn_without_relus(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from cnnviz.hooks import ForwardError
+    from cnnviz.capture.hooks import ForwardError
 
     model = Exploding()
     with pytest.raises(ForwardError, match="boom"):
@@ -683,7 +683,7 @@ def test_integrated_gradients_completeness_on_shapes_vgg11() -> None:
     ``steps=256`` as a cap every image gets below 1 %."""
     from cnnviz.data.shapes import heldout_shapes
     from cnnviz.models import load_model
-    from cnnviz.models.shapes import normalize_shapes
+    from cnnviz.models.shapes_vgg11 import normalize_shapes
 
     loaded = load_model("shapes_vgg11")
     batch = heldout_shapes(32)

@@ -14,14 +14,14 @@ import torch
 from torch import nn
 
 from cnnviz import explain, load_model
-from cnnviz.hooks import hooked_modules
-from cnnviz.images import bundled_samples, load_image
+from cnnviz.capture.hooks import hooked_modules
+from cnnviz.capture.targets import TopK
+from cnnviz.inputs.images import bundled_samples, load_image
+from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.methods.base import method_names
 from cnnviz.methods.perturbation import rise_masks, window_starts
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
-from cnnviz.preprocess import preprocess_image
-from cnnviz.targets import TopK
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:

@@ -217,7 +217,7 @@ def test_gradcam_against_random_maps_on_heldout_shapes() -> None:
     from cnnviz.data.shapes import heldout_shapes
     from cnnviz.metrics.localisation import reference_map
     from cnnviz.models import load_model
-    from cnnviz.models.shapes import normalize_shapes
+    from cnnviz.models.shapes_vgg11 import normalize_shapes
 
     loaded = load_model("shapes_vgg11")
     model = loaded.module

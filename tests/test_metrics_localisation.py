@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.metrics import localisation as lo
-from cnnviz.preprocess import Preprocessing
 
 BOX = (10, 10, 20, 20)  # x0, y0, x1, y1 (exclusive): rows and columns 10…19
 

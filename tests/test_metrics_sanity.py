@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from cnnviz.methods.postprocess import Display
 from cnnviz.metrics import sanity
-from cnnviz.postprocess import Display
 
 N_IMAGES = 8
 
@@ -19,7 +19,7 @@ N_IMAGES = 8
 def shapes() -> tuple[torch.nn.Module, torch.Tensor]:
     from cnnviz.data.shapes import heldout_shapes
     from cnnviz.models import load_model
-    from cnnviz.models.shapes import normalize_shapes
+    from cnnviz.models.shapes_vgg11 import normalize_shapes
 
     model = load_model("shapes_vgg11").module
     return model, normalize_shapes(heldout_shapes(N_IMAGES).images)

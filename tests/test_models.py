@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnviz.errors import CheckpointError, ModelNotFoundError, WeightsUnavailableError
+from cnnviz.inputs.preprocess import Preprocessing, preprocess_image
 from cnnviz.models import (
     DeviceError,
     LoadedModel,
@@ -24,7 +25,6 @@ from cnnviz.models import (
 from cnnviz.models import efficientnet_lite as lite
 from cnnviz.models.checkpoint import hub_checkpoint_path
 from cnnviz.models.external import _fit_torchvision_keys, torchvision_preprocessing
-from cnnviz.preprocess import Preprocessing, preprocess_image
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat", "lynx"}
 
@@ -279,7 +279,7 @@ def test_unknown_names_suggest_close_matches(name: str, suggestion: str) -> None
 
 
 def test_list_models_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cnnviz.models import shapes
+    from cnnviz.models import shapes_vgg11 as shapes
 
     def trained() -> None:
         raise AssertionError("list_models must not train shapes_vgg11")
@@ -299,7 +299,7 @@ def test_list_models_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_shapes_vgg11_random_does_not_train() -> None:
     from cnnviz.data.shapes import SHAPE_CLASSES
-    from cnnviz.models.shapes import SHAPES_PREPROCESSING
+    from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
 
     loaded = load_model("shapes_vgg11", weights="random")
     assert loaded.class_names == SHAPE_CLASSES

@@ -17,20 +17,22 @@ from PIL import Image
 
 import cnnviz
 from cnnviz.errors import NonFiniteError
-from cnnviz.filters import FilterScale
-from cnnviz.outputs import (
-    SCHEMA_VERSION,
-    Manifest,
+from cnnviz.inspect.filters import FilterScale
+from cnnviz.outputs.files import (
     atomic_write_bytes,
-    environment_info,
-    read_manifest,
     safe_stem,
     to_json_text,
     unique_stems,
     write_json,
-    write_manifest,
     write_npy,
     write_png,
+)
+from cnnviz.outputs.manifest import (
+    SCHEMA_VERSION,
+    Manifest,
+    environment_info,
+    read_manifest,
+    write_manifest,
 )
 
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
 
-from cnnviz.preprocess import (
+from cnnviz.inputs.preprocess import (
     Preprocessing,
     denormalize,
     display_image,

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 from cnnviz import explain, load_model
-from cnnviz.hooks import hooked_modules
-from cnnviz.images import bundled_samples, load_image
+from cnnviz.capture.hooks import hooked_modules
+from cnnviz.capture.targets import TopK
+from cnnviz.inputs.images import bundled_samples, load_image
+from cnnviz.inputs.preprocess import preprocess_image
+from cnnviz.methods.postprocess import relu
 from cnnviz.models import LoadedModel
-from cnnviz.postprocess import relu
-from cnnviz.preprocess import preprocess_image
-from cnnviz.targets import TopK
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 

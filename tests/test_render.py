@@ -11,19 +11,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
 from cnnviz.errors import NonFiniteError
-from cnnviz.render import (
+from cnnviz.render.colours import (
     ColormapError,
-    activations_figure,
     colorize,
     colormap_lut,
-    figure_to_png_bytes,
-    filters_figure,
-    image_grid,
-    maps_figure,
     overlay,
     resize_map,
     to_uint8,
 )
+from cnnviz.render.figures import (
+    activations_figure,
+    figure_to_png_bytes,
+    filters_figure,
+    maps_figure,
+)
+from cnnviz.render.grids import image_grid
 
 
 @pytest.mark.parametrize("name", ["jet", "viridis", "gray"])

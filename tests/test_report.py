@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cnnviz.cli import main
-from cnnviz.images import bundled_samples
+from cnnviz.inputs.images import bundled_samples
 
 SECTIONS = (
     "predictions",
@@ -195,10 +195,10 @@ def test_integrated_gradients_states_its_completeness_on_the_page(
 
 
 def test_method_note_by_hand() -> None:
+    from cnnviz.capture.targets import Targets
     from cnnviz.methods.base import Explanation
-    from cnnviz.postprocess import Display
-    from cnnviz.report import method_note
-    from cnnviz.targets import Targets
+    from cnnviz.methods.postprocess import Display
+    from cnnviz.runs.report import method_note
 
     def explanation(gap: float, delta_f: float) -> Explanation:
         extras = {"completeness_gap": torch.tensor([[gap]]), "delta_f": torch.tensor([[delta_f]])}

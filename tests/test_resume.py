@@ -25,9 +25,9 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models import from_module
-from cnnviz.pipeline import ExplainSettings, explain_files
-from cnnviz.preprocess import Preprocessing
+from cnnviz.runs.explain import ExplainSettings, explain_files
 
 N_IMAGES = 64
 TEMP = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
@@ -39,7 +39,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """64 JPEGs, a seeded shapes_vgg11 checkpoint, and an uninterrupted reference run."""
     from cnnviz.data.shapes import make_shapes
-    from cnnviz.models.shapes import build_shapes_vgg11
+    from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
 
     root = tmp_path_factory.mktemp("resume")
     inputs = root / "inputs"

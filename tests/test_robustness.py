@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnviz.api import explain
+from cnnviz.capture.hooks import hooked_modules
 from cnnviz.cli import main
 from cnnviz.errors import (
     CheckpointError,
@@ -32,11 +33,10 @@ from cnnviz.errors import (
     NonFiniteError,
     TargetError,
 )
-from cnnviz.hooks import hooked_modules
+from cnnviz.inputs.preprocess import Preprocessing, preprocess_image
 from cnnviz.models import from_module, load_model
-from cnnviz.pipeline import ExplainSettings, decode_input, explain_files
-from cnnviz.preprocess import Preprocessing, preprocess_image
-from cnnviz.render import colormap_lut
+from cnnviz.render.colours import colormap_lut
+from cnnviz.runs.explain import ExplainSettings, decode_input, explain_files
 
 SHAPES = ["--model", "shapes_vgg11", "--weights", "random", "--workers", "0"]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -384,7 +384,7 @@ def test_odd_file_names_and_hostile_labels_stay_inside_out(tmp_path: Path) -> No
 
 
 def test_hostile_class_name_is_escaped_in_the_report(tmp_path: Path) -> None:
-    from cnnviz.report import build_report
+    from cnnviz.runs.report import build_report
 
     Image.new("RGB", (16, 16), RED).save(tmp_path / "a.png")
     hostile = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", "ok"]
@@ -419,7 +419,7 @@ def test_unknown_model_suggests_close_names(
 
 
 def _shapes_state() -> dict[str, torch.Tensor]:
-    from cnnviz.models.shapes import build_shapes_vgg11
+    from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
 
     torch.manual_seed(0)
     return {k: v.clone() for k, v in build_shapes_vgg11().state_dict().items()}
@@ -495,7 +495,7 @@ def test_nan_weights_are_refused_and_no_map_is_written(
 
 
 def test_non_finite_input_and_maps_are_refused(tmp_path: Path) -> None:
-    from cnnviz.image_outputs import ImageJob, MethodResult, write_image_outputs
+    from cnnviz.outputs.image_files import ImageJob, MethodResult, write_image_outputs
 
     x = _x()
     x[1, 0, 3, 3] = float("nan")
@@ -600,7 +600,7 @@ def test_caller_inside_no_grad_or_inference_mode() -> None:
 def test_all_zero_maps_are_zeros_not_nan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cnnviz.image_outputs import display_maps
+    from cnnviz.outputs.image_files import display_maps
 
     net = TinyNet().eval()
     with torch.no_grad():

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from cnnviz import explain
-from cnnviz.hooks import hooked_modules
+from cnnviz.capture.hooks import hooked_modules
+from cnnviz.methods.postprocess import for_display, minmax_normalize, relu, upsample
 from cnnviz.models.vgg import VGG11
-from cnnviz.postprocess import for_display, minmax_normalize, relu, upsample
 
 
 class Quadratic(nn.Module):
@@ -123,7 +123,7 @@ def test_postprocessing_is_explicit_and_safe() -> None:
     assert torch.equal(normed[1, 0], torch.zeros(2, 2))  # constant map → zeros, not NaN
     up = upsample(maps, (4, 4))
     assert up.shape == (2, 1, 4, 4) and up[0, 0, 0, 0].item() == pytest.approx(-1.0)
-    from cnnviz.postprocess import Display
+    from cnnviz.methods.postprocess import Display
 
     shown = for_display(maps, Display.POSITIVE, (4, 4))
     assert shown.min().item() == 0.0 and shown[0].max().item() == 1.0

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz.capture.hooks import LayerCapture
+from cnnviz.capture.layers import resolve_layer
 from cnnviz.data.shapes import (
     AREA_FRACTION,
     HELDOUT_SEED,
@@ -28,10 +30,8 @@ from cnnviz.data.shapes import (
     mask_boxes,
 )
 from cnnviz.errors import CheckpointError
-from cnnviz.hooks import LayerCapture
-from cnnviz.layers import resolve_layer
-from cnnviz.models import shapes as shapes_model
-from cnnviz.models.shapes import (
+from cnnviz.models import shapes_vgg11 as shapes_model
+from cnnviz.models.shapes_vgg11 import (
     SHAPES_PREPROCESSING,
     build_shapes_vgg11,
     heldout_accuracy,
@@ -299,7 +299,7 @@ def test_cached_file_reloads_to_identical_logits(shapes_vgg11: VGG11) -> None:
 _FINGERPRINT = """
 import hashlib
 from cnnviz.data.shapes import heldout_shapes
-from cnnviz.models.shapes import train_shapes_vgg11
+from cnnviz.models.shapes_vgg11 import train_shapes_vgg11
 b = heldout_shapes(100)
 model, _ = train_shapes_vgg11(
     seed=3, n_per_epoch=64, epochs=1, batch_size=32, n_heldout=20, progress=False

@@ -1,4 +1,4 @@
-"""cnnviz.summary: identity counts, rows that add up, hand-computed mult-adds, no side effects."""
+"""cnnviz.inspect.summary: identity counts, rows that add up, hand-computed mult-adds, no side effects."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz.hooks import ForwardError, hooked_modules
-from cnnviz.models.vgg import VGG11
-from cnnviz.summary import (
+from cnnviz.capture.hooks import ForwardError, hooked_modules
+from cnnviz.inspect.summary import (
     ModelSummary,
     count_parameters,
     format_layer_table,
@@ -18,6 +17,7 @@ from cnnviz.summary import (
     layer_table,
     summarize,
 )
+from cnnviz.models.vgg import VGG11
 
 VGG11_PARAMS = 132_863_336
 VGG11_BN_PARAMS = 132_868_840

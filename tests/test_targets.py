@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cnnviz.capture.targets import TopK, class_index, logits_of, resolve_targets
 from cnnviz.errors import TargetError
-from cnnviz.targets import TopK, class_index, logits_of, resolve_targets
 
 NAMES = ("cat", "dog", "espresso", "crane", "crane")
 LOGITS = torch.tensor([[0.1, 2.0, -1.0, 0.5, 0.0], [3.0, 1.0, 2.0, -2.0, 0.0]])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from cnnviz.models.shapes import build_shapes_vgg11
-from cnnviz.summary import count_parameters
+from cnnviz.inspect.summary import count_parameters
+from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "seed_walkthrough.py"
 

@@ -15,16 +15,16 @@ _PUBLIC = {
     "explain": "cnnviz.api",
     "Explanation": "cnnviz.methods.base",
     "method_names": "cnnviz.methods.base",
-    "TopK": "cnnviz.targets",
+    "TopK": "cnnviz.capture.targets",
     "load_model": "cnnviz.models",
     "from_module": "cnnviz.models",
     "list_models": "cnnviz.models",
-    "load_image": "cnnviz.images",
-    "summarize": "cnnviz.summary",
-    "LayerCapture": "cnnviz.hooks",
-    "GradFrom": "cnnviz.hooks",
-    "resolve_layer": "cnnviz.layers",
-    "auto_cam_layer": "cnnviz.layers",
+    "load_image": "cnnviz.inputs.images",
+    "summarize": "cnnviz.inspect.summary",
+    "LayerCapture": "cnnviz.capture.hooks",
+    "GradFrom": "cnnviz.capture.hooks",
+    "resolve_layer": "cnnviz.capture.layers",
+    "auto_cam_layer": "cnnviz.capture.layers",
 }
 
 

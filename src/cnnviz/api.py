@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cnnviz.hooks import as_model_input
-from cnnviz.layers import LayerRef, auto_cam_layer, resolve_layer
+from cnnviz.capture.hooks import as_model_input
+from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
+from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import (
     Explanation,
     Method,
@@ -20,7 +21,6 @@ from cnnviz.methods.base import (
     make_method,
     method_options,
 )
-from cnnviz.targets import TargetSpec
 
 if TYPE_CHECKING:
     from cnnviz.models import LoadedModel
@@ -33,7 +33,7 @@ _AUTO_LAYER: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = 
 
 
 def default_layer(model: nn.Module, x: torch.Tensor) -> str:
-    """:func:`cnnviz.layers.auto_cam_layer`, remembered per model and input shape."""
+    """:func:`cnnviz.capture.layers.auto_cam_layer`, remembered per model and input shape."""
     per_model = _AUTO_LAYER.setdefault(model, {})
     key = tuple(x.shape[1:])
     if key not in per_model:
@@ -71,8 +71,8 @@ def explain(
             device and dtype (float64 for a ``model.double()``).
         method: a registry name (``cnnviz methods``) or a :class:`~cnnviz.methods.base.Method`.
         layer: for CAM methods, a dotted name, unique suffix or module; default: the last
-            spatial layer (:func:`~cnnviz.layers.auto_cam_layer`, logged).
-        target: see :mod:`cnnviz.targets` (default: each image's predicted class).
+            spatial layer (:func:`~cnnviz.capture.layers.auto_cam_layer`, logged).
+        target: see :mod:`cnnviz.capture.targets` (default: each image's predicted class).
         class_names: names for class targets (taken from a LoadedModel when not given).
         **options: method options, e.g. ``signed=True`` for saliency. A method that takes
             ``preprocessing`` (Integrated Gradients' black baseline) gets the LoadedModel's

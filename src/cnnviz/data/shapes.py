@@ -45,12 +45,12 @@ SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross
 """Class names, in label order."""
 
 HELDOUT_SEED: int = 20_240_601
-"""Seed of the held-out set. Training (:func:`cnnviz.models.shapes.train_shapes_vgg11`) draws its
+"""Seed of the held-out set. Training (:func:`cnnviz.models.shapes_vgg11.train_shapes_vgg11`) draws its
 data with seeds below 1,000, so the two never coincide."""
 
 DATASET_VERSION: int = 3
 """Bumped whenever the generator's code changes its output for a given seed; together with
-:func:`dataset_config` it names the cached model (:mod:`cnnviz.models.shapes`)."""
+:func:`dataset_config` it names the cached model (:mod:`cnnviz.models.shapes_vgg11`)."""
 
 AREA_FRACTION: tuple[float, float] = (0.04, 0.08)
 """Range of the object's intended area as a fraction of the image (uniform); pixel-centre

@@ -1,7 +1,7 @@
 """The method core: the result type, the registry, and the shared forward/gradient passes.
 
 A method is a short class registered under a stable name. It supplies its own arithmetic and
-nothing else: hooks (:class:`cnnviz.hooks.LayerCapture`), targets (:mod:`cnnviz.targets`),
+nothing else: hooks (:class:`cnnviz.capture.hooks.LayerCapture`), targets (:mod:`cnnviz.capture.targets`),
 validation and batching live here.
 """
 
@@ -16,10 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cnnviz.capture.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
 from cnnviz.errors import CnnvizError, LayerError, NonFiniteError, close_matches
-from cnnviz.hooks import GradFrom, LayerCapture, autograd_enabled
-from cnnviz.postprocess import Display, upsample
-from cnnviz.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.methods.postprocess import Display, upsample
 
 
 class MethodNotFoundError(CnnvizError, ValueError):
@@ -43,7 +43,7 @@ class Explanation:
         scores: ``(N, T)`` target scalars on the unperturbed input (pre-softmax logits for classes).
         probabilities: ``(N, T)`` softmax probabilities for class targets, else ``None``.
         input_size: ``(H, W)`` of the model input.
-        display: how the raw map is drawn by default (:class:`cnnviz.postprocess.Display`).
+        display: how the raw map is drawn by default (:class:`cnnviz.methods.postprocess.Display`).
         attributions: ``(N, T, C, H, W)`` per-channel input attributions for input-space methods.
         extras: method-specific tensors (e.g. Integrated Gradients' completeness gap).
     """
@@ -205,7 +205,7 @@ def gradient_pass(
     """Forward once and take ∂score_t/∂(layer output or input) for every target ``t``.
 
     With a layer, the part of the network before it runs without autograd (see
-    :class:`~cnnviz.hooks.GradFrom`); gradients come from ``torch.autograd.grad``, so parameters'
+    :class:`~cnnviz.capture.hooks.GradFrom`); gradients come from ``torch.autograd.grad``, so parameters'
     ``.grad`` are never touched. Images are independent in eval mode, so the gradient of the
     batch sum of scores gives every image's own gradient.
     """

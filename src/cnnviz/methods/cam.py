@@ -2,8 +2,8 @@
 
 Every map here is a weighted combination of the layer's activations ``A`` (shape ``(N, K, h, w)``)
 for a target score ``y``; the methods differ in the weights. They return the raw, signed
-combination; the papers' ReLU is applied by post-processing (:func:`cnnviz.postprocess.relu`,
-the default :class:`~cnnviz.postprocess.Display.POSITIVE`).
+combination; the papers' ReLU is applied by post-processing (:func:`cnnviz.methods.postprocess.relu`,
+the default :class:`~cnnviz.methods.postprocess.Display.POSITIVE`).
 
 Gradient-weighted CAMs (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiResCAM) subclass
 :class:`GradientCAM` and supply :meth:`GradientCAM.combine`; gradient-free ones (CAM, Eigen-CAM,
@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnviz.capture.hooks import GradFrom, LayerCapture
+from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
 from cnnviz.errors import LayerError, TargetError
-from cnnviz.hooks import GradFrom, LayerCapture
 from cnnviz.methods.base import (
     Explanation,
     Method,
@@ -31,8 +32,7 @@ from cnnviz.methods.base import (
     probabilities_of,
     register,
 )
-from cnnviz.postprocess import Display
-from cnnviz.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.methods.postprocess import Display
 
 logger = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
+from cnnviz.capture.hooks import HookOwner, input_layout, model_state_guard
+from cnnviz.capture.targets import Targets
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.hooks import HookOwner, input_layout, model_state_guard
 from cnnviz.methods.base import register
 from cnnviz.methods.cam import ActivationCAM, LayerPass
-from cnnviz.postprocess import upsample
-from cnnviz.targets import Targets
+from cnnviz.methods.postprocess import upsample
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class ScoreCAM(ActivationCAM):
 def unit_masks(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Maps ``(B, h, w)`` upsampled to ``size`` and min-max scaled to [0, 1] (a constant map → 0).
 
-    :func:`~cnnviz.postprocess.minmax_normalize` in one pass, in place: this runs once per
+    :func:`~cnnviz.methods.postprocess.minmax_normalize` in one pass, in place: this runs once per
     Score-CAM mask, and at 224×224 it otherwise costs a noticeable share of a forward pass.
     """
     up = upsample(maps, size)

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnviz.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.capture.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
 from cnnviz.methods.base import (
     Explanation,
     Method,
@@ -31,8 +32,7 @@ from cnnviz.methods.base import (
     probabilities_of,
     register,
 )
-from cnnviz.postprocess import Display
-from cnnviz.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.methods.postprocess import Display
 
 logger = logging.getLogger(__name__)
 

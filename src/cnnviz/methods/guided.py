@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from cnnviz.hooks import HookOwner
+from cnnviz.capture.hooks import HookOwner
+from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import Explanation, Method, gradient_pass, register
 from cnnviz.methods.cam import GradCAM
 from cnnviz.methods.gradients import (
@@ -32,8 +33,7 @@ from cnnviz.methods.gradients import (
     input_space_result,
     parse_reduction,
 )
-from cnnviz.postprocess import Display, relu, upsample
-from cnnviz.targets import TargetSpec
+from cnnviz.methods.postprocess import Display, relu, upsample
 
 logger = logging.getLogger(__name__)
 

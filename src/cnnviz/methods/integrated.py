@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz.capture.targets import Targets, TargetSpec
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import Explanation, Method, check_finite, register
 from cnnviz.methods.gradients import (
     ChannelReduction,
@@ -27,9 +29,7 @@ from cnnviz.methods.gradients import (
     repeated_rows,
 )
 from cnnviz.methods.path_quadrature import adaptive_trapezoid
-from cnnviz.postprocess import Display
-from cnnviz.preprocess import Preprocessing
-from cnnviz.targets import Targets, TargetSpec
+from cnnviz.methods.postprocess import Display
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import Explanation, Method, check_finite, register
 from cnnviz.methods.gradients import (
     CleanPass,
@@ -25,8 +26,7 @@ from cnnviz.methods.gradients import (
     positive_int,
     repeated_rows,
 )
-from cnnviz.postprocess import Display
-from cnnviz.targets import TargetSpec
+from cnnviz.methods.postprocess import Display
 
 
 class Score(enum.Enum):

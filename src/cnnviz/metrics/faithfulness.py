@@ -51,9 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnviz.capture.hooks import as_model_input, forward_in_layout, model_state_guard
 from cnnviz.errors import TargetError
-from cnnviz.hooks import as_model_input, forward_in_layout, model_state_guard
-from cnnviz.postprocess import Display, minmax_normalize, relu
+from cnnviz.methods.postprocess import Display, minmax_normalize, relu
 
 if TYPE_CHECKING:
     from cnnviz.methods.base import Explanation
@@ -123,7 +123,7 @@ def probabilities(
 
     The model runs in eval mode under ``torch.inference_mode`` and is left as found.
     """
-    from cnnviz.targets import logits_of
+    from cnnviz.capture.targets import logits_of
 
     if rows is None:
         rows = torch.arange(images.shape[0])
@@ -144,7 +144,7 @@ def class_targets(
     class_names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """``(N,)`` class indices: ``target`` resolved against the model's clean output."""
-    from cnnviz.targets import logits_of, resolve_targets
+    from cnnviz.capture.targets import logits_of, resolve_targets
 
     if isinstance(target, torch.Tensor):
         target = [int(v) for v in target.reshape(-1).tolist()]
@@ -287,7 +287,7 @@ def switch_curve(
     ranks = pixel_ranks(maps).view(n, 1, h, w)
     counts = step_counts(h * w, steps)
     pairs = torch.cartesian_prod(torch.arange(n), torch.arange(steps + 1))  # (N·(S+1), 2)
-    from cnnviz.targets import logits_of
+    from cnnviz.capture.targets import logits_of
 
     out: list[torch.Tensor] = []
     with torch.inference_mode(), model_state_guard(model):

@@ -59,7 +59,7 @@ import torch
 from cnnviz.errors import CnnvizError
 
 if TYPE_CHECKING:
-    from cnnviz.preprocess import Preprocessing
+    from cnnviz.inputs.preprocess import Preprocessing
 
 Box = tuple[int, int, int, int]
 
@@ -212,7 +212,7 @@ class GroundTruth:
         import numpy as np
         from PIL import Image
 
-        from cnnviz.preprocess import display_image
+        from cnnviz.inputs.preprocess import display_image
 
         picture = Image.fromarray(self.mask(size).numpy().astype(np.uint8) * 255, mode="L")
         nearest = dataclasses.replace(preprocessing, interpolation="nearest")

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnviz.postprocess import Display
+from cnnviz.methods.postprocess import Display
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -84,8 +84,8 @@ def randomization_groups(model: nn.Module, example: torch.Tensor) -> list[LayerG
     A normalisation layer joins the group before it. Modules without ``reset_parameters`` are
     skipped and logged; each module appears once, at its first call.
     """
-    from cnnviz.hooks import as_model_input
-    from cnnviz.layers import trace_layers
+    from cnnviz.capture.hooks import as_model_input
+    from cnnviz.capture.layers import trace_layers
 
     groups: list[list[str]] = []
     seen: set[str] = set()
@@ -115,7 +115,7 @@ def short_label(name: str) -> str:
 
 def reset_group(model: nn.Module, group: LayerGroup, seed: int) -> None:
     """Re-initialise every module of ``group`` in ``model`` with ``reset_parameters()``, seeded."""
-    from cnnviz.hooks import model_device
+    from cnnviz.capture.hooks import model_device
 
     device = model_device(model)
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -180,7 +180,7 @@ def _hog(picture: np.ndarray) -> np.ndarray | None:
 
 def display_picture(raw: torch.Tensor, display: Display) -> np.ndarray:
     """``(…, H, W)`` raw maps as the method draws them, in [0, 1] (signed: ``(s + 1) / 2``)."""
-    from cnnviz.postprocess import for_display
+    from cnnviz.methods.postprocess import for_display
 
     shown = for_display(raw.detach().float().cpu(), display)
     if display is Display.SIGNED:
@@ -291,7 +291,7 @@ def method_layers(
 ) -> dict[str, str | None]:
     """The layer each method explains: ``layer`` (or the automatic CAM layer) for CAM methods."""
     from cnnviz.api import default_layer
-    from cnnviz.layers import resolve_layer
+    from cnnviz.capture.layers import resolve_layer
     from cnnviz.methods.base import get_method
 
     resolved: str | None = None
@@ -342,7 +342,7 @@ def parameter_randomization(
         groups: the layer groups (default :func:`randomization_groups`).
         metrics: the similarities computed (default all four).
     """
-    from cnnviz.hooks import as_model_input
+    from cnnviz.capture.hooks import as_model_input
     from cnnviz.methods.base import get_method
 
     if mode not in MODES:
@@ -402,7 +402,7 @@ def train_random_labels(
     import torch.nn.functional as F
 
     from cnnviz.data.shapes import make_shapes
-    from cnnviz.models.shapes import build_shapes_vgg11, heldout_accuracy, normalize_shapes
+    from cnnviz.models.shapes_vgg11 import build_shapes_vgg11, heldout_accuracy, normalize_shapes
 
     if n_train < batch_size or epochs < 1 or batch_size < 2:
         raise ValueError(
@@ -456,7 +456,7 @@ def compare_models(
 
     The class defaults to ``model``'s prediction; the layer name must exist in both models.
     """
-    from cnnviz.hooks import as_model_input
+    from cnnviz.capture.hooks import as_model_input
     from cnnviz.methods.base import get_method
 
     names = [get_method(m).name for m in methods]
@@ -493,14 +493,14 @@ def similarity_figure(
 ) -> Figure:
     """Similarity against randomised depth: one panel per metric (default: all computed), one
     line per method (mean over images; the shaded band is the min–max over images)."""
-    from cnnviz.render import _new_figure
+    from cnnviz.render.figures import new_figure
 
     if not results:
         raise ValueError("No sanity results to plot")
     first = next(iter(results.values()))
     metrics = list(metrics) if metrics is not None else list(first.similarity)
     steps = first.steps
-    fig = _new_figure(3.6 * len(metrics), 3.8, 100)
+    fig = new_figure(3.6 * len(metrics), 3.8, 100)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     xs = np.arange(len(steps))
     for ax, metric in zip(axes, metrics, strict=True):
@@ -531,14 +531,14 @@ def maps_figure(
     results: Mapping[str, SanityResult], *, image: int = 0, cmap: str = "jet", max_steps: int = 12
 ) -> Figure:
     """Displayed maps of one image: a row per method, the original then each randomised step."""
-    from cnnviz.render import _new_figure
+    from cnnviz.render.figures import new_figure
 
     first = next(iter(results.values()))
     labels = ["original", *first.steps]
     keep = np.unique(
         np.linspace(0, len(labels) - 1, min(len(labels), max_steps + 1)).round()
     ).astype(int)
-    fig = _new_figure(1.3 * len(keep) + 0.6, 1.4 * len(results) + 0.5, 100)
+    fig = new_figure(1.3 * len(keep) + 0.6, 1.4 * len(results) + 0.5, 100)
     axes = fig.subplots(len(results), len(keep), squeeze=False)
     for row, (name, result) in enumerate(results.items()):
         for col, k in enumerate(keep):

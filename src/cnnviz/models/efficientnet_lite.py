@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from cnnviz.errors import CheckpointError, WeightsUnavailableError
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.checkpoint import apply_checkpoint, check_finite
-from cnnviz.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from cnnviz.errors import ModelNotFoundError, WeightsUnavailableError, close_matches
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.checkpoint import (
     apply_checkpoint,
     check_finite,
@@ -40,7 +41,6 @@ from cnnviz.models.registry import (
     head_classes,
     numbered_classes,
 )
-from cnnviz.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 

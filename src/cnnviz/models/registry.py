@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from cnnviz.errors import CnnvizError, ModelNotFoundError, close_matches
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.checkpoint import apply_checkpoint, fetch_hub_checkpoint, load_checkpoint
-from cnnviz.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedMode
 
 def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
     from cnnviz.data.shapes import SHAPE_CLASSES
-    from cnnviz.models import shapes
+    from cnnviz.models import shapes_vgg11 as shapes
 
     if weights == "pretrained":
         module = shapes.load_shapes_vgg11()
@@ -233,7 +233,7 @@ def _vgg_info(name: str, batch_norm: bool) -> ModelInfo:
 
 def _shapes_info() -> ModelInfo:
     from cnnviz.data.shapes import SHAPE_CLASSES
-    from cnnviz.models.shapes import SHAPES_PREPROCESSING
+    from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
 
     return ModelInfo(
         name="shapes_vgg11",
@@ -373,7 +373,7 @@ def from_module(
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
     if preprocessing is not None and not isinstance(preprocessing, Preprocessing):
         raise TypeError(
-            f"preprocessing must be a cnnviz.preprocess.Preprocessing, "
+            f"preprocessing must be a cnnviz.inputs.preprocess.Preprocessing, "
             f"got {type(preprocessing).__name__}"
         )
     if class_names is None:

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnviz.capture.layers import LayerRef, get_module, resolve_layer
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.layers import LayerRef, get_module, resolve_layer
-from cnnviz.render import to_uint8
+from cnnviz.render.colours import to_uint8
 
 
 class FilterScale(enum.Enum):

@@ -1,9 +1,9 @@
 """One image's outputs of a folder run: overlays, raw maps, comparison grid, then its record.
 
-:func:`write_image_outputs` runs in a writer thread of :func:`cnnviz.pipeline.explain_files`.
+:func:`write_image_outputs` runs in a writer thread of :func:`cnnviz.runs.explain.explain_files`.
 File names come from the input's safe stem, the method, the target rank and the target's label,
 cut to fit every file system; each file is written atomically, and the image's record
-(:mod:`cnnviz.records`) is written last, so a record always describes complete outputs.
+(:mod:`cnnviz.outputs.records`) is written last, so a record always describes complete outputs.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from cnnviz.errors import NonFiniteError
 from cnnviz.methods.base import Explanation
-from cnnviz.postprocess import Display, for_display
+from cnnviz.methods.postprocess import Display, for_display
 
 PNG_LEVEL = 1  # zlib level for overlays: ~3× faster to encode than 6, a few % larger
 _NAME_BUDGET = 225  # bytes; atomic writes add ≤ 25 for the temporary name (limit 255)
@@ -50,7 +50,7 @@ def _fit(text: str, room: int) -> str:
 
 def output_base(stem: str, method: str, rank: int, label: str, longest_suffix: str) -> str:
     """``<stem>.<method>.<rank>-<label>``, short enough for every file system (255 bytes)."""
-    from cnnviz.outputs import safe_stem
+    from cnnviz.outputs.files import safe_stem
 
     head = f"{method}.{rank}"
     room = _NAME_BUDGET - len(longest_suffix.encode("utf-8")) - len(head.encode("utf-8")) - 2
@@ -69,7 +69,7 @@ def comparison_grid(
     """Tiles in a labelled table: one row per method, one column per target (uint8 RGB)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from cnnviz.render import image_grid
+    from cnnviz.render.grids import image_grid
 
     tiles = [tile for row in rows for tile in row]
     grid = image_grid(tiles, ncols=len(col_labels), pad=2)
@@ -164,9 +164,9 @@ class ImageJob:
 
 def write_image_outputs(job: ImageJob) -> list[dict[str, Any]]:
     """Write one image's overlays, raw maps (and grid), then its record; return its items."""
-    from cnnviz.outputs import atomic_write_bytes, encode_npy, encode_png
-    from cnnviz.records import file_entry, write_record
-    from cnnviz.render import overlay
+    from cnnviz.outputs.files import atomic_write_bytes, encode_npy, encode_png
+    from cnnviz.outputs.records import file_entry, write_record
+    from cnnviz.render.colours import overlay
 
     for result in job.results:
         if not (np.isfinite(result.raw).all() and np.isfinite(result.raw_input).all()):

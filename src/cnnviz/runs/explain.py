@@ -11,7 +11,7 @@ The CLI commands ``saliency``, ``gradcam`` and ``explain`` are thin wrappers aro
 
 Nothing is lost when something goes wrong. An unreadable image is logged as ``skipped …``,
 recorded under ``failures`` in the manifest, and the run goes on. Every file is written to a
-temporary name and renamed, and each image's record (:mod:`cnnviz.records`) is written after
+temporary name and renamed, and each image's record (:mod:`cnnviz.outputs.records`) is written after
 its files, so a run stopped by Ctrl-C, ``SIGTERM`` or ``SIGKILL`` leaves complete files only and
 ``resume=True`` explains exactly the images whose outputs are missing or invalid. Batches are
 fixed chunks of the input list (a resumed chunk is recomputed whole), so a resumed run gives
@@ -35,12 +35,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import CnnvizError, LayerError, TargetError
-from cnnviz.image_outputs import display_maps, target_label
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import get_method, method_names
 from cnnviz.models import LoadedModel
-from cnnviz.preprocess import Preprocessing
-from cnnviz.targets import TargetSpec
+from cnnviz.outputs.image_files import display_maps, target_label
 
 __all__ = [
     "ALL_METHODS",
@@ -94,7 +94,7 @@ class LoadedImage:
 def model_tensor(display: np.ndarray, prep: Preprocessing) -> torch.Tensor:
     """The normalised ``(3, H, W)`` float32 tensor of a display picture.
 
-    The same arithmetic as :func:`cnnviz.preprocess.preprocess_image` (bit for bit), starting
+    The same arithmetic as :func:`cnnviz.inputs.preprocess.preprocess_image` (bit for bit), starting
     from the resized and cropped pixels, so each image is resized once.
     """
     pixels = torch.from_numpy(np.ascontiguousarray(display)).permute(2, 0, 1).contiguous()
@@ -106,8 +106,8 @@ def model_tensor(display: np.ndarray, prep: Preprocessing) -> torch.Tensor:
 
 def decode_input(path: Path, prep: Preprocessing) -> tuple[np.ndarray, torch.Tensor, list[str]]:
     """Display picture, model tensor and loading notes of one image file (may raise)."""
-    from cnnviz.images import load_image_with_notes
-    from cnnviz.preprocess import display_image
+    from cnnviz.inputs.images import load_image_with_notes
+    from cnnviz.inputs.preprocess import display_image
 
     image, notes = load_image_with_notes(path)
     display = np.array(display_image(image, prep), dtype=np.uint8)  # writable copy
@@ -128,7 +128,7 @@ def load_inputs(
     loaded: LoadedModel, paths: Sequence[Path], failures: list[dict[str, Any]]
 ) -> Iterator[LoadedImage]:
     """Decode and preprocess each path in this process; a failure is logged, recorded, skipped."""
-    from cnnviz.outputs import unique_stems
+    from cnnviz.outputs.files import unique_stems
 
     for index, (path, stem) in enumerate(zip(paths, unique_stems(list(paths)), strict=True)):
         try:
@@ -168,7 +168,7 @@ class _ImageFiles(torch.utils.data.Dataset[_Decoded]):
         # (torchvision's first import takes seconds, which each worker would otherwise pay).
         import torchvision.transforms.v2.functional  # noqa: F401
 
-        import cnnviz.images  # noqa: F401
+        import cnnviz.inputs.images  # noqa: F401
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -216,8 +216,8 @@ def _methods_of(settings: ExplainSettings) -> list[str]:
 
 def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> None:
     """Refuse settings that cannot work, before any folder or file is made."""
-    from cnnviz.layers import resolve_layer
-    from cnnviz.render import colormap_lut
+    from cnnviz.capture.layers import resolve_layer
+    from cnnviz.render.colours import colormap_lut
 
     methods = _methods_of(settings)
     if settings.layer is not None and any(get_method(m).needs_layer for m in methods):
@@ -248,8 +248,8 @@ class _Run:
     def __init__(
         self, loaded: LoadedModel, paths: list[Path], out: Path, settings: ExplainSettings
     ) -> None:
-        from cnnviz.outputs import unique_stems
-        from cnnviz.records import fingerprint, parameter_digest, source_signature
+        from cnnviz.outputs.files import unique_stems
+        from cnnviz.outputs.records import fingerprint, parameter_digest, source_signature
 
         self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
         self.methods = _methods_of(settings)
@@ -287,7 +287,7 @@ class _Run:
 
     def find_complete(self) -> None:
         """Mark images with valid records as done (resume); drop stale records of the rest."""
-        from cnnviz.records import record_path, valid_record
+        from cnnviz.outputs.records import record_path, valid_record
 
         for i, stem in enumerate(self.stems):
             if (
@@ -306,7 +306,7 @@ class _Run:
     def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
         """Per method, one result per image of the batch; unusable methods skipped in 'all'."""
         from cnnviz.api import explain
-        from cnnviz.image_outputs import per_image_results
+        from cnnviz.outputs.image_files import per_image_results
 
         target = self.settings.target
         if isinstance(target, list):
@@ -337,7 +337,7 @@ class _Run:
         """Decode, explain and write every pending image."""
         from tqdm import tqdm
 
-        from cnnviz.image_outputs import ImageJob, write_image_outputs
+        from cnnviz.outputs.image_files import ImageJob, write_image_outputs
 
         size, n = self.settings.batch_size, len(self.paths)
         chunks = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
@@ -406,7 +406,7 @@ class _Run:
             bar.close()
 
     def manifest(self, command: str) -> dict[str, Any]:
-        from cnnviz.records import rebuild_manifest
+        from cnnviz.outputs.records import rebuild_manifest
 
         attempted = {
             (str(p), self.tag) for p, todo in zip(self.paths, self.pending, strict=True) if todo
@@ -458,7 +458,7 @@ def explain_files(
             cannot work for any image (raised before or at the first batch).
         OutputError: ``out_dir`` cannot be created or written.
     """
-    from cnnviz.records import prepare_out_dir, remove_stale_temp_files
+    from cnnviz.outputs.records import prepare_out_dir, remove_stale_temp_files
 
     path_list = [Path(p) for p in paths]
     _validate(loaded, settings, len(path_list))

@@ -308,8 +308,8 @@ def evaluate_files(
 
     from cnnviz.methods.base import get_method
     from cnnviz.metrics.localisation import load_ground_truth
-    from cnnviz.outputs import Manifest, write_manifest
-    from cnnviz.pipeline import load_inputs, model_record
+    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.runs.explain import load_inputs, model_record
 
     unknown = set(settings.metrics) - set(METRIC_GROUPS)
     if unknown:
@@ -404,10 +404,10 @@ def _csv_text(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
 
 def curves_figure(curves: dict[str, dict[str, list[np.ndarray]]]) -> Any:
     """Mean deletion and insertion curves per method (faint lines: single images)."""
-    from cnnviz.render import _new_figure
+    from cnnviz.render.figures import new_figure
 
     kinds = [k for k in ("deletion", "insertion") if any(k in c for c in curves.values())]
-    fig = _new_figure(5.0 * len(kinds), 4.0, 100)
+    fig = new_figure(5.0 * len(kinds), 4.0, 100)
     axes = fig.subplots(1, len(kinds), squeeze=False)[0]
     for ax, kind in zip(axes, kinds, strict=True):
         for index, (method, by_kind) in enumerate(curves.items()):
@@ -433,9 +433,9 @@ def road_figure(
     road: dict[str, list[tuple[np.ndarray, np.ndarray]]], percentages: Sequence[float]
 ) -> Any:
     """Mean ROAD MoRF (solid) and LeRF (dashed) curves per method."""
-    from cnnviz.render import _new_figure
+    from cnnviz.render.figures import new_figure
 
-    fig = _new_figure(5.5, 4.0, 100)
+    fig = new_figure(5.5, 4.0, 100)
     ax = fig.add_subplot()
     for index, (method, pairs) in enumerate(road.items()):
         for k, (kind, style) in enumerate((("MoRF", "-"), ("LeRF", "--"))):
@@ -473,9 +473,10 @@ def _figures(run: _Run) -> dict[str, tuple[Any, str]]:
 
 
 def _write_results(run: _Run, out_dir: Path, summary: list[dict[str, Any]]) -> dict[str, str]:
-    from cnnviz.outputs import atomic_write_bytes, environment_info, write_json
-    from cnnviz.pipeline import model_record
-    from cnnviz.render import figure_to_png_bytes
+    from cnnviz.outputs.files import atomic_write_bytes, write_json
+    from cnnviz.outputs.manifest import environment_info
+    from cnnviz.render.figures import figure_to_png_bytes
+    from cnnviz.runs.explain import model_record
 
     files = {
         "results_csv": "results.csv",
@@ -524,10 +525,10 @@ def _render_html(
 ) -> str:
     import base64
 
-    from cnnviz.outputs import environment_info
-    from cnnviz.pipeline import model_record
-    from cnnviz.render import overlay
-    from cnnviz.report import _environment, png_data_uri
+    from cnnviz.outputs.manifest import environment_info
+    from cnnviz.render.colours import overlay
+    from cnnviz.runs.explain import model_record
+    from cnnviz.runs.report import _environment, png_data_uri
 
     table: dict[str, dict[str, Any]] = {}
     for entry in summary:

@@ -2,7 +2,7 @@
 
 Ideas from torchinfo, our own code. Everything here leaves the model exactly as found: one forward
 pass on a zero input under ``torch.no_grad()`` in eval mode (each module's ``training`` flag is
-restored by :func:`cnnviz.hooks.model_state_guard`), hooks removed in ``finally``, nothing moved to
+restored by :func:`cnnviz.capture.hooks.model_state_guard`), hooks removed in ``finally``, nothing moved to
 another device, ``requires_grad`` and ``.grad`` untouched. A model on the ``meta`` device works
 too, so a large architecture can be summarised without allocating its weights.
 
@@ -33,9 +33,9 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnviz.capture.hooks import ForwardError, model_device, model_dtype, model_state_guard
+from cnnviz.capture.layers import alias_of, trace_layers
 from cnnviz.errors import CnnvizError
-from cnnviz.hooks import ForwardError, model_device, model_dtype, model_state_guard
-from cnnviz.layers import alias_of, trace_layers
 
 OWN = "<own>"
 """Last name component of a row holding the parameters a parent registers next to its children."""

@@ -193,7 +193,9 @@ def resolve_targets(
             [[class_index(v, class_names, num_classes)] for v in spec], dtype=torch.long
         )
     else:
-        raise TypeError(f"Unsupported target {spec!r}; see cnnviz.targets for the accepted forms.")
+        raise TypeError(
+            f"Unsupported target {spec!r}; see cnnviz.capture.targets for the accepted forms."
+        )
     index = index.cpu()
     labels = tuple(
         tuple(class_names[i] if class_names else str(i) for i in row.tolist()) for row in index

@@ -49,8 +49,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnviz.capture.layers import LayerRef, resolve_layers
 from cnnviz.errors import CnnvizError, LayerError
-from cnnviz.layers import LayerRef, resolve_layers
 
 logger = logging.getLogger(__name__)
 

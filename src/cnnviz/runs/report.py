@@ -66,7 +66,7 @@ def png_data_uri(image: np.ndarray) -> str:
 
 def figure_data_uri(fig: Any) -> str:
     """A data URI of a matplotlib figure rendered to PNG."""
-    from cnnviz.render import figure_to_png_bytes
+    from cnnviz.render.figures import figure_to_png_bytes
 
     return "data:image/png;base64," + base64.b64encode(figure_to_png_bytes(fig)).decode("ascii")
 
@@ -93,7 +93,7 @@ def default_activation_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     directly followed by a BatchNorm gives the BatchNorm (the seed's ``bn4_1`` on VGG-11-BN).
     """
     from cnnviz.api import default_layer
-    from cnnviz.layers import trace_layers
+    from cnnviz.capture.layers import trace_layers
 
     calls = [
         c
@@ -122,11 +122,11 @@ def demo_inputs(loaded: LoadedModel, out: Path) -> tuple[list[Path], dict[Path, 
     """The demo's images: bundled photos, or held-out synthetic shapes (with boxes) for
     ``shapes_vgg11``."""
     if loaded.name != "shapes_vgg11":
-        from cnnviz.images import bundled_samples
+        from cnnviz.inputs.images import bundled_samples
 
         return bundled_samples(), {}
     from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
-    from cnnviz.outputs import write_png
+    from cnnviz.outputs.files import write_png
 
     batch = heldout_shapes(6)
     folder = out / "inputs"
@@ -147,9 +147,9 @@ class _ModelParts:
     """What every page of one report shares: summary, layer table, filters (computed once)."""
 
     def __init__(self, loaded: LoadedModel, settings: ReportSettings) -> None:
-        from cnnviz.filters import conv_weight, filter_tiles, first_conv_layer
-        from cnnviz.render import filters_figure
-        from cnnviz.summary import layer_table, summarize
+        from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
+        from cnnviz.inspect.summary import layer_table, summarize
+        from cnnviz.render.figures import filters_figure
 
         size = (3, *loaded.preprocessing.input_size)
         self.summary = summarize(loaded.module, size, depth=2).to_dict()
@@ -161,8 +161,8 @@ class _ModelParts:
 
 
 def _predictions(loaded: LoadedModel, x: torch.Tensor, k: int = 5) -> list[dict[str, Any]]:
-    from cnnviz.hooks import as_model_input, model_state_guard
-    from cnnviz.targets import logits_of
+    from cnnviz.capture.hooks import as_model_input, model_state_guard
+    from cnnviz.capture.targets import logits_of
 
     module = loaded.module
     with torch.no_grad(), model_state_guard(module):
@@ -187,15 +187,17 @@ def _page(
     settings: ReportSettings,
     box: Box | None,
 ) -> dict[str, Any]:
-    from cnnviz.activations import ChannelOrder, capture_activations, select_channels
     from cnnviz.api import explain
+    from cnnviz.capture.targets import TopK
     from cnnviz.errors import CnnvizError
+    from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
     from cnnviz.methods.base import get_method, method_options
-    from cnnviz.outputs import environment_info, to_json_text
-    from cnnviz.pipeline import display_maps, model_record
-    from cnnviz.postprocess import Display
-    from cnnviz.render import activations_figure, overlay, to_uint8
-    from cnnviz.targets import TopK
+    from cnnviz.methods.postprocess import Display
+    from cnnviz.outputs.files import to_json_text
+    from cnnviz.outputs.manifest import environment_info
+    from cnnviz.render.colours import overlay, to_uint8
+    from cnnviz.render.figures import activations_figure
+    from cnnviz.runs.explain import display_maps, model_record
 
     x = item.tensor.unsqueeze(0)
     shown_input = draw_box(item.display, box)
@@ -327,8 +329,9 @@ def build_report(
     """
     from tqdm import tqdm
 
-    from cnnviz.outputs import Manifest, atomic_write_bytes, write_manifest
-    from cnnviz.pipeline import load_inputs, model_record
+    from cnnviz.outputs.files import atomic_write_bytes
+    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.runs.explain import load_inputs, model_record
 
     settings = settings or ReportSettings()
     boxes = boxes or {}

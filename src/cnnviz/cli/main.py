@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from cnnviz.commands import (
+from cnnviz.cli.commands import (
     EXIT_OK,
     cmd_activations,
     cmd_explain,
@@ -40,7 +40,7 @@ from cnnviz.errors import one_line
 logger = logging.getLogger("cnnviz")
 
 DEFAULT_MODEL = "efficientnet_lite0"
-EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 70, 130  # 0 and 1: cnnviz.commands
+EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 70, 130  # 0 and 1: cnnviz.cli.commands
 EXIT_TERMINATED = 128 + signal.SIGTERM  # 143, the shell's convention for a SIGTERM'd process
 
 Handler = Callable[[argparse.Namespace], int]
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the fast CAM and gradient methods)",
     )
     _drawing(p)
-    from cnnviz.evaluate_cli import add_commands
+    from cnnviz.cli.evaluate_commands import add_commands
 
     add_commands(sub)
     return parser

@@ -30,14 +30,14 @@ def _load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
 
 
 def _emit_json(obj: object) -> None:
-    from cnnviz.outputs import to_json_text
+    from cnnviz.outputs.files import to_json_text
 
     sys.stdout.write(to_json_text(obj) + "\n")
 
 
 def _inputs(raw: Sequence[str]) -> list[Path]:
     from cnnviz.errors import ImageLoadError
-    from cnnviz.images import find_images
+    from cnnviz.inputs.images import find_images
 
     paths: list[Path] = []
     for entry in raw:
@@ -49,7 +49,7 @@ def _inputs(raw: Sequence[str]) -> list[Path]:
 
 
 def _target(args: argparse.Namespace) -> Any:
-    from cnnviz.targets import TopK
+    from cnnviz.capture.targets import TopK
 
     if getattr(args, "top_k", None) is not None:
         if args.target:
@@ -142,7 +142,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from cnnviz.summary import format_layer_table, layer_table
+    from cnnviz.inspect.summary import format_layer_table, layer_table
 
     loaded = _load(args, args.model_name)
     rows = layer_table(loaded.module, (3, *loaded.preprocessing.input_size))
@@ -154,7 +154,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cnnviz.summary import format_summary, summarize
+    from cnnviz.inspect.summary import format_summary, summarize
 
     loaded = _load(args, args.model_name)
     summary = summarize(loaded.module, (3, *loaded.preprocessing.input_size), depth=args.depth)
@@ -167,16 +167,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
-    from cnnviz.filters import DeepFilterView, FilterScale, conv_weight, filter_tiles
-    from cnnviz.layers import resolve_layer
-    from cnnviz.outputs import Manifest, safe_stem, write_manifest, write_npy, write_png
-    from cnnviz.pipeline import model_record
-    from cnnviz.render import figure_to_png_bytes, filters_figure
+    from cnnviz.capture.layers import resolve_layer
+    from cnnviz.inspect.filters import DeepFilterView, FilterScale, conv_weight, filter_tiles
+    from cnnviz.outputs.files import safe_stem, write_npy, write_png
+    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.render.figures import figure_to_png_bytes, filters_figure
+    from cnnviz.runs.explain import model_record
 
     loaded = _load(args, args.model_name)
     layer = resolve_layer(loaded.module, args.layer) if args.layer else None
     if layer is None:
-        from cnnviz.filters import first_conv_layer
+        from cnnviz.inspect.filters import first_conv_layer
 
         layer = first_conv_layer(loaded.module)
     weight = conv_weight(loaded.module, layer)
@@ -186,7 +187,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     stem = safe_stem(layer)
     title = f"Filters of {layer} {tuple(weight.shape)} — {loaded.name}"
     fig = filters_figure(tiles, title=title, caption=f"{scale.value} scale, {view.value} view")
-    from cnnviz.outputs import atomic_write_bytes
+    from cnnviz.outputs.files import atomic_write_bytes
 
     atomic_write_bytes(out / f"{stem}.filters.png", figure_to_png_bytes(fig))
     write_png(out / f"{stem}.tiles.png", _tile_sheet(tiles))
@@ -215,7 +216,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def _tile_sheet(tiles: Any) -> Any:
-    from cnnviz.render import image_grid
+    from cnnviz.render.grids import image_grid
 
     n = tiles.shape[0]
     cols = max(1, round(n**0.5))
@@ -223,10 +224,11 @@ def _tile_sheet(tiles: Any) -> Any:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
-    from cnnviz.activations import ChannelOrder, capture_activations, select_channels
-    from cnnviz.outputs import Manifest, atomic_write_bytes, safe_stem, write_manifest, write_npy
-    from cnnviz.pipeline import load_inputs, model_record
-    from cnnviz.render import activations_figure, figure_to_png_bytes
+    from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
+    from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy
+    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.render.figures import activations_figure, figure_to_png_bytes
+    from cnnviz.runs.explain import load_inputs, model_record
 
     loaded = _load(args)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
@@ -294,7 +296,7 @@ def parse_method_options(items: Sequence[str]) -> dict[str, Any]:
 def cmd_explain(args: argparse.Namespace) -> int:
     import torch.multiprocessing
 
-    from cnnviz.pipeline import ALL_METHODS, ExplainSettings, explain_files
+    from cnnviz.runs.explain import ALL_METHODS, ExplainSettings, explain_files
 
     # Decoding workers hand tensors over through shared-memory files rather than passed file
     # descriptors, so a SIGTERM mid-run cannot leave the descriptor-sharing thread printing a
@@ -333,7 +335,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _compared_methods(text: str | None) -> tuple[str, ...]:
     """The report's "methods compared": default set, ``none``, ``all`` or a comma list."""
     from cnnviz.methods.base import get_method, method_names
-    from cnnviz.report import COMPARED_METHODS
+    from cnnviz.runs.report import COMPARED_METHODS
 
     if text is None:
         return COMPARED_METHODS
@@ -345,7 +347,7 @@ def _compared_methods(text: str | None) -> tuple[str, ...]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from cnnviz.report import ReportSettings, build_report
+    from cnnviz.runs.report import ReportSettings, build_report
 
     out = _out(args)
     settings = ReportSettings(
@@ -356,7 +358,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     )
     loaded = _load(args)
     if args.demo:
-        from cnnviz.report import demo_inputs
+        from cnnviz.runs.report import demo_inputs
 
         paths, boxes = demo_inputs(loaded, out)
     else:

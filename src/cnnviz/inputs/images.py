@@ -55,7 +55,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     """The image file at ``path`` as an upright 8-bit RGB image (see the module docstring).
 
     Example:
-        >>> from cnnviz.images import bundled_samples, load_image
+        >>> from cnnviz.inputs.images import bundled_samples, load_image
         >>> load_image(bundled_samples()[0]).mode
         'RGB'
 

@@ -16,7 +16,7 @@ of metrics beside it; the hash covers the whole recipe and the data generator's 
 changing either retrains. Example::
 
     from cnnviz.data.shapes import heldout_shapes
-    from cnnviz.models.shapes import load_shapes_vgg11, normalize_shapes
+    from cnnviz.models.shapes_vgg11 import load_shapes_vgg11, normalize_shapes
 
     model = load_shapes_vgg11()
     batch = heldout_shapes(100)
@@ -49,8 +49,8 @@ from cnnviz.data.shapes import (
     make_shapes,
 )
 from cnnviz.errors import CheckpointError
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.vgg import VGG11
-from cnnviz.preprocess import Preprocessing
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 def heldout_accuracy(model: torch.nn.Module, n: int = _N_HELDOUT) -> float:
     """Top-1 accuracy of ``model`` on ``heldout_shapes(n)``, run in eval mode (each module's
     ``training`` flag restored afterwards)."""
-    from cnnviz.hooks import model_state_guard
+    from cnnviz.capture.hooks import model_state_guard
 
     batch = heldout_shapes(n)
     with model_state_guard(model):

@@ -1,7 +1,7 @@
 """CLI wiring for the evaluation commands (``evaluate``, ``sanity``); import-light.
 
 ``cnnviz evaluate DIR --model M --methods a,b,c [--boxes FILE] --out OUT`` scores every method on
-every image (:mod:`cnnviz.evaluate`); ``cnnviz sanity IMAGE --model M --methods a,b --out OUT``
+every image (:mod:`cnnviz.runs.evaluate`); ``cnnviz sanity IMAGE --model M --methods a,b --out OUT``
 runs the randomisation tests on one image (:mod:`cnnviz.metrics.sanity`). Both exit with 0 when
 everything was written and 1 when some inputs were skipped (listed on stderr and in
 ``manifest.json``); bad options raise :class:`~cnnviz.errors.CnnvizError` (exit 2).
@@ -67,7 +67,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _finish(result: dict[str, Any], out: Path, args: argparse.Namespace, what: str) -> int:
-    from cnnviz.outputs import to_json_text
+    from cnnviz.outputs.files import to_json_text
 
     failures = result.get("failures", [])
     if args.json:
@@ -83,8 +83,8 @@ def _finish(result: dict[str, Any], out: Path, args: argparse.Namespace, what: s
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``cnnviz evaluate``: metrics for each method on each image of the inputs."""
     from cnnviz.errors import ImageLoadError
-    from cnnviz.evaluate import METRIC_GROUPS, EvaluateSettings, evaluate_files
-    from cnnviz.images import find_images
+    from cnnviz.inputs.images import find_images
+    from cnnviz.runs.evaluate import METRIC_GROUPS, EvaluateSettings, evaluate_files
 
     metrics = tuple(_split(args.metrics, "metrics"))
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
@@ -128,9 +128,10 @@ def cmd_sanity(args: argparse.Namespace) -> int:
     """``cnnviz sanity``: parameter (and optionally data) randomisation on one image."""
     from cnnviz.errors import ImageLoadError
     from cnnviz.metrics import sanity
-    from cnnviz.outputs import Manifest, atomic_write_bytes, write_json, write_manifest
-    from cnnviz.pipeline import load_inputs, model_record
-    from cnnviz.render import figure_to_png_bytes
+    from cnnviz.outputs.files import atomic_write_bytes, write_json
+    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.render.figures import figure_to_png_bytes
+    from cnnviz.runs.explain import load_inputs, model_record
 
     methods = list(_methods(args.methods, references=False))
     modes = _split(args.mode, "mode")
@@ -221,7 +222,7 @@ def cmd_sanity(args: argparse.Namespace) -> int:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from cnnviz.cli import add_model_options
+    from cnnviz.cli.main import add_model_options
 
     add_model_options(p)
     p.add_argument("--out", "-o", required=True, help="output folder")

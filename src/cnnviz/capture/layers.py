@@ -155,7 +155,7 @@ def _forward_with_hook_on_every_layer(
     """One no-grad, eval-mode forward of ``example`` with ``make_hook(name)`` as a forward hook
     on every named submodule; the hooks are removed and the model's mode restored, whatever
     happens."""
-    from cnnviz.hooks import model_state_guard
+    from cnnviz.capture.hooks import model_state_guard
 
     handles = []
     try:

@@ -1,6 +1,6 @@
 """Layer activations (the seed exercise's step 3, "visualise activations with forward hooks").
 
-All requested layers are captured in ONE forward pass through :class:`cnnviz.hooks.LayerCapture`,
+All requested layers are captured in ONE forward pass through :class:`cnnviz.capture.hooks.LayerCapture`,
 which owns and removes the hooks, leaves the model's mode untouched, and copies each output so an
 in-place ReLU after a captured conv cannot change it (captured values are the layer's own output,
 pre-activation for a conv followed by ReLU).
@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cnnviz.capture.hooks import GradFrom, LayerCapture, as_model_input
+from cnnviz.capture.layers import LayerRef
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.hooks import GradFrom, LayerCapture, as_model_input
-from cnnviz.layers import LayerRef
 
 
 def capture_activations(

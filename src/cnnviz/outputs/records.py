@@ -1,6 +1,6 @@
 """Completion records of a folder run: what ``--resume`` trusts, and the manifest built from them.
 
-A folder run (:func:`cnnviz.pipeline.explain_files`) writes, for each input image, its overlays
+A folder run (:func:`cnnviz.runs.explain.explain_files`) writes, for each input image, its overlays
 and raw maps and then, **last**, a record ``records/<stem>.<tag>.json`` listing every file with
 its size and SHA-256. A record therefore exists only once the image's outputs are complete, and
 ``--resume`` trusts an image only when its record parses, was made with the same settings
@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnnviz.errors import OutputError
-from cnnviz.outputs import MANIFEST_NAME, Manifest, atomic_write_bytes, to_json_text, write_manifest
+from cnnviz.outputs.files import atomic_write_bytes, to_json_text
+from cnnviz.outputs.manifest import MANIFEST_NAME, Manifest, write_manifest
 
 if TYPE_CHECKING:
     from torch import nn

@@ -1,0 +1,1 @@
+"""Stage 2, capture: layers named and resolved, forward hooks owned and removed, targets scored."""

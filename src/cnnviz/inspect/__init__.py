@@ -1,0 +1,1 @@
+"""Looking at the model itself: parameter and shape summary, filters, activations."""

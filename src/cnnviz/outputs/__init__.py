@@ -1,0 +1,1 @@
+"""Written results: atomic files, the versioned manifest, and the completion records of a run."""

@@ -1,0 +1,179 @@
+"""Matplotlib figures: every figure cnnviz draws (filters, activations, maps, evaluation, sanity).
+
+Figures are built with the object-oriented API (``matplotlib.figure.Figure`` with an Agg canvas),
+never ``pyplot``, so no global figure state is created or leaked; matplotlib itself is imported
+only when a figure is made.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cnnviz.errors import NonFiniteError
+from cnnviz.render.colours import as_rgb_uint8, colormap_lut, overlay
+from cnnviz.render.grids import describe_array, image_grid
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def new_figure(width: float, height: float, dpi: int) -> Figure:
+    """A Figure with its own Agg canvas and constrained layout, outside pyplot's registry."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_png_bytes(fig: Figure, *, dpi: int | None = None) -> bytes:
+    """Render ``fig`` (Agg) to PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi if dpi is not None else fig.dpi)
+    return buffer.getvalue()
+
+
+def filters_figure(
+    tiles: np.ndarray,
+    *,
+    title: str,
+    ncols: int | None = None,
+    caption: str | None = None,
+    tile_inches: float = 0.5,
+    dpi: int = 100,
+) -> Figure:
+    """A titled grid of filter tiles: ``(K, kh, kw, 3)`` RGB or ``(K, kh, kw)`` gray uint8.
+
+    The tiles are laid out with :func:`image_grid` (1-pixel white gaps) and drawn as one image
+    with nearest-neighbour magnification, which stays fast for hundreds of filters.
+    """
+    if not isinstance(tiles, np.ndarray) or tiles.dtype != np.uint8:
+        raise TypeError(f"tiles must be a uint8 NumPy array, got {describe_array(tiles)}")
+    if tiles.ndim not in (3, 4) or (tiles.ndim == 4 and tiles.shape[3] != 3):
+        raise ValueError(
+            f"Expected filter tiles of shape (K, kh, kw, 3) or (K, kh, kw), got {tiles.shape}"
+        )
+    n = tiles.shape[0]
+    cols = min(ncols if ncols is not None else math.ceil(math.sqrt(n)), n)
+    grid = image_grid(list(tiles), ncols=cols, pad=1, pad_value=255)
+    width = max(3.0, cols * tile_inches)
+    height = width * grid.shape[0] / grid.shape[1] + (0.9 if caption else 0.6)
+    fig = new_figure(width, height, dpi)
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
+    ax.set_axis_off()
+    fig.suptitle(title)
+    if caption:
+        ax.set_title(caption, fontsize="small")
+    return fig
+
+
+def activations_figure(
+    act: np.ndarray,
+    *,
+    title: str,
+    channel_ids: Sequence[int],
+    shared_scale: bool,
+    cmap: str = "viridis",
+    ncols: int = 8,
+    panel_inches: float = 1.4,
+    dpi: int = 100,
+) -> Figure:
+    """One panel per channel of a ``(C, H, W)`` activation, labelled with its channel index.
+
+    With ``shared_scale`` every panel uses the same colour range (the min and max over all shown
+    channels) and one colour bar explains it, so channels can be compared; otherwise each panel
+    is scaled to its own range, written under the channel index.
+    """
+    colormap_lut(cmap)  # validate the name with our error before matplotlib's
+    if not isinstance(act, np.ndarray) or act.ndim != 3:
+        raise ValueError(
+            f"Expected activations as a (C, H, W) NumPy array, got {describe_array(act)}"
+        )
+    ids = list(channel_ids)
+    if len(ids) != act.shape[0]:
+        raise ValueError(
+            f"channel_ids has {len(ids)} entries for {act.shape[0]} channels; give one per channel"
+        )
+    if act.shape[0] == 0:
+        raise ValueError("No channels to show: the activation has C = 0")
+    values = act.astype(np.float64, copy=False)
+    if not np.isfinite(values).all():
+        raise NonFiniteError(f"The activations for {title!r} contain NaN or infinite values.")
+    if ncols < 1:
+        raise ValueError(f"ncols must be positive, got {ncols}")
+    n = values.shape[0]
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    fig = new_figure(
+        cols * panel_inches + (0.8 if shared_scale else 0.0), rows * panel_inches + 0.6, dpi
+    )
+    axes = fig.subplots(rows, cols, squeeze=False)
+    vmin, vmax = (float(values.min()), float(values.max())) if shared_scale else (None, None)
+    image = None
+    for k, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if k >= n:
+            continue
+        channel = values[k]
+        image = ax.imshow(channel, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        label = f"ch {ids[k]}"
+        if not shared_scale:
+            label += f"\n[{channel.min():.3g}, {channel.max():.3g}]"
+        ax.set_title(label, fontsize="small")
+    if shared_scale and image is not None:
+        fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    fig.suptitle(title + ("" if shared_scale else "  (each channel on its own scale)"))
+    return fig
+
+
+def maps_figure(
+    image: np.ndarray,
+    maps: Sequence[np.ndarray],
+    titles: Sequence[str],
+    *,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    image_title: str = "input",
+    title: str | None = None,
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Figure:
+    """The image followed by one overlay per map (values in [0, 1]), side by side, titled.
+
+    A colour bar shows what the colours of ``cmap`` mean on the normalised [0, 1] scale.
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    maps = list(maps)
+    titles = list(titles)
+    if len(maps) != len(titles):
+        raise ValueError(f"Got {len(maps)} maps but {len(titles)} titles; give one title per map")
+    rgb = as_rgb_uint8(image)
+    panels = [(rgb, image_title)]
+    panels += [
+        (overlay(rgb, m, cmap=cmap, alpha=alpha), t) for m, t in zip(maps, titles, strict=True)
+    ]
+    fig = new_figure(len(panels) * panel_inches + 0.8, panel_inches + 0.6, dpi)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (picture, label) in zip(axes, panels, strict=True):
+        ax.imshow(picture)
+        ax.set_title(label, fontsize="small")
+        ax.set_axis_off()
+    if maps:
+        mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cmap)
+        fig.colorbar(mappable, ax=list(axes), shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -1,0 +1,62 @@
+"""Tile grids: equal-sized pictures laid out in rows, with or without labels (uint8 NumPy)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def image_grid(
+    tiles: Sequence[np.ndarray],
+    *,
+    ncols: int | None = None,
+    pad: int = 2,
+    pad_value: int = 255,
+) -> np.ndarray:
+    """Lay equal-sized uint8 tiles out row by row in one image.
+
+    Tile ``k`` goes to row ``k // ncols``, column ``k % ncols``, with its top-left corner at
+    ``(pad + row·(h + pad), pad + col·(w + pad))``; the border and gaps are ``pad_value``.
+    Gray tiles are promoted to RGB when any tile is RGB. ``ncols`` defaults to ``⌈√n⌉``.
+
+    Returns:
+        ``(H, W)`` uint8 if every tile is gray, else ``(H, W, 3)`` uint8.
+    """
+    arrays = list(tiles)
+    if not arrays:
+        raise ValueError("image_grid needs at least one tile, got none")
+    for i, tile in enumerate(arrays):
+        if not isinstance(tile, np.ndarray) or tile.dtype != np.uint8:
+            raise TypeError(f"Tile {i} must be a uint8 NumPy array, got {describe_array(tile)}")
+        if tile.ndim not in (2, 3) or (tile.ndim == 3 and tile.shape[2] != 3):
+            raise ValueError(f"Tile {i} must have shape (h, w) or (h, w, 3), got {tile.shape}")
+    h, w = arrays[0].shape[:2]
+    if any(tile.shape[:2] != (h, w) for tile in arrays):
+        sizes = sorted({tile.shape[:2] for tile in arrays})
+        raise ValueError(f"All tiles must have the same size, got sizes {sizes}")
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    if isinstance(pad_value, bool) or not isinstance(pad_value, int) or not 0 <= pad_value <= 255:
+        raise ValueError(f"pad_value must be an int in [0, 255], got {pad_value!r}")
+    n = len(arrays)
+    cols = math.ceil(math.sqrt(n)) if ncols is None else ncols
+    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    rgb = any(tile.ndim == 3 for tile in arrays)
+    shape: tuple[int, ...] = (pad + rows * (h + pad), pad + cols * (w + pad))
+    grid = np.full((*shape, 3) if rgb else shape, pad_value, dtype=np.uint8)
+    for k, tile in enumerate(arrays):
+        top = pad + (k // cols) * (h + pad)
+        left = pad + (k % cols) * (w + pad)
+        grid[top : top + h, left : left + w] = tile[:, :, None] if rgb and tile.ndim == 2 else tile
+    return grid
+
+
+def describe_array(x: object) -> str:
+    if isinstance(x, np.ndarray):
+        return f"an array of dtype {x.dtype}"
+    return type(x).__name__

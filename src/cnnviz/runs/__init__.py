@@ -1,0 +1,1 @@
+"""Whole jobs composed from the stages: explain a folder, build the report, evaluate, sanity."""
