@@ -364,7 +364,8 @@ SLOW_PEERS: list[Case] = [
 def make_setup(model: str, batch: int, device: torch.device) -> Setup:
     """The model (random weights are fixed by seed) and the tiled sample photos."""
     from cnnviz.api import default_layer
-    from cnnviz.inputs.images import bundled_samples, load_image
+    from cnnviz.data.samples import bundled_samples
+    from cnnviz.inputs.images import load_image
     from cnnviz.inputs.preprocess import preprocess_images
     from cnnviz.models import load_model
 

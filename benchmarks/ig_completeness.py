@@ -124,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from cnnviz.data.samples import bundled_samples
     from cnnviz.data.shapes import heldout_shapes
-    from cnnviz.inputs.images import bundled_samples, load_image
+    from cnnviz.inputs.images import load_image
     from cnnviz.inputs.preprocess import preprocess_images
     from cnnviz.models import load_model
     from cnnviz.models.shapes_vgg11 import normalize_shapes

@@ -39,7 +39,8 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> list[Path]:
     import numpy as np
     from PIL import Image
 
-    from cnnviz.inputs.images import bundled_samples, load_image
+    from cnnviz.data.samples import bundled_samples
+    from cnnviz.inputs.images import load_image
 
     rng = np.random.default_rng(seed)
     sources = [load_image(p) for p in bundled_samples()]
@@ -119,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from cnnviz.inputs.decode import decode_input
     from cnnviz.models import load_model
-    from cnnviz.runs.explain import auto_workers, decode_input
+    from cnnviz.runs.explain import auto_workers
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)

@@ -123,9 +123,9 @@ def run(
     from cnnviz.data.shapes import heldout_shapes
     from cnnviz.methods.base import get_method, method_names
     from cnnviz.metrics.localisation import reference_map
-    from cnnviz.metrics.sanity import randomization_groups, randomized_copy
     from cnnviz.models import load_model
     from cnnviz.models.shapes_vgg11 import heldout_accuracy, normalize_shapes
+    from cnnviz.runs.randomization import randomization_groups, randomized_copy
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else math.nan
     loaded = load_model("shapes_vgg11")
@@ -274,6 +274,8 @@ def sanity_markdown(n: int, seed: int, data_train: int, data_epochs: int) -> lis
     from cnnviz.metrics import sanity
     from cnnviz.models import load_model
     from cnnviz.models.shapes_vgg11 import normalize_shapes
+    from cnnviz.render import figures
+    from cnnviz.runs import randomization
 
     model = load_model("shapes_vgg11").module
     x = normalize_shapes(heldout_shapes(n).images)
@@ -288,8 +290,8 @@ def sanity_markdown(n: int, seed: int, data_train: int, data_epochs: int) -> lis
         "",
     ]
     for mode in sanity.MODES:
-        results = sanity.parameter_randomization(model, x, methods, mode=mode, seed=seed)
-        steps = [sanity.short_label(label) for label in next(iter(results.values())).steps]
+        results = randomization.parameter_randomization(model, x, methods, mode=mode, seed=seed)
+        steps = [figures.short_label(label) for label in next(iter(results.values())).steps]
         lines += [f"**{mode}**, `spearman_abs` (Spearman rank correlation of |map|):", ""]
         rows = [_row(name, r.mean("spearman_abs")) for name, r in results.items()]
         lines += _table(["method", *steps], rows)
@@ -301,10 +303,10 @@ def sanity_markdown(n: int, seed: int, data_train: int, data_epochs: int) -> lis
             ]
             lines += _table(["method", *sanity.SIMILARITIES], rows)
     if data_epochs > 0:
-        random_model, metrics = sanity.train_random_labels(
+        random_model, metrics = randomization.train_random_labels(
             seed=seed + 1, n_train=data_train, epochs=data_epochs
         )
-        results = sanity.compare_models(model, random_model, x, methods)
+        results = randomization.compare_models(model, random_model, x, methods)
         lines += [
             "**data randomisation**: `train_random_labels(n_train="
             f"{data_train}, epochs={data_epochs})` reaches {100 * metrics['train_accuracy']:.0f} % "

@@ -36,11 +36,12 @@ def pick_model() -> tuple[LoadedModel, np.ndarray, torch.Tensor]:
     """vgg11_bn with ImageNet weights and the coffee photo, else shapes_vgg11 and a shape."""
     try:
         loaded = load_model("vgg11_bn")
-        from cnnviz.inputs.images import bundled_samples, load_image
-        from cnnviz.inputs.preprocess import display_image, preprocess_image
+        from cnnviz.data.samples import bundled_samples
+        from cnnviz.inputs.images import load_image
+        from cnnviz.inputs.preprocess import preprocess_image, resize_and_crop
 
         image = load_image(next(p for p in bundled_samples() if p.name == "coffee.jpg"))
-        shown = np.asarray(display_image(image, loaded.preprocessing))
+        shown = np.asarray(resize_and_crop(image, loaded.preprocessing))
         return loaded, shown, preprocess_image(image, loaded.preprocessing)
     except WeightsUnavailableError as e:
         logger.info("vgg11_bn weights not on disk (%s); using shapes_vgg11", str(e)[:60])

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cnnviz.cli import main
-from cnnviz.inputs.images import bundled_samples
+from cnnviz.data.samples import bundled_samples
 
 
 def _coffee() -> str:
@@ -238,7 +238,7 @@ def test_method_options_from_the_command_line(tmp_path: Path) -> None:
     recorded in the manifest; the maps equal the Python API's with the same options."""
     from cnnviz import explain, load_model
     from cnnviz.cli.commands import parse_method_options
-    from cnnviz.runs.explain import decode_input
+    from cnnviz.inputs.decode import decode_input
 
     assert parse_method_options(
         ["steps=8", "sigma=0.25", "signed=true", "quadrature=gausslegendre"]

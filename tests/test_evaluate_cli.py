@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cnnviz.cli import main
-from cnnviz.runs.evaluate import bootstrap_ci, summarize
+from cnnviz.metrics.statistics import bootstrap_ci, summarize_metrics
 
 METHODS = ("gradcam", "saliency", "random-map")
 
@@ -146,7 +146,7 @@ def test_bootstrap_interval_is_seeded_and_sane() -> None:
     # The standard error of the mean is ≈ 0.0466 here; a 95 % interval spans about ±1.96 of it.
     assert high - low == pytest.approx(2 * 1.96 * np.std(values) / math.sqrt(41), rel=0.15)
     rows = [{"method": "m", "metric": "deletion_auc", "value": v} for v in (0.1, 0.3, None)]
-    (entry,) = summarize(rows, resamples=100, seed=0)
+    (entry,) = summarize_metrics(rows, resamples=100, seed=0)
     assert entry["n"] == 2 and entry["mean"] == pytest.approx(0.2) and entry["better"] == "lower"
 
 

@@ -6,15 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz.capture.hooks import (
-    ForwardError,
-    GradFrom,
-    LayerCapture,
-    as_model_input,
-    autograd_enabled,
-    hooked_modules,
-    model_state_guard,
-)
+from cnnviz.capture.forward import as_model_input, autograd_enabled, model_state_guard
+from cnnviz.capture.hooks import ForwardError, GradFrom, LayerCapture, hooked_modules
 from cnnviz.capture.layers import alias_of, auto_cam_layer, resolve_layer
 from cnnviz.errors import LayerError
 from cnnviz.models.vgg import VGG11
@@ -215,7 +208,7 @@ class _ViewsItsFeatures(nn.Module):
 
 
 def test_a_model_that_fails_channels_last_runs_in_the_standard_layout() -> None:
-    from cnnviz.capture.hooks import channels_last_suits, forward_in_layout
+    from cnnviz.capture.forward import channels_last_suits, forward_in_layout
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, 8, 8)

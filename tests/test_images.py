@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image, ImageFile
 
+from cnnviz.data.samples import bundled_samples
 from cnnviz.errors import ImageLoadError
 from cnnviz.inputs.images import (
     IMAGE_SUFFIXES,
     MAX_IMAGE_PIXELS,
-    bundled_samples,
     find_images,
     load_image,
     load_image_with_notes,

@@ -31,8 +31,9 @@ from torch import nn
 from cnnviz import explain, load_model
 from cnnviz.capture.hooks import hooked_modules
 from cnnviz.capture.targets import TopK
+from cnnviz.data.samples import bundled_samples
 from cnnviz.errors import LayerError, NonFiniteError, TargetError
-from cnnviz.inputs.images import bundled_samples, load_image
+from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11

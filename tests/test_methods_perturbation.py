@@ -16,7 +16,8 @@ from torch import nn
 from cnnviz import explain, load_model
 from cnnviz.capture.hooks import hooked_modules
 from cnnviz.capture.targets import TopK
-from cnnviz.inputs.images import bundled_samples, load_image
+from cnnviz.data.samples import bundled_samples
+from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.methods.base import method_names
 from cnnviz.methods.perturbation import rise_masks, window_starts

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnnviz.metrics import faithfulness as fa
+from cnnviz.metrics import road as ro
 
 
 class TinyNet(nn.Module):
@@ -136,7 +137,7 @@ def test_baselines_and_step_counts() -> None:
     assert torch.allclose(mean[1, 2], torch.full((4, 4), float(x[1, 2].mean())))
     assert torch.equal(fa.make_baseline(x, fa.Baseline.ZEROS), torch.zeros_like(x))
     constant = torch.full((1, 3, 5, 5), 0.25)
-    assert torch.allclose(fa.gaussian_blur(constant), constant)
+    assert torch.allclose(fa.rise_blur(constant), constant)
     ranks = fa.pixel_ranks(torch.tensor([[[0.5, 0.9], [0.5, 0.1]]]))
     assert ranks.tolist() == [[1, 0, 2, 3]]  # ties keep raster order
     with pytest.raises(ValueError, match="upsample"):
@@ -163,7 +164,7 @@ def test_noisy_linear_imputation_reproduces_a_ramp() -> None:
     removed[1, 1] = True
     damaged = ramp.clone()
     damaged[:, removed] = 99.0
-    filled = fa.noisy_linear_impute(damaged, removed, noise_std=0.0)
+    filled = ro.noisy_linear_impute(damaged, removed, noise_std=0.0)
     torch.testing.assert_close(filled, ramp, atol=1e-9, rtol=0)
 
 
@@ -172,7 +173,7 @@ def test_imputation_is_the_weighted_neighbour_average() -> None:
     image = torch.rand(1, 4, 4, dtype=torch.float64)
     removed = torch.zeros(4, 4, dtype=torch.bool)
     removed[1, 2] = removed[0, 0] = True
-    filled = fa.noisy_linear_impute(image, removed, noise_std=0.0)[0]
+    filled = ro.noisy_linear_impute(image, removed, noise_std=0.0)[0]
     v = image[0]
     inner = (v[0, 2] + v[2, 2] + v[1, 1] + v[1, 3]) / 6 + (
         v[0, 1] + v[0, 3] + v[2, 1] + v[2, 3]
@@ -183,7 +184,7 @@ def test_imputation_is_the_weighted_neighbour_average() -> None:
     kept = ~removed
     assert torch.equal(filled[kept], v[kept])
     gen = torch.Generator().manual_seed(5)
-    noisy = fa.noisy_linear_impute(image, removed, noise_std=0.1, generator=gen)[0]
+    noisy = ro.noisy_linear_impute(image, removed, noise_std=0.1, generator=gen)[0]
     assert torch.equal(noisy[kept], v[kept]) and not torch.equal(noisy, filled)
 
 
@@ -191,14 +192,14 @@ def test_road_curves(tiny: TinyNet) -> None:
     torch.manual_seed(4)
     x = torch.randn(2, 3, 8, 8)
     maps = torch.rand(2, 8, 8)
-    result = fa.road(tiny, x, maps, percentages=(0, 25, 50), noise_std=0.0, target=[0, 2])
+    result = ro.road(tiny, x, maps, percentages=(0, 25, 50), noise_std=0.0, target=[0, 2])
     assert result.morf.shape == result.lerf.shape == (2, 3)
     ranks = fa.pixel_ranks(maps).view(2, 8, 8)
     for i, target in enumerate([0, 2]):
         assert float(result.morf[i, 0]) == pytest.approx(_prob(tiny, x[i], target), abs=1e-6)
         for k, count in ((1, 16), (2, 32)):
-            morf = fa.noisy_linear_impute(x[i], ranks[i] < count, noise_std=0.0)
-            lerf = fa.noisy_linear_impute(x[i], ranks[i] >= 64 - count, noise_std=0.0)
+            morf = ro.noisy_linear_impute(x[i], ranks[i] < count, noise_std=0.0)
+            lerf = ro.noisy_linear_impute(x[i], ranks[i] >= 64 - count, noise_std=0.0)
             assert float(result.morf[i, k]) == pytest.approx(_prob(tiny, morf, target), abs=1e-6)
             assert float(result.lerf[i, k]) == pytest.approx(_prob(tiny, lerf, target), abs=1e-6)
     assert torch.allclose(result.morf_mean, result.morf.mean(dim=1))
@@ -245,7 +246,7 @@ def test_gradcam_against_random_maps_on_heldout_shapes() -> None:
     assert auc["gradcam", "deletion-blur"] < auc["random", "deletion-blur"] - 0.1, auc
     assert auc["gradcam", "deletion"] < auc["random", "deletion"] - 0.03, auc
     road = {
-        name: fa.road(model, x[:10], maps[name][:10], percentages=(10, 30, 50, 70, 90))
+        name: ro.road(model, x[:10], maps[name][:10], percentages=(10, 30, 50, 70, 90))
         for name in ("gradcam", "random")
     }
     assert float(road["gradcam"].morf_mean.mean()) < float(road["random"].morf_mean.mean()) - 0.2

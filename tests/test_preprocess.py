@@ -13,9 +13,9 @@ from timm.data import create_transform, resolve_data_config
 from cnnviz.inputs.preprocess import (
     Preprocessing,
     denormalize,
-    display_image,
     preprocess_image,
     preprocess_images,
+    resize_and_crop,
 )
 
 
@@ -72,7 +72,7 @@ def test_centre_crop_takes_the_middle_columns() -> None:
     pixels = columns.view(1, 8, 1).expand(4, 8, 3).contiguous()
     image = Image.fromarray(pixels.numpy(), mode="RGB")
     prep = Preprocessing(input_size=(4, 4), crop_pct=1.0, interpolation="nearest")
-    shown = display_image(image, prep)
+    shown = resize_and_crop(image, prep)
     assert shown.size == (4, 4)
     assert [shown.getpixel((x, 0)) for x in range(4)] == [(v, v, v) for v in (60, 90, 120, 150)]
     x = preprocess_image(image, prep)
@@ -93,7 +93,7 @@ def test_display_image_is_what_the_model_sees_and_denormalize_inverts(samples_di
 
     image = Image.open(samples_dir / "chelsea.jpg").convert("RGB")
     prep = Preprocessing(input_size=(48, 64), crop_pct=0.8, mean=(0.2, 0.5, 0.7), std=(0.5, 0.1, 2))
-    shown = display_image(image, prep)
+    shown = resize_and_crop(image, prep)
     assert shown.mode == "RGB"
     assert shown.size == (64, 48)  # PIL gives (width, height)
     pixels = pil_to_tensor(shown).float() / 255

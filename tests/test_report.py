@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from cnnviz.cli import main
-from cnnviz.inputs.images import bundled_samples
+from cnnviz.data.samples import bundled_samples
 
 SECTIONS = (
     "predictions",

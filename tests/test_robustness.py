@@ -33,10 +33,11 @@ from cnnviz.errors import (
     NonFiniteError,
     TargetError,
 )
+from cnnviz.inputs.decode import decode_input
 from cnnviz.inputs.preprocess import Preprocessing, preprocess_image
 from cnnviz.models import from_module, load_model
 from cnnviz.render.colours import colormap_lut
-from cnnviz.runs.explain import ExplainSettings, decode_input, explain_files
+from cnnviz.runs.explain import ExplainSettings, explain_files
 
 SHAPES = ["--model", "shapes_vgg11", "--weights", "random", "--workers", "0"]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
@@ -600,7 +601,7 @@ def test_caller_inside_no_grad_or_inference_mode() -> None:
 def test_all_zero_maps_are_zeros_not_nan(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cnnviz.outputs.image_files import display_maps
+    from cnnviz.methods.postprocess import to_unit_range
 
     net = TinyNet().eval()
     with torch.no_grad():
@@ -608,7 +609,7 @@ def test_all_zero_maps_are_zeros_not_nan(
             p.zero_()
     e = explain(net, _x(), "gradcam", layer="conv")
     assert torch.equal(e.maps, torch.zeros_like(e.maps))
-    assert (display_maps(e) == 0).all()
+    assert (to_unit_range(e.maps, e.display, e.input_size) == 0).all()
     # Through the CLI: shapes_vgg11 with all-zero weights gives zero maps, written finite.
     save_file({k: torch.zeros_like(v) for k, v in _shapes_state().items()},
               str(tmp_path / "zeros.safetensors"))  # fmt: skip

@@ -12,11 +12,10 @@ from cnnviz.capture.hooks import ForwardError, hooked_modules
 from cnnviz.inspect.summary import (
     ModelSummary,
     count_parameters,
-    format_layer_table,
-    format_summary,
     layer_table,
     summarize,
 )
+from cnnviz.inspect.tables import format_layer_table, format_summary
 from cnnviz.models.vgg import VGG11
 
 VGG11_PARAMS = 132_863_336

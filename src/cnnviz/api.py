@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from cnnviz.capture.hooks import as_model_input
+from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import (
@@ -23,7 +23,7 @@ from cnnviz.methods.base import (
 )
 
 if TYPE_CHECKING:
-    from cnnviz.models import LoadedModel
+    from cnnviz.models.loaded import LoadedModel
 
 logger = logging.getLogger(__name__)
 

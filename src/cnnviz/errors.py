@@ -74,3 +74,15 @@ def one_line(text: str) -> str:
         ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch)[0] == "C" else ch
         for ch in text
     )
+
+
+class ArgumentError(CnnvizError, ValueError):
+    """An argument (or option) value out of its range: a batch size of 0, a negative count."""
+
+
+def positive_int(value: object, what: str, minimum: int = 1) -> int:
+    """``value`` if it is a whole number ≥ ``minimum`` (not a bool), else an :class:`ArgumentError`
+    naming ``what``: the one check behind every count, size and step option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ArgumentError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return value

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import enum
 import logging
-import weakref
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -49,13 +47,15 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnviz.capture.forward import (
+    channels_last_suits,
+    model_state_guard,
+    standard_layout_from_now_on,
+)
 from cnnviz.capture.layers import LayerRef, resolve_layers
 from cnnviz.errors import CnnvizError, LayerError
 
 logger = logging.getLogger(__name__)
-
-# Per model: whether its forward pass may run on a channels-last input (see the module docstring).
-_CHANNELS_LAST: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
 class ForwardError(CnnvizError, RuntimeError):
@@ -71,110 +71,6 @@ class GradFrom(enum.Enum):
     """Graph from the first captured layer on; gradients w.r.t. captured activations."""
     INPUT = "input"
     """Graph from the input on; gradients w.r.t. the input and the captured activations."""
-
-
-@contextmanager
-def model_state_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore every module's own ``training`` flag.
-
-    Restoring module by module (not ``model.train(was_training)``) keeps mixed states intact,
-    e.g. a frozen BatchNorm kept in eval inside a model in training mode.
-    """
-    flags = [(module, module.training) for module in model.modules()]
-    try:
-        if eval_mode and any(training for _, training in flags):
-            model.eval()
-        yield model
-    finally:
-        for module, training in flags:
-            if module.training != training:  # setting every flag costs ~2 ms on 250 modules
-                module.training = training
-
-
-@contextmanager
-def autograd_enabled() -> Iterator[None]:
-    """Grad mode on, inference mode off, for the block; restored afterwards.
-
-    Scores and gradients taken from a :class:`LayerCapture` output must be computed inside this
-    block when the caller may be in ``torch.no_grad()`` or ``torch.inference_mode()``.
-    """
-    with torch.inference_mode(False), torch.enable_grad():
-        yield
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU for a model with neither)."""
-    for parameter in model.parameters():
-        return parameter.device
-    for buffer in model.buffers():
-        return buffer.device
-    return torch.device("cpu")
-
-
-def model_dtype(model: nn.Module) -> torch.dtype:
-    """The floating dtype of the model's first floating parameter (float32 if it has none)."""
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.dtype
-    return torch.float32
-
-
-def as_model_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` on the model's device and in its floating dtype (float64 for a ``model.double()``)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"Expected the input as a torch.Tensor, got {type(x).__name__}")
-    if x.dim() == 3:
-        x = x.unsqueeze(0)
-    if x.dim() != 4:
-        raise ValueError(
-            f"Expected an image batch of shape (N, C, H, W) or one image (C, H, W), "
-            f"got shape {tuple(x.shape)}"
-        )
-    return x.to(device=model_device(model), dtype=model_dtype(model))
-
-
-def channels_last_suits(model: nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``model`` should run on a channels-last copy of ``x``: a float32 4-D batch on a
-    CPU with oneDNN, a model with 2-D convolutions whose forward has not failed in that layout."""
-    if x.dim() != 4 or x.device.type != "cpu" or x.dtype != torch.float32:
-        return False
-    if not torch.backends.mkldnn.is_available():  # type: ignore[no-untyped-call]  # untyped in torch
-        return False
-    known = _CHANNELS_LAST.get(model)
-    if known is None:
-        known = any(isinstance(module, nn.Conv2d) for module in model.modules())
-        _CHANNELS_LAST[model] = known
-    return known
-
-
-def input_layout(model: nn.Module, x: torch.Tensor) -> torch.memory_format:
-    """The memory layout :class:`LayerCapture` feeds ``model`` (channels-last for convolutions on
-    CPU, :func:`channels_last_suits`), so that perturbed forwards run as fast as the plain one."""
-    return torch.channels_last if channels_last_suits(model, x) else torch.contiguous_format
-
-
-def forward_in_layout(model: nn.Module, x: torch.Tensor) -> Any:
-    """``model(x)`` on a copy of ``x`` in :func:`input_layout`, for passes without autograd.
-
-    A model whose forward fails on a channels-last input is rerun in the standard layout, and
-    remembered (as :class:`LayerCapture` does). Outputs equal ``model(x)`` to float rounding.
-    """
-    if input_layout(model, x) is torch.channels_last:
-        try:
-            return model(x.contiguous(memory_format=torch.channels_last))
-        except Exception:  # any failure: retry in the standard layout below
-            _standard_layout_from_now_on(model, remember=True)
-    return model(x)
-
-
-def _standard_layout_from_now_on(model: nn.Module, *, remember: bool) -> None:
-    """Log that ``model`` failed on a channels-last input; with ``remember``, never try again."""
-    if remember:
-        _CHANNELS_LAST[model] = False
-    logger.info(
-        "%s fails on a channels-last input; cnnviz runs it in the standard layout",
-        type(model).__name__,
-    )
 
 
 class HookOwner:
@@ -305,7 +201,7 @@ class LayerCapture(HookOwner):
                 raise
         # The forward pass failed on the channels-last copy: rerun in the standard layout.
         output = self._run(x, False, args, kwargs)
-        _standard_layout_from_now_on(self.model, remember=self.channels_last is None)
+        standard_layout_from_now_on(self.model, remember=self.channels_last is None)
         return output
 
     def _run(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cnnviz.capture.forward import model_state_guard
 from cnnviz.errors import LayerError, close_matches
 
 logger = logging.getLogger(__name__)
@@ -155,8 +156,6 @@ def _forward_with_hook_on_every_layer(
     """One no-grad, eval-mode forward of ``example`` with ``make_hook(name)`` as a forward hook
     on every named submodule; the hooks are removed and the model's mode restored, whatever
     happens."""
-    from cnnviz.capture.hooks import model_state_guard
-
     handles = []
     try:
         for name, module in model.named_modules():

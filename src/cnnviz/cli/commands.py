@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from cnnviz.errors import UsageError, one_line
 
 if TYPE_CHECKING:
-    from cnnviz.models import LoadedModel
+    from cnnviz.models.loaded import LoadedModel
 
 EXIT_OK, EXIT_PARTIAL = 0, 1  # everything written; the run finished but some inputs failed
 
@@ -170,9 +170,8 @@ def cmd_filters(args: argparse.Namespace) -> int:
     from cnnviz.capture.layers import resolve_layer
     from cnnviz.inspect.filters import DeepFilterView, FilterScale, conv_weight, filter_tiles
     from cnnviz.outputs.files import safe_stem, write_npy, write_png
-    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import figure_to_png_bytes, filters_figure
-    from cnnviz.runs.explain import model_record
 
     loaded = _load(args, args.model_name)
     layer = resolve_layer(loaded.module, args.layer) if args.layer else None
@@ -224,11 +223,11 @@ def _tile_sheet(tiles: Any) -> Any:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
+    from cnnviz.inputs.decode import load_inputs
     from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
     from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy
-    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import activations_figure, figure_to_png_bytes
-    from cnnviz.runs.explain import load_inputs, model_record
 
     loaded = _load(args)
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]

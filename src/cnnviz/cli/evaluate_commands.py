@@ -84,7 +84,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``cnnviz evaluate``: metrics for each method on each image of the inputs."""
     from cnnviz.errors import ImageLoadError
     from cnnviz.inputs.images import find_images
-    from cnnviz.runs.evaluate import METRIC_GROUPS, EvaluateSettings, evaluate_files
+    from cnnviz.metrics.statistics import METRIC_GROUPS
+    from cnnviz.runs.evaluate import EvaluateSettings, evaluate_files
 
     metrics = tuple(_split(args.metrics, "metrics"))
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
@@ -127,11 +128,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sanity(args: argparse.Namespace) -> int:
     """``cnnviz sanity``: parameter (and optionally data) randomisation on one image."""
     from cnnviz.errors import ImageLoadError
+    from cnnviz.inputs.decode import load_inputs
     from cnnviz.metrics import sanity
     from cnnviz.outputs.files import atomic_write_bytes, write_json
-    from cnnviz.outputs.manifest import Manifest, write_manifest
+    from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import figure_to_png_bytes
-    from cnnviz.runs.explain import load_inputs, model_record
 
     methods = list(_methods(args.methods, references=False))
     modes = _split(args.mode, "mode")

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageDraw
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross", "ring")
 """Class names, in label order."""
@@ -306,8 +307,6 @@ def _distractor_map(
     Distractors are filled polygons drawn by PIL (no anti-aliasing), in slot order. Inputs are
     ``(B, K)`` (``centres`` ``(B, K, 2)`` as x, y); inactive slots are not drawn.
     """
-    from PIL import Image, ImageDraw
-
     radii = torch.stack([half_length, half_width], dim=-1).unsqueeze(2)  # (B, K, 1, 2)
     cos, sin = angle.cos().unsqueeze(2), angle.sin().unsqueeze(2)
     polygons = []

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -224,16 +223,6 @@ def _one_line(error: BaseException) -> str:
 
 def _suffixes() -> str:
     return ", ".join(sorted(IMAGE_SUFFIXES))
-
-
-def bundled_samples() -> list[Path]:
-    """The sample photos shipped with cnnviz (``chelsea.jpg``, ``coffee.jpg``), sorted by name.
-
-    They live in ``cnnviz/data/samples`` (licence in ``LICENSE.md`` there) and are found with
-    :mod:`importlib.resources`, so this works from a source checkout and from an installed wheel.
-    """
-    root = resources.files("cnnviz").joinpath("data").joinpath("samples")
-    return sorted(Path(str(entry)) for entry in root.iterdir() if entry.name.endswith(".jpg"))
 
 
 def find_images(path: str | os.PathLike[str]) -> list[Path]:

@@ -2,7 +2,7 @@
 
 The pipeline is timm's evaluation transform, written out: resize (shorter side, or both sides for
 a non-square input), centre-crop to ``input_size``, scale to ``[0, 1]``, normalise per channel.
-:func:`display_image` stops before the scaling, so overlays are drawn on exactly the pixels the
+:func:`resize_and_crop` stops before the scaling, so overlays are drawn on exactly the pixels the
 model saw; :func:`denormalize` undoes the normalisation of a tensor.
 """
 
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
+from PIL import Image as PILImage
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -91,15 +93,18 @@ def _scaled(side: int, crop_pct: float) -> int:
     return nearest if abs(exact - nearest) < 1e-6 else math.floor(exact)
 
 
-def display_image(image: Image.Image, prep: Preprocessing) -> Image.Image:
+def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     """The resized and centre-cropped RGB image: the pixels the model sees, before scaling.
 
     Its size is ``prep.input_size`` (height, width), the size of the model input, so maps
     upsampled to the input can be drawn on it directly. Non-RGB images are converted to RGB.
     """
-    from PIL import Image as PILImage
-    from torchvision.transforms.v2 import InterpolationMode
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2 import (
+        InterpolationMode,  # lazy: torchvision takes seconds to import
+    )
+    from torchvision.transforms.v2 import (
+        functional as TF,  # lazy: torchvision takes seconds to import
+    )
 
     if not isinstance(image, PILImage.Image):
         raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}")
@@ -123,9 +128,11 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
         x = preprocess_image(Image.open("cat.jpg").convert("RGB"), loaded.preprocessing)
         logits = loaded.module(x[None])
     """
-    from torchvision.transforms.v2 import functional as TF
+    from torchvision.transforms.v2 import (
+        functional as TF,  # lazy: torchvision takes seconds to import
+    )
 
-    pixels: torch.Tensor = TF.pil_to_tensor(display_image(image, prep))
+    pixels: torch.Tensor = TF.pil_to_tensor(resize_and_crop(image, prep))
     pixels = pixels.to(torch.float32) / 255.0
     mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
@@ -148,3 +155,25 @@ def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x * std + mean).clamp(0.0, 1.0)
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float, radius: int | None = None) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, C, H, W)`` images with replicated borders.
+
+    The kernel is ``exp(−k² / 2σ²)`` for ``k = −radius … radius``, normalised to sum 1 (computed
+    in float64, then cast to the images' dtype); ``radius`` defaults to ``max(1, ⌈3σ⌉)``. Used for
+    Integrated Gradients' blurred baseline and RISE's insertion start image (11×11, σ = 5).
+    """
+    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number of pixels, got {sigma!r}")
+    r = max(1, math.ceil(3 * sigma)) if radius is None else radius
+    if isinstance(r, bool) or not isinstance(r, int) or r < 0:
+        raise ValueError(f"radius must be a whole number >= 0, got {radius!r}")
+    offsets = torch.arange(-r, r + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(dtype=images.dtype, device=images.device)
+    n, c, h, w = images.shape
+    flat = F.pad(images.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate")
+    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1))
+    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1))
+    return flat.reshape(n, c, h, w)

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from cnnviz.capture.hooks import GradFrom, LayerCapture, as_model_input
+from cnnviz.capture.forward import as_model_input
+from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef
-from cnnviz.errors import LayerError, NonFiniteError
+from cnnviz.errors import LayerError, NonFiniteError, positive_int
 
 
 def capture_activations(
@@ -97,8 +98,7 @@ def select_channels(
             f"Expected one image's activation of shape (C, H, W), got {tuple(act.shape)}; "
             "index the batch first (act[0])."
         )
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
+    positive_int(n, "n (the number of channels)")
     if not torch.isfinite(act).all():
         raise NonFiniteError("The activation contains NaN or infinite values; check the model.")
     count = min(n, act.shape[0])

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from cnnviz.capture.layers import LayerRef, get_module, resolve_layer
-from cnnviz.errors import LayerError, NonFiniteError
+from cnnviz.errors import LayerError, NonFiniteError, positive_int
 from cnnviz.render.colours import to_uint8
 
 
@@ -161,8 +161,7 @@ def deep_filter_tiles(
     """
     view = DeepFilterView(view)
     for label, value in (("max_filters", max_filters), ("max_in_channels", max_in_channels)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{label} must be a positive int, got {value!r}")
+        positive_int(value, label)
     values = _as_weight_array(weight)[:max_filters]
     if view is DeepFilterView.CHANNEL_MEAN:
         return _scale(values.mean(axis=1), scale, group_axes=(1, 2))
@@ -189,8 +188,7 @@ def filter_tiles(
         raise ValueError("Expected a conv weight tensor of shape (C_out, C_in, kh, kw)")
     use_rgb = weight.shape[1] == 3 if rgb is None else rgb
     if use_rgb:
-        if isinstance(max_filters, bool) or not isinstance(max_filters, int) or max_filters < 1:
-            raise ValueError(f"max_filters must be a positive int, got {max_filters!r}")
+        positive_int(max_filters, "max_filters")
         return rgb_filter_tiles(weight[:max_filters], scale)
     return deep_filter_tiles(
         weight, view, scale, max_filters=max_filters, max_in_channels=max_in_channels

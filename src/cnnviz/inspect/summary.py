@@ -1,8 +1,9 @@
-"""Model summary (parameters, output shapes, mult-adds per module) and the layer table.
+"""Model summary (parameters, output shapes, mult-adds per module) and the layer table (as
+text: :mod:`cnnviz.inspect.tables`).
 
 Ideas from torchinfo, our own code. Everything here leaves the model exactly as found: one forward
 pass on a zero input under ``torch.no_grad()`` in eval mode (each module's ``training`` flag is
-restored by :func:`cnnviz.capture.hooks.model_state_guard`), hooks removed in ``finally``, nothing moved to
+restored by :func:`cnnviz.capture.forward.model_state_guard`), hooks removed in ``finally``, nothing moved to
 another device, ``requires_grad`` and ``.grad`` untouched. A model on the ``meta`` device works
 too, so a large architecture can be summarised without allocating its weights.
 
@@ -33,7 +34,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from cnnviz.capture.hooks import ForwardError, model_device, model_dtype, model_state_guard
+from cnnviz.capture.forward import model_device, model_dtype, model_state_guard
+from cnnviz.capture.hooks import ForwardError
 from cnnviz.capture.layers import alias_of, trace_layers
 from cnnviz.errors import CnnvizError
 
@@ -165,34 +167,14 @@ def summarize(
     run_on = _checked_device(model, device)
     modules = list(model.named_modules())
     own = _own_parameters(modules)
-    shapes: dict[str, tuple[int, ...] | None] = {}
-    own_mult_adds = dict.fromkeys((name for name, _ in modules), 0)
-
-    def make_hook(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-            if name not in shapes:
-                shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
-            own_mult_adds[name] += _mult_adds(module, inputs, output)
-
-        return hook
-
     example = torch.zeros((1, *size), dtype=model_dtype(model), device=run_on)
-    handles: list[RemovableHandle] = []
-    try:
-        for name, module in modules:
-            handles.append(module.register_forward_hook(make_hook(name)))
-        _forward(model, example)
-    finally:
-        for handle in handles:
-            handle.remove()
-
+    shapes, own_mult_adds = _trace_shapes_and_mult_adds(model, modules, example)
     names = [name for name, _ in modules]
     types = {name: type(module).__name__ for name, module in modules}
     trainable = _subtree_sums(names, {n: t for n, (t, _) in own.items()})
     frozen = _subtree_sums(names, {n: f for n, (_, f) in own.items()})
     mult_adds = _subtree_sums(names, own_mult_adds)
-    has_children = {name.rpartition(".")[0] for name in names if name}
-
+    parents = {name.rpartition(".")[0] for name in names if name}
     rows: list[SummaryRow] = []
     for name in names:
         level = _depth(name)
@@ -210,21 +192,9 @@ def summarize(
                 mult_adds=mult_adds[name],
             )
         )
-        expanded = name in has_children and (depth is None or level < depth)
-        own_t, own_f = own[name]
-        if expanded and (own_t + own_f or own_mult_adds[name]):
-            rows.append(
-                SummaryRow(
-                    name=f"{name}.{OWN}" if name else OWN,
-                    type="(own parameters)",
-                    depth=level + 1,
-                    output_shape=None,
-                    params=own_t + own_f,
-                    trainable=own_t,
-                    frozen=own_f,
-                    mult_adds=own_mult_adds[name],
-                )
-            )
+        own_row = _own_row(name, name in parents, depth, own[name], own_mult_adds[name])
+        if own_row is not None:
+            rows.append(own_row)
     return ModelSummary(
         rows=tuple(rows),
         total_params=trainable[""] + frozen[""],
@@ -235,35 +205,53 @@ def summarize(
     )
 
 
-def format_summary(summary: ModelSummary) -> str:
-    """A fixed-width text table of ``summary`` with thousands separators and a totals block."""
-    header = ("Layer (type)", "Output shape", "Params", "Trainable", "Mult-adds")
-    body = [
-        (
-            _row_label(row),
-            _shape_text(row.output_shape),
-            f"{row.params:,}",
-            _trainable_text(row),
-            f"{row.mult_adds:,}",
-        )
-        for row in summary.rows
-    ]
-    table = _table(header, body, right_aligned={2, 4})
-    width = max(len(line) for line in table)
-    totals = [
-        ("Total params", f"{summary.total_params:,}", _human(summary.total_params)),
-        ("Trainable params", f"{summary.trainable_params:,}", ""),
-        ("Frozen params", f"{summary.frozen_params:,}", ""),
-        ("Mult-adds per image", f"{summary.total_mult_adds:,}", _human(summary.total_mult_adds)),
-    ]
-    number_width = max(len(value) for _, value, _ in totals)
-    lines = [table[0], "=" * width, *table[1:], "=" * width]
-    for label, value, human in totals:
-        suffix = f"  ({human})" if human else ""
-        lines.append(f"{label + ':':<21}{value:>{number_width}}{suffix}")
-    lines.append(f"{'Input size:':<21}{_shape_text(summary.input_size)} (one image)")
-    lines.append("Shared (tied) parameters are counted once, on the first module that owns them.")
-    return "\n".join(line.rstrip() for line in lines) + "\n"
+def _own_row(
+    name: str, has_children: bool, depth: int | None, own: tuple[int, int], own_mult_adds: int
+) -> SummaryRow | None:
+    """The ``<name>.<own>`` row of a module whose children are shown and that has parameters
+    (or mult-adds) of its own, else ``None``."""
+    level = _depth(name)
+    expanded = has_children and (depth is None or level < depth)
+    own_t, own_f = own
+    if not expanded or not (own_t + own_f or own_mult_adds):
+        return None
+    return SummaryRow(
+        name=f"{name}.{OWN}" if name else OWN,
+        type="(own parameters)",
+        depth=level + 1,
+        output_shape=None,
+        params=own_t + own_f,
+        trainable=own_t,
+        frozen=own_f,
+        mult_adds=own_mult_adds,
+    )
+
+
+def _trace_shapes_and_mult_adds(
+    model: nn.Module, modules: list[tuple[str, nn.Module]], example: torch.Tensor
+) -> tuple[dict[str, tuple[int, ...] | None], dict[str, int]]:
+    """One forward pass with a hook on every module: each module's first output shape and its
+    own mult-adds (summed over calls). Every hook is removed, also when the forward fails."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+    own_mult_adds = dict.fromkeys((name for name, _ in modules), 0)
+
+    def make_hook(name: str) -> Any:
+        def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+            if name not in shapes:
+                shapes[name] = tuple(output.shape) if isinstance(output, torch.Tensor) else None
+            own_mult_adds[name] += _mult_adds(module, inputs, output)
+
+        return hook
+
+    handles: list[RemovableHandle] = []
+    try:
+        for name, module in modules:
+            handles.append(module.register_forward_hook(make_hook(name)))
+        _forward(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return shapes, own_mult_adds
 
 
 @dataclass(frozen=True)
@@ -316,25 +304,6 @@ def layer_table(
         for name, module in modules
         if name
     ]
-
-
-def format_layer_table(rows: list[LayerRow]) -> str:
-    """A fixed-width text table of :func:`layer_table` rows (params with thousands separators)."""
-    header = ("#", "Layer", "Alias", "Type", "Output shape", "Params")
-    body = [
-        (
-            str(index),
-            row.name,
-            row.alias or "",
-            row.type,
-            _shape_text(row.output_shape),
-            f"{row.params:,}",
-        )
-        for index, row in enumerate(rows, start=1)
-    ]
-    table = _table(header, body, right_aligned={0, 5})
-    width = max(len(line) for line in table)
-    return "\n".join([table[0], "-" * width, *table[1:]]) + "\n"
 
 
 # -- counting ------------------------------------------------------------------------------------
@@ -451,46 +420,3 @@ def _forward_error(model: nn.Module, example: torch.Tensor, error: Exception) ->
 
 
 # -- text ----------------------------------------------------------------------------------------
-
-
-def _row_label(row: SummaryRow) -> str:
-    indent = "  " * row.depth
-    if not row.name:
-        return row.type
-    if row.name.endswith(OWN):
-        return f"{indent}{row.name}"
-    return f"{indent}{row.name} ({row.type})"
-
-
-def _trainable_text(row: SummaryRow) -> str:
-    if row.params == 0:
-        return ""
-    if row.frozen == 0:
-        return "yes"
-    return "no" if row.trainable == 0 else "partial"
-
-
-def _shape_text(shape: tuple[int, ...] | None) -> str:
-    return "—" if shape is None else "[" + ", ".join(str(s) for s in shape) + "]"
-
-
-def _human(count: int) -> str:
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if count >= scale:
-            return f"{count / scale:.2f} {unit}"
-    return ""
-
-
-def _table(
-    header: tuple[str, ...], body: Sequence[tuple[str, ...]], *, right_aligned: set[int]
-) -> list[str]:
-    """Header line and body lines, columns padded to their widest cell and joined by 3 spaces."""
-    widths = [max(len(cells[i]) for cells in [header, *body]) for i in range(len(header))]
-    lines = []
-    for cells in [header, *body]:
-        padded = [
-            cell.rjust(width) if i in right_aligned else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        lines.append("   ".join(padded).rstrip())
-    return lines

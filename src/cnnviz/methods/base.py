@@ -16,7 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cnnviz.capture.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.capture.forward import autograd_enabled
+from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
 from cnnviz.errors import CnnvizError, LayerError, NonFiniteError, close_matches
 from cnnviz.methods.postprocess import Display, upsample

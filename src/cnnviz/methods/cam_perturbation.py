@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from cnnviz.capture.hooks import HookOwner, input_layout, model_state_guard
+from cnnviz.capture.forward import input_layout, model_state_guard
+from cnnviz.capture.hooks import HookOwner
 from cnnviz.capture.targets import Targets
 from cnnviz.errors import LayerError, NonFiniteError
 from cnnviz.methods.base import register

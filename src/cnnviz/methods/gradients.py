@@ -22,8 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from cnnviz.capture.hooks import GradFrom, LayerCapture, autograd_enabled
+from cnnviz.capture.forward import autograd_enabled
+from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.errors import positive_int
 from cnnviz.methods.base import (
     Explanation,
     Method,
@@ -72,13 +74,6 @@ def parse_reduction(value: str | ChannelReduction) -> ChannelReduction:
 def display_for(reduction: ChannelReduction) -> Display:
     """ABSOLUTE for magnitude maps (max-abs), SIGNED for the signed reductions."""
     return Display.ABSOLUTE if reduction is ChannelReduction.MAX_ABS else Display.SIGNED
-
-
-def positive_int(value: int, what: str, minimum: int = 1) -> int:
-    """``value`` if it is a whole number ≥ ``minimum``, else a ``ValueError`` naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value!r}")
-    return value
 
 
 # -- shared batched passes ----------------------------------------------------------------------

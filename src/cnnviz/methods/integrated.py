@@ -8,12 +8,13 @@ import logging
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.capture.targets import Targets, TargetSpec
-from cnnviz.inputs.preprocess import Preprocessing
+from cnnviz.errors import positive_int
+from cnnviz.inputs.preprocess import Preprocessing, gaussian_blur
 from cnnviz.methods.base import Explanation, Method, check_finite, register
 from cnnviz.methods.gradients import (
     ChannelReduction,
@@ -25,7 +26,6 @@ from cnnviz.methods.gradients import (
     input_space_result,
     make_generator,
     parse_reduction,
-    positive_int,
     repeated_rows,
 )
 from cnnviz.methods.path_quadrature import adaptive_trapezoid
@@ -65,8 +65,6 @@ def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch
     """
     k = torch.arange(steps, dtype=torch.float64)
     if rule is Quadrature.GAUSS_LEGENDRE:
-        import numpy as np
-
         nodes, gauss_weights = np.polynomial.legendre.leggauss(steps)
         return torch.from_numpy((nodes + 1) / 2), torch.from_numpy(gauss_weights / 2)
     if rule is Quadrature.ADAPTIVE:
@@ -81,7 +79,7 @@ def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch
     return (k + offset) / steps, torch.full((steps,), 1 / steps, dtype=torch.float64)
 
 
-class Baseline(enum.Enum):
+class PathBaseline(enum.Enum):
     """Named IG baselines x′, in the model-input space."""
 
     BLACK = "black"
@@ -91,19 +89,6 @@ class Baseline(enum.Enum):
     UNIFORM = "uniform"
     """Seeded uniform noise over the pixel range [0, 1] normalised with ``preprocessing``,
     else over each image's own value range [min x, max x]."""
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)``, radius ⌈3σ⌉, replicated borders."""
-    radius = max(1, math.ceil(3 * sigma))
-    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).view(1, 1, -1)
-    n, c, h, w = x.shape
-    rows = F.pad(x.reshape(n * c, 1, h, w), (radius, radius, 0, 0), mode="replicate")
-    rows = F.conv2d(rows, kernel.unsqueeze(2))
-    cols = F.pad(rows, (0, 0, radius, radius), mode="replicate")
-    return F.conv2d(cols, kernel.unsqueeze(3)).reshape(n, c, h, w)
 
 
 @register
@@ -159,7 +144,7 @@ class IntegratedGradients(Method):
         *,
         steps: int = 64,
         quadrature: str | Quadrature = Quadrature.ADAPTIVE,
-        baseline: str | Baseline | float | torch.Tensor = Baseline.BLACK,
+        baseline: str | PathBaseline | float | torch.Tensor = PathBaseline.BLACK,
         preprocessing: Preprocessing | None = None,
         blur_sigma: float | None = None,
         seed: int = 0,
@@ -190,14 +175,14 @@ class IntegratedGradients(Method):
         self.tolerance = None if tolerance is None else float(tolerance)
         if isinstance(baseline, str):
             try:
-                baseline = Baseline(baseline.strip().lower())
+                baseline = PathBaseline(baseline.strip().lower())
             except ValueError:
-                choices = ", ".join(b.value for b in Baseline)
+                choices = ", ".join(b.value for b in PathBaseline)
                 raise ValueError(
                     f"baseline must be one of {choices}, a number or a tensor; got {baseline!r}"
                 ) from None
         elif isinstance(baseline, bool) or not isinstance(
-            baseline, (Baseline, int, float, torch.Tensor)
+            baseline, (PathBaseline, int, float, torch.Tensor)
         ):
             raise TypeError(f"baseline must be a name, number or tensor, got {baseline!r}")
         if blur_sigma is not None and not (math.isfinite(blur_sigma) and blur_sigma > 0):
@@ -221,17 +206,17 @@ class IntegratedGradients(Method):
                     f"A baseline tensor of shape {tuple(b.shape)} does not broadcast to the "
                     f"input shape {tuple(x.shape)}; give (C, H, W), (N, C, H, W) or (C, 1, 1)."
                 ) from e
-        if not isinstance(b, Baseline):
+        if not isinstance(b, PathBaseline):
             return torch.full_like(x, float(b))
         prep = self.preprocessing
         mean = std = None
         if prep is not None:
             mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
             std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-        if b is Baseline.BLURRED:
+        if b is PathBaseline.BLURRED:
             sigma = self.blur_sigma or 0.05 * max(x.shape[-2:])
             return gaussian_blur(x, sigma)
-        if b is Baseline.BLACK:
+        if b is PathBaseline.BLACK:
             if mean is None or std is None:
                 return torch.zeros_like(x)
             return (-mean / std).expand_as(x).clone()

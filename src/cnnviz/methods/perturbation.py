@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.capture.targets import TargetSpec
+from cnnviz.errors import positive_int
 from cnnviz.methods.base import Explanation, Method, check_finite, register
 from cnnviz.methods.gradients import (
     CleanPass,
@@ -23,7 +24,6 @@ from cnnviz.methods.gradients import (
     clean_pass,
     forward_scores,
     make_generator,
-    positive_int,
     repeated_rows,
 )
 from cnnviz.methods.postprocess import Display

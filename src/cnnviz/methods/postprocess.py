@@ -83,3 +83,17 @@ def for_display(
     if display is Display.SIGNED:
         return signed_normalize(maps)
     return minmax_normalize(maps)
+
+
+def to_unit_range(
+    maps: torch.Tensor, display: Display, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Raw maps as pictures show them: :func:`for_display`, with signed maps moved from [-1, 1]
+    to [0, 1] (``(s + 1) / 2``: zero evidence is the middle of a diverging colour map).
+
+    Returns float32 values in [0, 1] on the CPU, detached.
+    """
+    shown = for_display(maps.detach().float().cpu(), display, size)
+    if display is Display.SIGNED:
+        shown = (shown + 1) / 2
+    return shown

@@ -21,13 +21,7 @@ probability** of one class per image (default: the class the model predicts on t
   its map min-max normalised to [0, 1] (``x ⊙ m`` in model input space, i.e. blended towards the
   zero baseline), ``Average Drop = 100 · (1/N) Σ_i max(0, Y_i − O_i) / Y_i`` (lower is better) and
   ``Increase in Confidence = 100 · (1/N) Σ_i 1[O_i > Y_i]`` (higher is better).
-* **ROAD** (Rong et al., ICML 2022, "Remove and Debias"). For each percentage ``p`` the ``p`` %
-  most relevant (MoRF) or least relevant (LeRF) pixels are removed and filled by *noisy linear
-  imputation*: every removed pixel equals the weighted average of its 8 neighbours (weight 1/6
-  for the 4 direct neighbours, 1/12 for the diagonals, renormalised over neighbours inside the
-  image), a sparse linear system solved with SciPy for all removed pixels at once, plus Gaussian
-  noise of ``noise_std`` (model input units). A faithful map makes MoRF fall fast (low mean) and
-  LeRF stay high.
+* **ROAD** (Rong et al., ICML 2022): :mod:`cnnviz.metrics.road`.
 
 Example::
 
@@ -42,17 +36,17 @@ Example::
 from __future__ import annotations
 
 import enum
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.capture.hooks import as_model_input, forward_in_layout, model_state_guard
-from cnnviz.errors import TargetError
+from cnnviz.capture.forward import as_model_input, forward_in_layout, model_state_guard
+from cnnviz.capture.targets import logits_of, resolve_targets
+from cnnviz.errors import NonFiniteError, TargetError, positive_int
+from cnnviz.inputs.preprocess import gaussian_blur
 from cnnviz.methods.postprocess import Display, minmax_normalize, relu
 
 if TYPE_CHECKING:
@@ -63,17 +57,6 @@ ClassTarget: TypeAlias = int | str | Sequence[int | str] | torch.Tensor | None
 
 RISE_BLUR_KERNEL = 11
 RISE_BLUR_SIGMA = 5.0
-ROAD_PERCENTAGES: tuple[float, ...] = (10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
-_NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
-    (-1, 0, 1 / 6),
-    (1, 0, 1 / 6),
-    (0, -1, 1 / 6),
-    (0, 1, 1 / 6),
-    (-1, -1, 1 / 12),
-    (-1, 1, 1 / 12),
-    (1, -1, 1 / 12),
-    (1, 1, 1 / 12),
-)
 
 
 class Baseline(enum.Enum):
@@ -112,6 +95,19 @@ def unit_maps(maps: torch.Tensor) -> torch.Tensor:
     return minmax_normalize(relu(maps.float()))
 
 
+def class_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` class logits, float32 on the CPU: one forward pass in eval mode under
+    ``torch.inference_mode`` (channels-last where that suits the model), the model left as found.
+    The one scoring forward of the metrics and the report; probabilities are its softmax."""
+    with torch.inference_mode(), model_state_guard(model):
+        return logits_of(forward_in_layout(model, as_model_input(model, images))).float().cpu()
+
+
+def class_probabilities(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` softmax probabilities of :func:`class_logits`."""
+    return class_logits(model, images).softmax(dim=1)
+
+
 def probabilities(
     model: nn.Module,
     images: torch.Tensor,
@@ -119,21 +115,15 @@ def probabilities(
     rows: torch.Tensor | None = None,
     batch_size: int = 64,
 ) -> torch.Tensor:
-    """Softmax probability of ``targets[rows]`` for each image of ``images``, in batches.
-
-    The model runs in eval mode under ``torch.inference_mode`` and is left as found.
-    """
-    from cnnviz.capture.targets import logits_of
-
+    """Softmax probability of ``targets[rows]`` for each image of ``images``, in batches of
+    ``batch_size`` (:func:`class_probabilities`)."""
     if rows is None:
         rows = torch.arange(images.shape[0])
     out = []
-    with torch.inference_mode(), model_state_guard(model):
-        for start in range(0, images.shape[0], batch_size):
-            chunk = as_model_input(model, images[start : start + batch_size])
-            logits = logits_of(forward_in_layout(model, chunk)).float()
-            index = targets[rows[start : start + batch_size]].to(logits.device)
-            out.append(logits.softmax(dim=1).gather(1, index.view(-1, 1)).squeeze(1).cpu())
+    for start in range(0, images.shape[0], batch_size):
+        p = class_probabilities(model, images[start : start + batch_size])
+        index = targets[rows[start : start + batch_size]].view(-1, 1)
+        out.append(p.gather(1, index).squeeze(1))
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -144,8 +134,6 @@ def class_targets(
     class_names: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """``(N,)`` class indices: ``target`` resolved against the model's clean output."""
-    from cnnviz.capture.targets import logits_of, resolve_targets
-
     if isinstance(target, torch.Tensor):
         target = [int(v) for v in target.reshape(-1).tolist()]
     with torch.inference_mode(), model_state_guard(model):
@@ -162,7 +150,7 @@ def class_targets(
     return resolved.indices[:, 0].clone()
 
 
-def _check(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+def check_maps(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be an (N, C, H, W) tensor, got {_shape(images)}")
     if not isinstance(maps, torch.Tensor):
@@ -176,8 +164,6 @@ def _check(images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
             "upsample them first (Explanation.upsampled() or relevance_maps())."
         )
     if not torch.isfinite(maps).all():
-        from cnnviz.errors import NonFiniteError
-
         raise NonFiniteError("The maps contain NaN or infinite values; they cannot rank pixels.")
     return maps.detach().float().cpu()
 
@@ -189,22 +175,14 @@ def _shape(x: object) -> str:
 # -- baselines ---------------------------------------------------------------------------------
 
 
-def gaussian_blur(
+def rise_blur(
     images: torch.Tensor, kernel_size: int = RISE_BLUR_KERNEL, sigma: float = RISE_BLUR_SIGMA
 ) -> torch.Tensor:
-    """Separable Gaussian blur of ``(N, C, H, W)`` with replicated borders (any image size)."""
+    """RISE's blurred image: :func:`~cnnviz.inputs.preprocess.gaussian_blur` with an odd
+    ``kernel_size`` × ``kernel_size`` kernel (11×11, σ = 5 by default)."""
     if kernel_size < 1 or kernel_size % 2 == 0 or not sigma > 0:
         raise ValueError(f"Need an odd kernel_size >= 1 and sigma > 0, got {kernel_size}, {sigma}")
-    half = kernel_size // 2
-    offsets = torch.arange(kernel_size, dtype=torch.float64) - half
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = (kernel / kernel.sum()).to(images.dtype).to(images.device)
-    n, c, h, w = images.shape
-    flat = images.reshape(n * c, 1, h, w)
-    flat = F.pad(flat, (half, half, half, half), mode="replicate")
-    flat = F.conv2d(flat, kernel.view(1, 1, 1, -1))
-    flat = F.conv2d(flat, kernel.view(1, 1, -1, 1))
-    return flat.reshape(n, c, h, w)
+    return gaussian_blur(images, sigma, radius=kernel_size // 2)
 
 
 def make_baseline(images: torch.Tensor, baseline: Baseline | str | torch.Tensor) -> torch.Tensor:
@@ -216,7 +194,7 @@ def make_baseline(images: torch.Tensor, baseline: Baseline | str | torch.Tensor)
         return torch.zeros_like(images)
     if kind is Baseline.MEAN:
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images).clone()
-    return gaussian_blur(images)
+    return rise_blur(images)
 
 
 # -- deletion and insertion --------------------------------------------------------------------
@@ -252,8 +230,7 @@ def pixel_ranks(maps: torch.Tensor) -> torch.Tensor:
 
 def step_counts(num_pixels: int, steps: int) -> torch.Tensor:
     """``(S+1,)`` pixels switched after each step: ``round(k · P / S)`` (halves up), 0 … P."""
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive whole number, got {steps!r}")
+    positive_int(steps, "steps")
     k = torch.arange(steps + 1, dtype=torch.int64)
     return (2 * k * num_pixels + steps) // (2 * steps)
 
@@ -281,23 +258,18 @@ def switch_curve(
     Step ``k`` shows ``end`` on the ``round(k·H·W/S)`` most relevant pixels and ``start``
     elsewhere. The ``N·(S+1)`` images are built a batch at a time with one ``torch.where``.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive whole number, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     n, _, h, w = start.shape
     ranks = pixel_ranks(maps).view(n, 1, h, w)
     counts = step_counts(h * w, steps)
     pairs = torch.cartesian_prod(torch.arange(n), torch.arange(steps + 1))  # (N·(S+1), 2)
-    from cnnviz.capture.targets import logits_of
-
     out: list[torch.Tensor] = []
-    with torch.inference_mode(), model_state_guard(model):
-        for chunk in torch.split(pairs, batch_size):
-            image, step = chunk[:, 0], chunk[:, 1]
-            switched = ranks[image] < counts[step].view(-1, 1, 1, 1)
-            batch = torch.where(switched, end[image], start[image])
-            logits = logits_of(forward_in_layout(model, as_model_input(model, batch))).float()
-            index = targets[image].to(logits.device).view(-1, 1)
-            out.append(logits.softmax(dim=1).gather(1, index).squeeze(1).cpu())
+    for chunk in torch.split(pairs, batch_size):
+        image, step = chunk[:, 0], chunk[:, 1]
+        switched = ranks[image] < counts[step].view(-1, 1, 1, 1)
+        batch = torch.where(switched, end[image], start[image])
+        index = targets[image].cpu().view(-1, 1)
+        out.append(class_probabilities(model, batch).gather(1, index).squeeze(1))
     return torch.cat(out).view(n, steps + 1)
 
 
@@ -322,7 +294,7 @@ def deletion(
         baseline: see :class:`Baseline`, or a tensor broadcastable to ``images``.
         batch_size: images per forward pass.
     """
-    maps = _check(images, maps)
+    maps = check_maps(images, maps)
     x = images.detach().float().cpu()
     targets = class_targets(model, x, target)
     probs = switch_curve(
@@ -344,11 +316,11 @@ def insertion(
     batch_size: int = 64,
 ) -> Curve:
     """RISE insertion: most relevant pixels copied into the blurred image first (higher AUC is
-    better). Arguments as :func:`deletion`; the start image is ``gaussian_blur(images)``."""
-    maps = _check(images, maps)
+    better). Arguments as :func:`deletion`; the start image is ``rise_blur(images)``."""
+    maps = check_maps(images, maps)
     x = images.detach().float().cpu()
     targets = class_targets(model, x, target)
-    blurred = gaussian_blur(x, blur_kernel, blur_sigma)
+    blurred = rise_blur(x, blur_kernel, blur_sigma)
     probs = switch_curve(model, blurred, x, maps, targets, steps=steps, batch_size=batch_size)
     fractions = torch.arange(steps + 1, dtype=torch.float32) / steps
     return Curve("insertion", fractions, probs, trapezoid_auc(probs), targets)
@@ -397,7 +369,7 @@ def confidence_change(
 ) -> ConfidenceChange:
     """Average Drop / Increase in Confidence: feed ``b + m ⊙ (x − b)`` back, ``m`` the map's
     positive part min-max normalised to [0, 1] and ``b`` the baseline (zeros: ``x ⊙ m``)."""
-    maps = _check(images, maps)
+    maps = check_maps(images, maps)
     x = images.detach().float().cpu()
     targets = class_targets(model, x, target)
     base = make_baseline(x, baseline)
@@ -408,124 +380,3 @@ def confidence_change(
     y, o = probs[: x.shape[0]], probs[x.shape[0] :]
     drop = torch.where(y > 0, (y - o).clamp(min=0) / y.clamp(min=1e-30), torch.zeros_like(y))
     return ConfidenceChange(y, o, drop, (o > y).float(), targets)
-
-
-# -- ROAD --------------------------------------------------------------------------------------
-
-
-def noisy_linear_impute(
-    image: torch.Tensor,
-    removed: torch.Tensor,
-    *,
-    noise_std: float = 0.01,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Fill the ``removed`` pixels of a ``(C, H, W)`` image by noisy linear imputation (ROAD).
-
-    Each removed pixel ``u`` satisfies ``Σ_n w_n (x_u − x_n) = 0`` over its neighbours ``n``
-    inside the image (4-neighbours ``w = 1/6``, diagonals ``w = 1/12``): it is their weighted
-    average. Known neighbours move to the right-hand side; the sparse system (one matrix, one
-    column per channel) is solved with ``scipy.sparse.linalg.splu``. Then Gaussian noise of
-    ``noise_std`` is added to the imputed pixels only. A linear ramp is reproduced exactly
-    wherever a removed pixel's neighbourhood is symmetric (away from the border). If every pixel
-    is removed there is nothing to interpolate from: the image becomes zeros plus noise.
-    """
-    import numpy as np
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.linalg import splu
-
-    c, h, w = image.shape
-    mask = removed.detach().cpu().bool().numpy()
-    result = image.detach().cpu().double().clone()
-    count = int(mask.sum())
-    if count == 0:
-        return result.to(image.dtype)
-    values = result.numpy().reshape(c, h * w)
-    unknown = np.full((h, w), -1, dtype=np.int64)
-    unknown[mask] = np.arange(count)
-    ys, xs = np.nonzero(mask)
-    if count == h * w:
-        solved = np.zeros((count, c))
-    else:
-        diagonal = np.zeros(count)
-        rhs = np.zeros((count, c))
-        rows, cols, data = [np.arange(count)], [np.arange(count)], []
-        for dy, dx, weight in _NEIGHBOURS:
-            ny, nx = ys + dy, xs + dx
-            inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-            diagonal[inside] += weight
-            src = np.nonzero(inside)[0]
-            neighbour = unknown[ny[src], nx[src]]
-            free = neighbour >= 0
-            rows.append(src[free])
-            cols.append(neighbour[free])
-            data.append(np.full(int(free.sum()), -weight))
-            known = src[~free]
-            flat = ny[known] * w + nx[known]
-            np.add.at(rhs, known, weight * values[:, flat].T)
-        data.insert(0, diagonal)
-        matrix = coo_matrix(
-            (np.concatenate(data), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(count, count),
-        ).tocsc()
-        solved = splu(matrix).solve(rhs)
-    noise = torch.randn((count, c), generator=generator, dtype=torch.float64).numpy()
-    values[:, ys * w + xs] = (solved + noise_std * noise).T
-    return torch.from_numpy(values.reshape(c, h, w)).to(image.dtype)
-
-
-@dataclass(frozen=True)
-class RoadResult:
-    """ROAD probabilities ``(N, P)`` for MoRF and LeRF removal at each percentage."""
-
-    percentages: tuple[float, ...]
-    morf: torch.Tensor
-    lerf: torch.Tensor
-    targets: torch.Tensor
-
-    @property
-    def morf_mean(self) -> torch.Tensor:
-        """``(N,)`` mean MoRF probability over the percentages (lower is better)."""
-        return self.morf.mean(dim=1)
-
-    @property
-    def lerf_mean(self) -> torch.Tensor:
-        """``(N,)`` mean LeRF probability over the percentages (higher is better)."""
-        return self.lerf.mean(dim=1)
-
-
-def road(
-    model: nn.Module,
-    images: torch.Tensor,
-    maps: torch.Tensor,
-    *,
-    target: ClassTarget = None,
-    percentages: Sequence[float] = ROAD_PERCENTAGES,
-    noise_std: float = 0.01,
-    seed: int = 0,
-    batch_size: int = 64,
-) -> RoadResult:
-    """ROAD: probability after removing ``p`` % of the pixels, most (MoRF) or least (LeRF)
-    relevant first, each removal filled by :func:`noisy_linear_impute` (noise seeded by ``seed``).
-    """
-    maps = _check(images, maps)
-    points = tuple(float(p) for p in percentages)
-    if not points or any(not 0 <= p <= 100 or math.isnan(p) for p in points):
-        raise ValueError(f"percentages must be numbers in [0, 100], got {list(percentages)}")
-    x = images.detach().float().cpu()
-    targets = class_targets(model, x, target)
-    n, _, h, w = x.shape
-    ranks = pixel_ranks(maps).view(n, h, w)
-    generator = torch.Generator().manual_seed(seed)
-    imputed = []
-    for i in range(n):
-        for p in points:
-            count = math.floor(p / 100.0 * h * w + 0.5)
-            for removed in (ranks[i] < count, ranks[i] >= h * w - count):  # MoRF, LeRF
-                imputed.append(
-                    noisy_linear_impute(x[i], removed, noise_std=noise_std, generator=generator)
-                )
-    rows = torch.arange(n).repeat_interleave(2 * len(points))
-    probs = probabilities(model, torch.stack(imputed), targets, rows, batch_size)
-    probs = probs.view(n, len(points), 2)
-    return RoadResult(points, probs[..., 0].clone(), probs[..., 1].clone(), targets)

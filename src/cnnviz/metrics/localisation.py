@@ -47,6 +47,7 @@ entirely leaves the image unscored.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -54,9 +55,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
-from cnnviz.errors import CnnvizError
+from cnnviz.errors import CnnvizError, NonFiniteError
+from cnnviz.inputs.preprocess import resize_and_crop
 
 if TYPE_CHECKING:
     from cnnviz.inputs.preprocess import Preprocessing
@@ -96,8 +101,6 @@ def _check(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch
             f"and {tuple(masks.shape)}; upsample maps to the input resolution first."
         )
     if not torch.isfinite(maps).all():
-        from cnnviz.errors import NonFiniteError
-
         raise NonFiniteError("The maps contain NaN or infinite values; they cannot be scored.")
     masks = masks.bool().cpu()
     empty = [i for i in range(masks.shape[0]) if not masks[i].any()]
@@ -176,8 +179,6 @@ def reference_map(name: str, size: tuple[int, int], index: int, seed: int) -> to
     if name == "random-map":
         return torch.rand(h, w, generator=generator)
     if name == "coarse-random-map":
-        import torch.nn.functional as F
-
         grid = torch.rand(1, 1, max(2, round(h / 16)), max(2, round(w / 16)), generator=generator)
         return F.interpolate(grid, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
     if name != "centre-map":
@@ -207,23 +208,14 @@ class GroundTruth:
 
     def model_mask(self, size: tuple[int, int], preprocessing: Preprocessing) -> torch.Tensor:
         """The mask resized and centre-cropped like the image (nearest), at the model input."""
-        import dataclasses
-
-        import numpy as np
-        from PIL import Image
-
-        from cnnviz.inputs.preprocess import display_image
 
         picture = Image.fromarray(self.mask(size).numpy().astype(np.uint8) * 255, mode="L")
         nearest = dataclasses.replace(preprocessing, interpolation="nearest")
-        shown = np.asarray(display_image(picture, nearest))[..., 0]
+        shown = np.asarray(resize_and_crop(picture, nearest))[..., 0]
         return torch.from_numpy(shown >= 128)
 
 
 def _read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    import numpy as np
-    from PIL import Image
-
     try:
         with Image.open(path) as opened:
             grey = np.asarray(opened.convert("L"))

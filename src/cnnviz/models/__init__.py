@@ -6,16 +6,8 @@ See :mod:`cnnviz.models.registry` for the table of models and the ``weights`` ru
 
 from __future__ import annotations
 
-from cnnviz.models.registry import (
-    DEFAULT_MODEL,
-    DeviceError,
-    LoadedModel,
-    ModelInfo,
-    from_module,
-    imagenet_classes,
-    list_models,
-    load_model,
-)
+from cnnviz.models.loaded import LoadedModel, ModelInfo, imagenet_classes
+from cnnviz.models.registry import DEFAULT_MODEL, DeviceError, from_module, list_models, load_model
 
 __all__ = [
     "DEFAULT_MODEL",

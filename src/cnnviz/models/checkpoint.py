@@ -96,8 +96,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
 
 
 def _read_safetensors(file: Path) -> object:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError  # lazy: only checkpoint files need it
+    from safetensors.torch import load_file  # lazy: only checkpoint files need it
 
     try:
         return load_file(str(file), device="cpu")

@@ -39,7 +39,7 @@ _BN_COUNTER = "num_batches_tracked"
 
 def build(num_classes: int = 1000) -> nn.Module:
     """The randomly initialised architecture: ``timm.create_model("tf_efficientnet_lite0")``."""
-    import timm
+    import timm  # lazy: timm takes seconds to import
 
     module: nn.Module = timm.create_model(
         TIMM_ARCHITECTURE, pretrained=False, num_classes=num_classes

@@ -31,7 +31,7 @@ from cnnviz.models.checkpoint import (
     load_checkpoint,
     offline_mode,
 )
-from cnnviz.models.registry import (
+from cnnviz.models.loaded import (
     RANDOM_INIT,
     LoadedModel,
     ModelInfo,
@@ -63,7 +63,7 @@ def load_external(name: str, weights: WeightsChoice) -> LoadedModel:
 
 @lru_cache(maxsize=1)
 def _torchvision_names() -> tuple[str, ...]:
-    from torchvision import models
+    from torchvision import models  # lazy: torchvision takes seconds to import
 
     return tuple(models.list_models(module=models))
 
@@ -75,7 +75,7 @@ def torchvision_names() -> list[str]:
 
 def _default_weights(arch: str) -> Any:
     """torchvision's ``DEFAULT`` weights enum member for ``arch`` (untyped: torchvision's enum)."""
-    from torchvision.models import get_model_weights
+    from torchvision.models import get_model_weights  # lazy: torchvision takes seconds to import
 
     return get_model_weights(arch).DEFAULT
 
@@ -120,7 +120,7 @@ def _fit_torchvision_keys(arch: str, state_dict: dict[str, torch.Tensor]) -> dic
 
 def load_torchvision(name: str, arch: str, weights: WeightsChoice) -> LoadedModel:
     """Build torchvision's ``arch`` with the ``DEFAULT`` weights, random init, or a file."""
-    from torchvision.models import get_model
+    from torchvision.models import get_model  # lazy: torchvision takes seconds to import
 
     if arch not in _torchvision_names():
         raise ModelNotFoundError(
@@ -170,7 +170,7 @@ def torchvision_info(arch: str) -> ModelInfo:
 
 @lru_cache(maxsize=1)
 def _timm_names() -> frozenset[str]:
-    import timm
+    import timm  # lazy: timm takes seconds to import
 
     return frozenset(timm.list_models())
 
@@ -182,7 +182,7 @@ def is_timm_model(arch: str) -> bool:
 
 def timm_preprocessing(module: nn.Module) -> Preprocessing:
     """Preprocessing from a timm model's resolved data config (its ``pretrained_cfg``)."""
-    from timm.data.config import resolve_model_data_config
+    from timm.data.config import resolve_model_data_config  # lazy: timm takes seconds to import
 
     cfg: dict[str, Any] = resolve_model_data_config(module)  # type: ignore[no-untyped-call]
     if cfg.get("crop_mode", "center") != "center":
@@ -203,7 +203,10 @@ def _timm_class_names(module: nn.Module, num_classes: int) -> tuple[str, ...]:
     """ImageNet names for 1000 classes, timm's ImageNet subset names, else numbers."""
     if num_classes == 1000:
         return classes_for(num_classes)
-    from timm.data.imagenet_info import ImageNetInfo, infer_imagenet_subset
+    from timm.data.imagenet_info import (  # lazy: timm takes seconds to import
+        ImageNetInfo,
+        infer_imagenet_subset,
+    )
 
     subset = infer_imagenet_subset(module)
     if subset:
@@ -217,7 +220,7 @@ def _timm_class_names(module: nn.Module, num_classes: int) -> tuple[str, ...]:
 
 
 def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
-    import timm
+    import timm  # lazy: timm takes seconds to import
 
     if not is_timm_model(arch):
         raise ModelNotFoundError(

@@ -21,26 +21,42 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeAlias
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 
+from cnnviz.data.shapes import SHAPE_CLASSES
 from cnnviz.errors import CnnvizError, ModelNotFoundError, close_matches
 from cnnviz.inputs.preprocess import Preprocessing
-from cnnviz.models.checkpoint import apply_checkpoint, fetch_hub_checkpoint, load_checkpoint
+from cnnviz.models import efficientnet_lite as lite
+from cnnviz.models import external
+from cnnviz.models import external as ext
+from cnnviz.models import shapes_vgg11 as shapes
+from cnnviz.models.checkpoint import (
+    apply_checkpoint,
+    fetch_hub_checkpoint,
+    hub_checkpoint_path,
+    load_checkpoint,
+)
+from cnnviz.models.loaded import (
+    RANDOM_INIT,
+    LoadedModel,
+    ModelInfo,
+    WeightsChoice,
+    classes_for,
+    describe_file,
+    head_classes,
+    numbered_classes,
+)
+from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
+from cnnviz.models.vgg import VGG11, torchvision_key_map
 
 logger = logging.getLogger(__name__)
 
-WeightsChoice: TypeAlias = Path | Literal["pretrained", "random"]
-"""A resolved ``weights`` argument: the pretrained weights, random init, or a checkpoint file."""
-
 DEFAULT_MODEL = "efficientnet_lite0"
-RANDOM_INIT = "random init"
 _IMAGENET_PREPROCESSING = Preprocessing()  # bilinear, 256 → 224, ImageNet mean/std
 _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
 
@@ -49,70 +65,10 @@ class DeviceError(CnnvizError, ValueError):
     """A device that does not exist here (e.g. ``cuda`` without a GPU)."""
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready to explain: the module and what it needs around it (built-in models come
-    in eval mode; a module from :func:`from_module` is left as found)."""
-
-    name: str
-    """Registry name as asked, e.g. ``"efficientnet_lite0"``, ``"torchvision:resnet18"``."""
-    module: nn.Module
-    architecture: str
-    """e.g. ``"timm tf_efficientnet_lite0"``, ``"VGG-11 (seed layout)"``."""
-    weights: str
-    """Where the weights came from, for people: ``"random init"``, ``"file <path>"``, …"""
-    class_names: tuple[str, ...]
-    preprocessing: Preprocessing
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """One registered model, described without building it."""
-
-    name: str
-    architecture: str
-    weights_source: str
-    num_classes: int
-    input_size: tuple[int, int]
-    offline: bool
-    """Whether the default weights are usable right now without network access."""
-
-
-@lru_cache(maxsize=1)
-def imagenet_classes() -> tuple[str, ...]:
-    """The 1000 ImageNet-1k category names, in index order, from torchvision's weights metadata."""
-    from torchvision.models import VGG11_Weights
-
-    return tuple(VGG11_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def numbered_classes(n: int) -> tuple[str, ...]:
-    """Placeholder names ``("0", "1", …)`` for a model whose classes are unknown."""
-    return tuple(str(i) for i in range(n))
-
-
-def classes_for(n: int) -> tuple[str, ...]:
-    """ImageNet names for a 1000-way head, numbers otherwise."""
-    return imagenet_classes() if n == 1000 else numbered_classes(n)
-
-
-def head_classes(state_dict: Mapping[str, torch.Tensor], key: str) -> int | None:
-    """Number of classes of the head whose weight is ``state_dict[key]`` (``None`` if absent)."""
-    weight = state_dict.get(key)
-    return int(weight.shape[0]) if weight is not None and weight.dim() >= 1 else None
-
-
-def describe_file(path: Path) -> str:
-    """The ``weights`` text for a user checkpoint."""
-    return f"file {path}"
-
-
 # ----------------------------------------------------------------------------- built-in models
 
 
 def _efficientnet_lite0(name: str, weights: WeightsChoice) -> LoadedModel:
-    from cnnviz.models import efficientnet_lite as lite
-
     num_classes = 1000
     if weights == "pretrained":
         module, source = lite.load_pretrained(), lite.package_weights_description()
@@ -137,7 +93,10 @@ def _efficientnet_lite0(name: str, weights: WeightsChoice) -> LoadedModel:
 
 def _vgg_weights(batch_norm: bool) -> Any:
     """torchvision's ImageNet weights enum member for vgg11 / vgg11_bn (untyped in torchvision)."""
-    from torchvision.models import VGG11_BN_Weights, VGG11_Weights
+    from torchvision.models import (  # lazy: torchvision takes seconds to import
+        VGG11_BN_Weights,
+        VGG11_Weights,
+    )
 
     return VGG11_BN_Weights.IMAGENET1K_V1 if batch_norm else VGG11_Weights.IMAGENET1K_V1
 
@@ -147,8 +106,6 @@ def _vgg_architecture(batch_norm: bool) -> str:
 
 
 def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedModel:
-    from cnnviz.models.vgg import VGG11, torchvision_key_map
-
     num_classes = 1000
     if weights == "random":
         module, source = VGG11(batch_norm=batch_norm), RANDOM_INIT
@@ -177,9 +134,6 @@ def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedMode
 
 
 def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
-    from cnnviz.data.shapes import SHAPE_CLASSES
-    from cnnviz.models import shapes_vgg11 as shapes
-
     if weights == "pretrained":
         module = shapes.load_shapes_vgg11()
         source = f"trained on the synthetic shapes ({shapes.shapes_vgg11_path()})"
@@ -200,8 +154,6 @@ def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
 
 
 def _lite0_info() -> ModelInfo:
-    from cnnviz.models import efficientnet_lite as lite
-
     try:
         source, offline = lite.package_weights_description(), lite.package_weights_path().is_file()
     except CnnvizError:
@@ -217,8 +169,6 @@ def _lite0_info() -> ModelInfo:
 
 
 def _vgg_info(name: str, batch_norm: bool) -> ModelInfo:
-    from cnnviz.models.checkpoint import hub_checkpoint_path
-
     tv_weights = _vgg_weights(batch_norm)
     path = hub_checkpoint_path(tv_weights.url)
     return ModelInfo(
@@ -232,9 +182,6 @@ def _vgg_info(name: str, batch_norm: bool) -> ModelInfo:
 
 
 def _shapes_info() -> ModelInfo:
-    from cnnviz.data.shapes import SHAPE_CLASSES
-    from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
-
     return ModelInfo(
         name="shapes_vgg11",
         architecture=_SHAPES_ARCHITECTURE,
@@ -287,8 +234,6 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _unknown_model(name: str) -> ModelNotFoundError:
-    from cnnviz.models import external
-
     if name in external.torchvision_names():
         hint = f" Did you mean 'torchvision:{name}'?"
     elif external.is_timm_model(name):
@@ -335,8 +280,6 @@ def load_model(
     if entry is not None:
         loaded = entry[1](name, choice)
     elif name.startswith(EXTERNAL_PREFIXES):
-        from cnnviz.models import external
-
         loaded = external.load_external(name, choice)
     else:
         raise _unknown_model(name)
@@ -405,7 +348,5 @@ def list_models(*, external: bool = False) -> list[ModelInfo]:
         except ImportError as e:  # a built-in whose module is absent from this install
             logger.warning("model %s is unavailable: %s", name, e)
     if external:
-        from cnnviz.models import external as ext
-
         infos.extend(ext.torchvision_info(arch) for arch in ext.torchvision_names())
     return infos

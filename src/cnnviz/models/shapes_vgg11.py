@@ -32,7 +32,6 @@ import logging
 import math
 import os
 import platform
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +40,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from cnnviz import __version__
+from cnnviz.capture.forward import model_state_guard
 from cnnviz.data.shapes import (
     HELDOUT_SEED,
     SHAPE_CLASSES,
@@ -51,6 +52,7 @@ from cnnviz.data.shapes import (
 from cnnviz.errors import CheckpointError
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.vgg import VGG11
+from cnnviz.outputs.files import atomic_write_bytes, file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +148,17 @@ def train_shapes_vgg11(
         start, start_cpu = time.perf_counter(), time.process_time()
         torch.manual_seed(seed)
         model = build_shapes_vgg11()
-        final_loss = _fit(model, seed, n_per_epoch, epochs, batch_size, lr, weight_decay, progress)
+        final_loss = fit(
+            model,
+            _fresh_shapes(seed, n_per_epoch),
+            n_per_epoch=n_per_epoch,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            shuffle=torch.Generator().manual_seed(seed),
+            progress=progress,
+        )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         metrics = {
             "heldout_accuracy": heldout_accuracy(model, n_heldout),
@@ -160,22 +172,29 @@ def train_shapes_vgg11(
     return model, metrics
 
 
-def _fit(
-    model: VGG11,
-    seed: int,
+def fit(
+    model: torch.nn.Module,
+    epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    *,
     n_per_epoch: int,
     epochs: int,
     batch_size: int,
     lr: float,
     weight_decay: float,
-    progress: bool,
+    shuffle: torch.Generator,
+    progress: bool = False,
 ) -> float:
-    """The training loop of :func:`train_shapes_vgg11`; leaves ``model`` in eval mode and
-    returns the last epoch's mean loss."""
-    from tqdm.auto import tqdm
+    """Train ``model`` with AdamW and a one-cycle schedule (25 % warm-up) on cross-entropy.
 
-    shuffle = torch.Generator().manual_seed(seed)
-    steps = n_per_epoch // batch_size  # the last partial batch is dropped (BatchNorm wants > 1)
+    ``epoch_data(epoch)`` gives that epoch's ``n_per_epoch`` ``(inputs, labels)``; each epoch
+    visits them in the order ``torch.randperm(n_per_epoch, generator=shuffle)``, in batches of ``batch_size`` (the last partial
+    batch is dropped: BatchNorm wants more than one image). Leaves ``model`` in eval mode and
+    returns the last epoch's mean loss. The one training loop of ``shapes_vgg11`` and of the
+    sanity checks' random-label model (:mod:`cnnviz.runs.randomization`).
+    """
+    from tqdm.auto import tqdm  # lazy: only training shows a progress bar
+
+    steps = n_per_epoch // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * steps, pct_start=0.25
@@ -186,8 +205,7 @@ def _fit(
         total=epochs * steps, desc="shapes_vgg11", unit="batch", disable=None if progress else True
     ) as bar:
         for epoch in range(epochs):
-            data = make_shapes(n_per_epoch, seed=1000 * seed + epoch)
-            inputs, labels = normalize_shapes(data.images), data.labels
+            inputs, labels = epoch_data(epoch)
             order = torch.randperm(n_per_epoch, generator=shuffle)
             total = 0.0
             for step in range(steps):
@@ -203,6 +221,18 @@ def _fit(
             bar.set_postfix(loss=f"{final_loss:.3f}")
     model.eval()
     return final_loss
+
+
+def _fresh_shapes(
+    seed: int, n_per_epoch: int
+) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    """Epoch ``e``'s data for :func:`fit`: ``n_per_epoch`` new shapes from seed ``1000·seed + e``."""
+
+    def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        data = make_shapes(n_per_epoch, seed=1000 * seed + epoch)
+        return normalize_shapes(data.images), data.labels
+
+    return epoch_data
 
 
 @contextlib.contextmanager
@@ -222,8 +252,6 @@ def _torch_threads(count: int | None) -> Iterator[None]:
 def heldout_accuracy(model: torch.nn.Module, n: int = _N_HELDOUT) -> float:
     """Top-1 accuracy of ``model`` on ``heldout_shapes(n)``, run in eval mode (each module's
     ``training`` flag restored afterwards)."""
-    from cnnviz.capture.hooks import model_state_guard
-
     batch = heldout_shapes(n)
     with model_state_guard(model):
         logits = torch.cat([model(normalize_shapes(x)) for x in torch.split(batch.images, 250)])
@@ -273,7 +301,7 @@ def load_shapes_vgg11(cache_dir: Path | None = None, *, retrain: bool = False) -
     if path.exists() and not retrain:
         return _load(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.with_name(path.name + ".lock")):
+    with file_lock(path.with_name(path.name + ".lock")):
         if path.exists() and not retrain:  # trained by another process while we waited
             return _load(path)
         logger.info("training shapes_vgg11 (first use, ~%d s)…", _EXPECTED_SECONDS)
@@ -289,7 +317,7 @@ def load_shapes_vgg11(cache_dir: Path | None = None, *, retrain: bool = False) -
 
 
 def _load(path: Path) -> VGG11:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # lazy: only checkpoint files need it
 
     model = build_shapes_vgg11()
     try:
@@ -304,9 +332,7 @@ def _load(path: Path) -> VGG11:
 
 def _save(model: VGG11, metrics: dict[str, float], path: Path) -> None:
     """Write the JSON sidecar, then the weights (whose presence marks the cache complete)."""
-    from safetensors.torch import save_file
-
-    from cnnviz import __version__
+    from safetensors.torch import save  # lazy: only when the cache is written
 
     info = {
         "model": "shapes_vgg11",
@@ -318,35 +344,5 @@ def _save(model: VGG11, metrics: dict[str, float], path: Path) -> None:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
-    _atomic(path, lambda tmp: save_file(state, str(tmp), metadata={"recipe": json.dumps(recipe())}))
-
-
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it onto ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (created if missing) for the block.
-
-    Without ``fcntl`` (Windows) there is no lock: concurrent first uses may both train, and the
-    atomic rename still keeps the file whole.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    atomic_write_bytes(path.with_suffix(".json"), json.dumps(info, indent=2).encode("utf-8"))
+    atomic_write_bytes(path, save(state, metadata={"recipe": json.dumps(recipe())}))

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cnnviz import __version__
 from cnnviz.outputs.files import to_json_text, write_json
+
+if TYPE_CHECKING:
+    from cnnviz.models.loaded import LoadedModel
 
 SCHEMA_VERSION: int = 1
 """Version of the manifest layout; bumped on any incompatible change."""
@@ -40,8 +44,6 @@ def _version(package: str) -> str:
 
 def environment_info() -> dict[str, str]:
     """Versions that make a result reproducible: cnnviz, torch, torchvision, python, platform."""
-    from cnnviz import __version__
-
     return {
         "cnnviz": __version__,
         "torch": _version("torch"),
@@ -119,3 +121,14 @@ def read_manifest(path: Path) -> Manifest:
     if path.is_dir():
         path = path / MANIFEST_NAME
     return Manifest.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def model_record(loaded: LoadedModel) -> dict[str, Any]:
+    """The manifest's description of a model."""
+    return {
+        "name": loaded.name,
+        "architecture": loaded.architecture,
+        "weights": loaded.weights,
+        "num_classes": len(loaded.class_names),
+        "preprocessing": loaded.preprocessing.to_dict(),
+    }

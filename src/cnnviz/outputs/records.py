@@ -23,14 +23,15 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from cnnviz.errors import OutputError
-from cnnviz.outputs.files import atomic_write_bytes, to_json_text
+from cnnviz.outputs.files import atomic_write_bytes, file_lock, to_json_text
 from cnnviz.outputs.manifest import MANIFEST_NAME, Manifest, write_manifest
 
 if TYPE_CHECKING:
@@ -58,8 +59,6 @@ def parameter_digest(module: nn.Module) -> str:
     ``--resume`` uses it so that outputs made with other weights (a user module changed in
     place, a checkpoint file overwritten) are never taken for complete.
     """
-    import torch
-
     digest = hashlib.sha256()
     with torch.no_grad():
         for name, tensor in module.state_dict().items():
@@ -202,20 +201,9 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
     return found
 
 
-@contextlib.contextmanager
-def folder_lock(out_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``out_dir`` (``flock`` on ``.manifest.lock``; POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no flock; concurrent runs there may drop manifest items
-        yield
-        return
-    with open(Path(out_dir) / LOCK_NAME, "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+def folder_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on ``out_dir`` (:func:`~cnnviz.outputs.files.file_lock` on ``.manifest.lock``)."""
+    return file_lock(Path(out_dir) / LOCK_NAME)
 
 
 def _pid_alive(pid: int) -> bool:

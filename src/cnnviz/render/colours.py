@@ -14,9 +14,13 @@ import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from cnnviz.errors import CnnvizError, NonFiniteError, close_matches
+from cnnviz.methods.postprocess import Display
+
+Box = tuple[int, int, int, int]
+"""A pixel box ``(x0, y0, x1, y1)``, ``x1``/``y1`` exclusive."""
 
 if TYPE_CHECKING:
     pass
@@ -62,7 +66,7 @@ def colormap_lut(name: str = "jet") -> np.ndarray:
         >>> colormap_lut("gray")[[0, 255]].tolist()
         [[0, 0, 0], [255, 255, 255]]
     """
-    import matplotlib
+    import matplotlib  # lazy: matplotlib is heavy
 
     if not isinstance(name, str):
         raise TypeError(f"cmap must be a colormap name (str), got {type(name).__name__}")
@@ -163,3 +167,25 @@ def overlay(
     colour = colorize(values, cmap)
     blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colour.astype(np.float64)
     return np.floor(blended + 0.5).astype(np.uint8)
+
+
+DIVERGING_CMAP = "bwr"
+"""The colour map of signed maps: blue for negative, white for zero, red for positive evidence."""
+
+
+def colormap_for(display: Display, cmap: str) -> str:
+    """The colour map a map is drawn in: :data:`DIVERGING_CMAP` for signed maps, else ``cmap``."""
+    return DIVERGING_CMAP if display is Display.SIGNED else cmap
+
+
+def draw_box(image: np.ndarray, box: Box | None) -> np.ndarray:
+    """A copy of ``image`` with a green rectangle around ``box`` (``image`` itself when ``None``).
+
+    ``box`` is ``(x0, y0, x1, y1)`` in pixels, with ``x1``/``y1`` exclusive.
+    """
+    if box is None:
+        return image
+    picture = Image.fromarray(image)
+    x0, y0, x1, y1 = box
+    ImageDraw.Draw(picture).rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 220, 0))
+    return np.asarray(picture)

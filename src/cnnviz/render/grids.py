@@ -6,6 +6,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from cnnviz.errors import positive_int
 
 
 def image_grid(
@@ -36,14 +39,12 @@ def image_grid(
     if any(tile.shape[:2] != (h, w) for tile in arrays):
         sizes = sorted({tile.shape[:2] for tile in arrays})
         raise ValueError(f"All tiles must have the same size, got sizes {sizes}")
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be a non-negative int, got {pad!r}")
+    positive_int(pad, "pad", minimum=0)
     if isinstance(pad_value, bool) or not isinstance(pad_value, int) or not 0 <= pad_value <= 255:
         raise ValueError(f"pad_value must be an int in [0, 255], got {pad_value!r}")
     n = len(arrays)
     cols = math.ceil(math.sqrt(n)) if ncols is None else ncols
-    if isinstance(cols, bool) or not isinstance(cols, int) or cols < 1:
-        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    positive_int(cols, "ncols")
     cols = min(cols, n)
     rows = math.ceil(n / cols)
     rgb = any(tile.ndim == 3 for tile in arrays)
@@ -60,3 +61,32 @@ def describe_array(x: object) -> str:
     if isinstance(x, np.ndarray):
         return f"an array of dtype {x.dtype}"
     return type(x).__name__
+
+
+def comparison_grid(
+    rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str], col_labels: Sequence[str]
+) -> np.ndarray:
+    """Tiles in a labelled table: one row per method, one column per target (uint8 RGB)."""
+    tiles = [tile for row in rows for tile in row]
+    grid = image_grid(tiles, ncols=len(col_labels), pad=2)
+    font = ImageFont.load_default(size=13)
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def size(text: str) -> tuple[int, int]:
+        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
+        return int(x1 - x0), int(y1 - y0)
+
+    col_labels = [label[:40] for label in col_labels]
+    left = 8 + max(size(label)[0] for label in row_labels)
+    top = 8 + max(size(label)[1] for label in col_labels)
+    canvas = Image.new("RGB", (left + grid.shape[1], top + grid.shape[0]), (255, 255, 255))
+    canvas.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(canvas)
+    h, w = rows[0][0].shape[:2]
+    for r, label in enumerate(row_labels):
+        y = top + 2 + r * (h + 2) + (h - size(label)[1]) // 2
+        draw.text((4, y), label, fill=(0, 0, 0), font=font)
+    for c, label in enumerate(col_labels):
+        x = left + 2 + c * (w + 2) + max(0, (w - size(label)[0]) // 2)
+        draw.text((x, 3), label, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)

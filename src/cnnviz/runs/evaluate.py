@@ -28,30 +28,42 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
-from cnnviz.errors import CnnvizError
-from cnnviz.metrics.localisation import REFERENCE_MAPS, reference_map
-from cnnviz.models import LoadedModel
+from cnnviz.api import explain
+from cnnviz.errors import CnnvizError, ImageLoadError
+from cnnviz.inputs.decode import load_inputs
+from cnnviz.methods.base import get_method
+from cnnviz.metrics import faithfulness as fa
+from cnnviz.metrics import localisation as lo
+from cnnviz.metrics.faithfulness import class_targets
+from cnnviz.metrics.localisation import REFERENCE_MAPS, load_ground_truth, lookup, reference_map
+from cnnviz.metrics.road import road as road_metric
+from cnnviz.metrics.sanity import SIMILARITIES
+from cnnviz.metrics.statistics import BETTER, METRIC_GROUPS, summarize_metrics
+from cnnviz.models.loaded import LoadedModel
+from cnnviz.outputs.files import atomic_write_bytes, write_json
+from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
+from cnnviz.render.colours import overlay
+from cnnviz.render.figures import (
+    curves_figure,
+    figure_to_png_bytes,
+    road_figure,
+    sanity_maps_figure,
+    similarity_figure,
+)
+from cnnviz.render.html import png_bytes_data_uri, png_data_uri, render_page
+from cnnviz.runs.randomization import parameter_randomization
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
-
-METRIC_GROUPS: dict[str, tuple[str, ...]] = {
-    "deletion": ("deletion_auc",),
-    "insertion": ("insertion_auc",),
-    "confidence": ("average_drop", "increase_in_confidence"),
-    "road": ("road_morf", "road_lerf"),
-    "pointing": ("pointing_game", "energy_pointing_game"),
-    "sanity": ("cascading_spearman_abs", "cascading_spearman", "cascading_ssim", "cascading_hog"),
-}
-_LOWER_IS_BETTER = {"deletion_auc", "average_drop", "road_morf", *METRIC_GROUPS["sanity"]}
-BETTER: dict[str, str] = {
-    m: "lower" if m in _LOWER_IS_BETTER else "higher" for g in METRIC_GROUPS.values() for m in g
-}
-"""Whether a lower or a higher value of each metric is better."""
 
 
 @dataclass(frozen=True)
@@ -72,37 +84,6 @@ class EvaluateSettings:
     min_side: int = 8
     cmap: str = "jet"
     thumbnails: int = 12
-
-
-def bootstrap_ci(
-    values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float, float]:
-    """Mean and percentile-bootstrap interval of the mean (``numpy.random.default_rng(seed)``)."""
-    data = np.asarray(values, dtype=np.float64)
-    if data.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
-    mean = float(data.mean())
-    if data.size == 1 or resamples < 1:
-        return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return mean, float(low), float(high)
-
-
-def summarize(rows: Sequence[dict[str, Any]], *, resamples: int, seed: int) -> list[dict[str, Any]]:
-    """Mean and 95 % interval per method × metric over the rows with a value."""
-    groups: dict[tuple[str, str], list[float]] = {}
-    for row in rows:
-        if row["value"] is not None:
-            groups.setdefault((row["method"], row["metric"]), []).append(float(row["value"]))
-    summary = []
-    for (method, metric), values in groups.items():
-        mean, low, high = bootstrap_ci(values, resamples=resamples, seed=seed)
-        entry = {"method": method, "metric": metric, "n": len(values), "mean": mean}
-        summary.append({**entry, "ci_low": low, "ci_high": high, "better": BETTER.get(metric, "")})
-    return summary
 
 
 # -- one image -------------------------------------------------------------------------------
@@ -138,6 +119,62 @@ class _Run:
         )
 
 
+def _method_maps(
+    run: _Run, x: torch.Tensor, method: str, index: int, base: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(1, H, W)`` relevance maps of one method (or reference map) on ``x``, and the row base
+    with the layer it explained."""
+    if method in REFERENCE_MAPS:
+        size = (x.shape[-2], x.shape[-1])
+        return reference_map(method, size, index, run.settings.seed)[None], base
+    layer = run.settings.layer if get_method(method).needs_layer else None
+    e = explain(run.loaded, x, method, layer=layer, target=[base["target_index"]])
+    return fa.relevance_maps(e), {**base, "layer": e.layer}
+
+
+Values = list[tuple[str, float, str]]
+"""``(metric, value, note)`` rows of one method on one image."""
+
+
+def _faithfulness(
+    run: _Run, x: torch.Tensor, maps: torch.Tensor, target: int
+) -> tuple[Values, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
+    """Deletion, insertion, confidence and ROAD values (as selected), with their curves."""
+    settings, model = run.settings, run.loaded.module
+    wanted = set(settings.metrics)
+    common: dict[str, Any] = {"target": [target], "batch_size": settings.batch_size}
+    values: Values = []
+    curves: dict[str, np.ndarray] = {}
+    for kind in ("deletion", "insertion"):
+        if kind in wanted:
+            options = {"baseline": settings.baseline} if kind == "deletion" else {}
+            curve = getattr(fa, kind)(model, x, maps, steps=settings.steps, **options, **common)
+            curves[kind] = curve.probabilities[0].numpy()
+            values.append((f"{kind}_auc", float(curve.auc[0]), ""))
+    if "confidence" in wanted:
+        change = fa.confidence_change(model, x, maps, **common)
+        values.append(("average_drop", 100.0 * float(change.drop[0]), ""))
+        values.append(("increase_in_confidence", 100.0 * float(change.increase[0]), ""))
+    road = None
+    if "road" in wanted:
+        percentages = settings.road_percentages
+        result = road_metric(model, x, maps, percentages=percentages, seed=settings.seed, **common)
+        road = (result.morf[0].numpy(), result.lerf[0].numpy())
+        values.append(("road_morf", float(result.morf_mean[0]), ""))
+        values.append(("road_lerf", float(result.lerf_mean[0]), ""))
+    return values, curves, road
+
+
+def _pointing(run: _Run, maps: torch.Tensor, truth: torch.Tensor | None) -> Values:
+    """The pointing games against the ground truth (none without it)."""
+    if "pointing" not in run.settings.metrics or truth is None:
+        return []
+    hit = lo.pointing_game(maps, truth[None], tolerance=run.settings.tolerance)
+    energy = float(lo.energy_pointing_game(maps, truth[None])[0])
+    note = "" if math.isfinite(energy) else "no positive map mass"
+    return [("pointing_game", float(hit.hits[0]), ""), ("energy_pointing_game", energy, note)]
+
+
 def _score_method(
     run: _Run,
     x: torch.Tensor,
@@ -150,51 +187,9 @@ def _score_method(
 
     Rows and curves are recorded only when every metric succeeded.
     """
-    from cnnviz.api import explain
-    from cnnviz.methods.base import get_method
-    from cnnviz.metrics import faithfulness as fa
-    from cnnviz.metrics import localisation as lo
-
-    settings, model, target = run.settings, run.loaded.module, base["target_index"]
-    if method in REFERENCE_MAPS:
-        maps = reference_map(method, (x.shape[-2], x.shape[-1]), index, settings.seed)[None]
-    else:
-        layer = settings.layer if get_method(method).needs_layer else None
-        e = explain(run.loaded, x, method, layer=layer, target=[target])
-        maps, base = fa.relevance_maps(e), {**base, "layer": e.layer}
-    values: list[tuple[str, float, str]] = []
-    curves: dict[str, np.ndarray] = {}
-    wanted = set(settings.metrics)
-    common: dict[str, Any] = {"target": [target], "batch_size": settings.batch_size}
-    road = None
-    for kind in ("deletion", "insertion"):
-        if kind in wanted:
-            options = {"baseline": settings.baseline} if kind == "deletion" else {}
-            curve = getattr(fa, kind)(model, x, maps, steps=settings.steps, **options, **common)
-            curves[kind] = curve.probabilities[0].numpy()
-            values.append((f"{kind}_auc", float(curve.auc[0]), ""))
-    if "confidence" in wanted:
-        change = fa.confidence_change(model, x, maps, **common)
-        values.append(("average_drop", 100.0 * float(change.drop[0]), ""))
-        values.append(("increase_in_confidence", 100.0 * float(change.increase[0]), ""))
-    if "road" in wanted:
-        result = fa.road(
-            model, x, maps, percentages=settings.road_percentages, seed=settings.seed, **common
-        )
-        road = (result.morf[0].numpy(), result.lerf[0].numpy())
-        values.append(("road_morf", float(result.morf_mean[0]), ""))
-        values.append(("road_lerf", float(result.lerf_mean[0]), ""))
-    if "pointing" in wanted and truth is not None:
-        hit = lo.pointing_game(maps, truth[None], tolerance=settings.tolerance)
-        values.append(("pointing_game", float(hit.hits[0]), ""))
-        energy = float(lo.energy_pointing_game(maps, truth[None])[0])
-        values.append(
-            (
-                "energy_pointing_game",
-                energy,
-                "" if math.isfinite(energy) else "no positive map mass",
-            )
-        )
+    maps, base = _method_maps(run, x, method, index, base)
+    values, curves, road = _faithfulness(run, x, maps, base["target_index"])
+    values += _pointing(run, maps, truth)
     for metric, value, note in values:
         run.add_row(base, metric, value, note)
     for kind, probabilities in curves.items():
@@ -207,9 +202,6 @@ def _score_method(
 
 def _file_size(path: Path) -> tuple[int, int]:
     """``(H, W)`` of an image file that has already been decoded once (header only)."""
-    from PIL import Image
-
-    from cnnviz.errors import ImageLoadError
 
     try:
         with Image.open(path) as opened:
@@ -220,8 +212,6 @@ def _file_size(path: Path) -> tuple[int, int]:
 
 
 def _truth_mask(run: _Run, item: Any, size: tuple[int, int]) -> tuple[torch.Tensor | None, str]:
-    from cnnviz.metrics.localisation import lookup
-
     if run.truth is None:
         return None, ""
     entry = lookup(run.truth, item.path, run.root)
@@ -235,8 +225,6 @@ def _truth_mask(run: _Run, item: Any, size: tuple[int, int]) -> tuple[torch.Tens
 
 def _evaluate_image(run: _Run, item: Any) -> dict[str, Any] | None:
     """Score every method on one decoded image; its manifest record, or ``None`` if skipped."""
-    from cnnviz.metrics.faithfulness import class_targets
-
     try:
         size = _file_size(item.path)
     except CnnvizError as e:
@@ -304,12 +292,6 @@ def evaluate_files(
     ``truth_file`` holds ground-truth boxes or masks (:mod:`cnnviz.metrics.localisation`),
     matched by path relative to ``root`` or by file name.
     """
-    from tqdm import tqdm
-
-    from cnnviz.methods.base import get_method
-    from cnnviz.metrics.localisation import load_ground_truth
-    from cnnviz.outputs.manifest import Manifest, write_manifest
-    from cnnviz.runs.explain import load_inputs, model_record
 
     unknown = set(settings.metrics) - set(METRIC_GROUPS)
     if unknown:
@@ -337,7 +319,7 @@ def evaluate_files(
         bar.close()
     if "sanity" in settings.metrics and sanity_inputs:
         _sanity(run, sanity_inputs)
-    summary = summarize(run.rows, resamples=settings.bootstrap, seed=settings.seed)
+    summary = summarize_metrics(run.rows, resamples=settings.bootstrap, seed=settings.seed)
     files = _write_results(run, out_dir, summary)
     manifest = Manifest(
         command="evaluate",
@@ -358,8 +340,6 @@ def _settings_dict(settings: EvaluateSettings) -> dict[str, Any]:
 
 def _sanity(run: _Run, inputs: list[tuple[Any, int]]) -> None:
     """Full-depth cascading randomisation of the registry methods on the first images."""
-    from cnnviz.metrics.sanity import SIMILARITIES, parameter_randomization
-
     methods = [m for m in run.methods if m not in REFERENCE_MAPS]
     if not methods:
         return
@@ -402,82 +382,22 @@ def _csv_text(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def curves_figure(curves: dict[str, dict[str, list[np.ndarray]]]) -> Any:
-    """Mean deletion and insertion curves per method (faint lines: single images)."""
-    from cnnviz.render.figures import new_figure
-
-    kinds = [k for k in ("deletion", "insertion") if any(k in c for c in curves.values())]
-    fig = new_figure(5.0 * len(kinds), 4.0, 100)
-    axes = fig.subplots(1, len(kinds), squeeze=False)[0]
-    for ax, kind in zip(axes, kinds, strict=True):
-        for index, (method, by_kind) in enumerate(curves.items()):
-            if kind not in by_kind:
-                continue
-            stack = np.stack(by_kind[kind])
-            xs = np.linspace(0.0, 1.0, stack.shape[1])
-            for row in stack[:20]:
-                ax.plot(xs, row, color=f"C{index % 10}", alpha=0.08, linewidth=0.8)
-            auc = float(np.mean((stack.sum(1) - (stack[:, 0] + stack[:, -1]) / 2) / (len(xs) - 1)))
-            ax.plot(
-                xs, stack.mean(axis=0), color=f"C{index % 10}", label=f"{method} (AUC {auc:.3f})"
-            )
-        ax.set_title(f"{kind} ({'lower' if kind == 'deletion' else 'higher'} is better)")
-        ax.set_xlabel("fraction of pixels " + ("deleted" if kind == "deletion" else "inserted"))
-        ax.set_ylabel("class probability")
-        ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize="x-small")
-    return fig
-
-
-def road_figure(
-    road: dict[str, list[tuple[np.ndarray, np.ndarray]]], percentages: Sequence[float]
-) -> Any:
-    """Mean ROAD MoRF (solid) and LeRF (dashed) curves per method."""
-    from cnnviz.render.figures import new_figure
-
-    fig = new_figure(5.5, 4.0, 100)
-    ax = fig.add_subplot()
-    for index, (method, pairs) in enumerate(road.items()):
-        for k, (kind, style) in enumerate((("MoRF", "-"), ("LeRF", "--"))):
-            mean = np.stack([p[k] for p in pairs]).mean(axis=0)
-            ax.plot(
-                percentages,
-                mean,
-                color=f"C{index % 10}",
-                linestyle=style,
-                marker="os"[k],
-                label=f"{method} {kind}",
-            )
-    ax.set_xlabel("% of pixels removed (noisy linear imputation)")
-    ax.set_ylabel("class probability")
-    ax.set_title("ROAD: MoRF low and LeRF high is faithful")
-    ax.legend(fontsize="x-small")
-    return fig
-
-
-def _figures(run: _Run) -> dict[str, tuple[Any, str]]:
-    figures: dict[str, tuple[Any, str]] = {}
+def _figures(run: _Run) -> dict[str, tuple[Figure, str]]:
+    figures: dict[str, tuple[Figure, str]] = {}
     if run.curves:
         figures["curves"] = (curves_figure(run.curves), "Deletion and insertion curves")
     if run.road:
         figures["road"] = (road_figure(run.road, run.settings.road_percentages), "ROAD")
     if run.sanity:
-        from cnnviz.metrics.sanity import maps_figure, similarity_figure
-
         figures["sanity"] = (similarity_figure(run.sanity), "Cascading parameter randomisation")
         figures["sanity-maps"] = (
-            maps_figure(run.sanity, cmap=run.settings.cmap),
+            sanity_maps_figure(run.sanity, cmap=run.settings.cmap),
             "Maps under cascading randomisation (first image)",
         )
     return figures
 
 
 def _write_results(run: _Run, out_dir: Path, summary: list[dict[str, Any]]) -> dict[str, str]:
-    from cnnviz.outputs.files import atomic_write_bytes, write_json
-    from cnnviz.outputs.manifest import environment_info
-    from cnnviz.render.figures import figure_to_png_bytes
-    from cnnviz.runs.explain import model_record
-
     files = {
         "results_csv": "results.csv",
         "summary_csv": "summary.csv",
@@ -523,58 +443,45 @@ def _write_results(run: _Run, out_dir: Path, summary: list[dict[str, Any]]) -> d
 def _render_html(
     run: _Run, summary: list[dict[str, Any]], pngs: dict[str, tuple[bytes, str]]
 ) -> str:
-    import base64
-
-    from cnnviz.outputs.manifest import environment_info
-    from cnnviz.render.colours import overlay
-    from cnnviz.runs.explain import model_record
-    from cnnviz.runs.report import _environment, png_data_uri
-
     table: dict[str, dict[str, Any]] = {}
     for entry in summary:
         table.setdefault(entry["metric"], {})[entry["method"]] = entry
     metrics = [m for group in run.settings.metrics for m in METRIC_GROUPS[group] if m in table]
-    thumbs = []
-    for thumb in run.thumbs:
-        item, maps = thumb["item"], thumb["maps"]
-        cells = [
-            {
-                "method": m,
-                "src": png_data_uri(overlay(item.display, maps[m], cmap=run.settings.cmap))
-                if m in maps
-                else None,
-            }
-            for m in run.methods
-        ]
-        thumbs.append(
-            {
-                "title": item.path.name,
-                "label": thumb["label"],
-                "input": png_data_uri(item.display),
-                "cells": cells,
-            }
-        )
     figures = [
-        {
-            "name": n,
-            "caption": caption,
-            "src": "data:image/png;base64," + base64.b64encode(data).decode("ascii"),
-        }
+        {"name": n, "caption": caption, "src": png_bytes_data_uri(data)}
         for n, (data, caption) in pngs.items()
     ]
-    template = _environment().get_template("evaluate.html.j2")
-    return str(
-        template.render(
-            model=model_record(run.loaded),
-            environment=environment_info(),
-            methods=run.methods,
-            metrics=metrics,
-            table=table,
-            better=BETTER,
-            figures=figures,
-            thumbs=thumbs,
-            rows=run.rows,
-            failures=run.failures,
-            settings=_settings_dict(run.settings),
-        )
+    return render_page(
+        "evaluate.html.j2",
+        model=model_record(run.loaded),
+        environment=environment_info(),
+        methods=run.methods,
+        metrics=metrics,
+        table=table,
+        better=BETTER,
+        figures=figures,
+        thumbs=[_thumbnail_row(run, thumb) for thumb in run.thumbs],
+        rows=run.rows,
+        failures=run.failures,
+        settings=_settings_dict(run.settings),
     )
+
+
+def _thumbnail_row(run: _Run, thumb: dict[str, Any]) -> dict[str, Any]:
+    """One image of the page's thumbnail table: the input, then each method's overlay."""
+    item, maps = thumb["item"], thumb["maps"]
+    cells = [
+        {
+            "method": m,
+            "src": png_data_uri(overlay(item.picture, maps[m], cmap=run.settings.cmap))
+            if m in maps
+            else None,
+        }
+        for m in run.methods
+    ]
+    return {
+        "title": item.path.name,
+        "label": thumb["label"],
+        "input": png_data_uri(item.picture),
+        "cells": cells,
+    }

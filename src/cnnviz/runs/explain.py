@@ -6,8 +6,8 @@ The CLI commands ``saliency``, ``gradcam`` and ``explain`` are thin wrappers aro
 * decoding and preprocessing run in a ``torch.utils.data.DataLoader`` (``num_workers``
   processes; 0 decodes in the calling process);
 * the model explains one batch at a time;
-* overlays are coloured with the colormap lookup table (:func:`cnnviz.render.overlay`, no
-  matplotlib figure) and encoded and written by a small thread pool while the next batch runs.
+* overlays are coloured with the colormap lookup table (:func:`cnnviz.render.colours.overlay`,
+  no matplotlib figure) and encoded and written by a small thread pool while the next batch runs.
 
 Nothing is lost when something goes wrong. An unreadable image is logged as ``skipped …``,
 recorded under ``failures`` in the manifest, and the run goes on. Every file is written to a
@@ -34,26 +34,36 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fork (see _ImageFiles)
+from cnnviz.api import explain
+from cnnviz.capture.layers import resolve_layer
 from cnnviz.capture.targets import TargetSpec
-from cnnviz.errors import CnnvizError, LayerError, TargetError
+from cnnviz.errors import ArgumentError, CnnvizError, LayerError, TargetError, positive_int
+from cnnviz.inputs.decode import decode_input, failure_record
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import get_method, method_names
-from cnnviz.models import LoadedModel
-from cnnviz.outputs.image_files import display_maps, target_label
-
-__all__ = [
-    "ALL_METHODS",
-    "ExplainSettings",
-    "LoadedImage",
-    "decode_input",
-    "display_maps",
-    "explain_files",
-    "load_inputs",
-    "model_record",
-    "model_tensor",
-    "target_label",
-]
+from cnnviz.models.loaded import LoadedModel
+from cnnviz.outputs.files import unique_stems
+from cnnviz.outputs.image_files import (
+    ImageJob,
+    MethodResult,
+    per_image_results,
+    write_image_outputs,
+)
+from cnnviz.outputs.manifest import model_record
+from cnnviz.outputs.records import (
+    fingerprint,
+    parameter_digest,
+    prepare_out_dir,
+    rebuild_manifest,
+    record_path,
+    remove_stale_temp_files,
+    source_signature,
+    valid_record,
+)
+from cnnviz.render.colours import colormap_lut
 
 logger = logging.getLogger(__name__)
 
@@ -76,75 +86,13 @@ class ExplainSettings:
     resume: bool = False
 
 
-@dataclass(frozen=True)
-class LoadedImage:
-    """One decoded input: its path, safe output stem, display picture and model tensor."""
-
-    index: int  # position in the list of inputs
-    path: Path
-    stem: str
-    display: np.ndarray  # (H, W, 3) uint8, resized and cropped like the model input
-    tensor: torch.Tensor  # (3, H, W) preprocessed
-    notes: tuple[str, ...]
-
-
 # -- decoding --------------------------------------------------------------------------------
-
-
-def model_tensor(display: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """The normalised ``(3, H, W)`` float32 tensor of a display picture.
-
-    The same arithmetic as :func:`cnnviz.inputs.preprocess.preprocess_image` (bit for bit), starting
-    from the resized and cropped pixels, so each image is resized once.
-    """
-    pixels = torch.from_numpy(np.ascontiguousarray(display)).permute(2, 0, 1).contiguous()
-    scaled = pixels.to(torch.float32) / 255.0
-    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
-    return (scaled - mean) / std
-
-
-def decode_input(path: Path, prep: Preprocessing) -> tuple[np.ndarray, torch.Tensor, list[str]]:
-    """Display picture, model tensor and loading notes of one image file (may raise)."""
-    from cnnviz.inputs.images import load_image_with_notes
-    from cnnviz.inputs.preprocess import display_image
-
-    image, notes = load_image_with_notes(path)
-    display = np.array(display_image(image, prep), dtype=np.uint8)  # writable copy
-    return display, model_tensor(display, prep), notes
-
-
-def _failure(path: Path, error: BaseException, tag: str) -> dict[str, Any]:
-    if isinstance(error, (CnnvizError, OSError)):
-        text = str(error)
-    else:  # a bug: keep the run going, but say so
-        text = f"unexpected {type(error).__name__}: {error} (please report it)"
-    if str(path) not in text:
-        text = f"{path}: {text}"
-    return {"input": str(path), "method": tag, "error": text.strip()}
-
-
-def load_inputs(
-    loaded: LoadedModel, paths: Sequence[Path], failures: list[dict[str, Any]]
-) -> Iterator[LoadedImage]:
-    """Decode and preprocess each path in this process; a failure is logged, recorded, skipped."""
-    from cnnviz.outputs.files import unique_stems
-
-    for index, (path, stem) in enumerate(zip(paths, unique_stems(list(paths)), strict=True)):
-        try:
-            display, tensor, notes = decode_input(path, loaded.preprocessing)
-        except CnnvizError as e:
-            failure = _failure(path, e, "load")
-            logger.warning("skipped %s: %s", path, failure["error"])
-            failures.append(failure)
-            continue
-        yield LoadedImage(index, path, stem, display, tensor, tuple(notes))
 
 
 @dataclass(frozen=True)
 class _Decoded:
     index: int
-    display: np.ndarray | None
+    picture: np.ndarray | None
     tensor: torch.Tensor | None
     notes: tuple[str, ...]
     error: dict[str, Any] | None
@@ -153,7 +101,7 @@ class _Decoded:
 @dataclass(frozen=True)
 class _Batch:
     indices: list[int]  # decoded images, in input order
-    displays: torch.Tensor | None  # (n, H, W, 3) uint8 (a tensor: shared memory between processes)
+    pictures: torch.Tensor | None  # (n, H, W, 3) uint8 (a tensor: shared memory between processes)
     tensors: torch.Tensor | None  # (n, 3, H, W)
     notes: list[tuple[str, ...]]
     failures: list[tuple[int, dict[str, Any]]]
@@ -166,9 +114,7 @@ class _ImageFiles(torch.utils.data.Dataset[_Decoded]):
         self.paths, self.prep, self.tag = list(paths), prep, tag
         # Import the decoders here, in the parent, so forked workers start with them loaded
         # (torchvision's first import takes seconds, which each worker would otherwise pay).
-        import torchvision.transforms.v2.functional  # noqa: F401
-
-        import cnnviz.inputs.images  # noqa: F401
+        import torchvision.transforms.v2.functional  # noqa: F401  # lazy: only folder runs
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -176,18 +122,18 @@ class _ImageFiles(torch.utils.data.Dataset[_Decoded]):
     def __getitem__(self, index: int) -> _Decoded:
         path = self.paths[index]
         try:
-            display, tensor, notes = decode_input(path, self.prep)
-        except Exception as e:  # reported per file; the run goes on
-            return _Decoded(index, None, None, (), _failure(path, e, self.tag))
-        return _Decoded(index, display, tensor, tuple(notes), None)
+            picture, tensor, notes = decode_input(path, self.prep)
+        except Exception as e:  # reported per file (a bug says so); the run goes on
+            return _Decoded(index, None, None, (), failure_record(path, e, self.tag))
+        return _Decoded(index, picture, tensor, tuple(notes), None)
 
 
 def _collate(decoded: list[_Decoded]) -> _Batch:
-    displays = [torch.from_numpy(d.display) for d in decoded if d.display is not None]
+    pictures = [torch.from_numpy(d.picture) for d in decoded if d.picture is not None]
     tensors = [d.tensor for d in decoded if d.tensor is not None]
     return _Batch(
         indices=[d.index for d in decoded if d.error is None],
-        displays=torch.stack(displays) if displays else None,
+        pictures=torch.stack(pictures) if pictures else None,
         tensors=torch.stack(tensors) if tensors else None,
         notes=[d.notes for d in decoded if d.error is None],
         failures=[(d.index, d.error) for d in decoded if d.error is not None],
@@ -216,24 +162,15 @@ def _methods_of(settings: ExplainSettings) -> list[str]:
 
 def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> None:
     """Refuse settings that cannot work, before any folder or file is made."""
-    from cnnviz.capture.layers import resolve_layer
-    from cnnviz.render.colours import colormap_lut
-
     methods = _methods_of(settings)
     if settings.layer is not None and any(get_method(m).needs_layer for m in methods):
         resolve_layer(loaded.module, settings.layer)
-
-    size = settings.batch_size
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"batch size must be a positive whole number, got {size!r}")
-    workers = settings.num_workers
-    if workers is not None and (
-        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
-    ):
-        raise ValueError(f"workers must be 0 or more (0: decode in this process), got {workers!r}")
+    positive_int(settings.batch_size, "batch size")
+    if settings.num_workers is not None:
+        positive_int(settings.num_workers, "workers (0: decode in this process)", minimum=0)
     alpha = settings.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
+        raise ArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
     colormap_lut(settings.cmap)
     if isinstance(settings.target, list) and len(settings.target) != count:
         raise TargetError(
@@ -248,9 +185,6 @@ class _Run:
     def __init__(
         self, loaded: LoadedModel, paths: list[Path], out: Path, settings: ExplainSettings
     ) -> None:
-        from cnnviz.outputs.files import unique_stems
-        from cnnviz.outputs.records import fingerprint, parameter_digest, source_signature
-
         self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
         self.methods = _methods_of(settings)
         self.all = settings.method.strip().lower() == ALL_METHODS
@@ -287,8 +221,6 @@ class _Run:
 
     def find_complete(self) -> None:
         """Mark images with valid records as done (resume); drop stale records of the rest."""
-        from cnnviz.outputs.records import record_path, valid_record
-
         for i, stem in enumerate(self.stems):
             if (
                 self.settings.resume
@@ -305,9 +237,6 @@ class _Run:
 
     def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
         """Per method, one result per image of the batch; unusable methods skipped in 'all'."""
-        from cnnviz.api import explain
-        from cnnviz.outputs.image_files import per_image_results
-
         target = self.settings.target
         if isinstance(target, list):
             target = [target[i] for i in indices]
@@ -333,28 +262,65 @@ class _Run:
             )
         return results
 
-    def process(self, progress: bool) -> None:
-        """Decode, explain and write every pending image."""
-        from tqdm import tqdm
-
-        from cnnviz.outputs.image_files import ImageJob, write_image_outputs
-
+    def pending_chunks(self) -> list[list[int]]:
+        """Fixed chunks of the input list, ``batch_size`` each, that hold a pending image."""
         size, n = self.settings.batch_size, len(self.paths)
         chunks = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
-        chunks = [chunk for chunk in chunks if any(self.pending[i] for i in chunk)]
-        if not chunks:
-            return
+        return [chunk for chunk in chunks if any(self.pending[i] for i in chunk)]
+
+    def loader(self, chunks: list[list[int]]) -> torch.utils.data.DataLoader[_Decoded]:
+        """Decodes ``chunks`` in ``num_workers`` processes (automatic by default)."""
         workers = self.settings.num_workers
         workers = auto_workers(len(chunks)) if workers is None else min(workers, len(chunks))
-        loader = torch.utils.data.DataLoader(
+        return torch.utils.data.DataLoader(
             _ImageFiles(self.paths, self.loaded.preprocessing, self.tag),
             batch_sampler=chunks,
             collate_fn=_collate,
             num_workers=workers,
             worker_init_fn=_worker_init if workers else None,
         )
-        todo = sum(self.pending)
-        bar = tqdm(total=todo, desc=self.tag, unit="img", disable=not progress, leave=False)
+
+    def jobs(self, batch: _Batch) -> Iterator[tuple[int, ImageJob]]:
+        """Explain one decoded batch; the writing job of each of its pending images."""
+        if batch.tensors is None or batch.pictures is None:
+            return
+        per_method = self.explain_batch(batch.tensors, batch.indices)
+        pictures = batch.pictures.numpy()
+        for k, index in enumerate(batch.indices):
+            if self.pending[index]:
+                yield index, self.job(index, pictures[k], batch.notes[k], per_method, k)
+
+    def job(
+        self,
+        index: int,
+        picture: np.ndarray,
+        notes: tuple[str, ...],
+        per_method: list[list[MethodResult]],
+        k: int,
+    ) -> ImageJob:
+        return ImageJob(
+            out_dir=self.out,
+            path=self.paths[index],
+            stem=self.stems[index],
+            tag=self.tag,
+            key=self.keys[index],
+            source=self.sources[index],
+            picture=picture,
+            notes=notes,
+            results=[results[k] for results in per_method],
+            alpha=self.settings.alpha,
+            grid=self.all,
+            skipped_methods=dict(self.skipped),
+        )
+
+    def process(self, progress: bool) -> None:
+        """Decode, explain and write every pending image; writing overlaps the next batch."""
+        chunks = self.pending_chunks()
+        if not chunks:
+            return
+        bar = tqdm(
+            total=sum(self.pending), desc=self.tag, unit="img", disable=not progress, leave=False
+        )
         pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="cnnviz-write")
         in_flight: deque[tuple[int, Future[list[dict[str, Any]]]]] = deque()
 
@@ -364,39 +330,19 @@ class _Run:
                 future.result()
                 self.written += 1
             except (CnnvizError, OSError) as e:
-                self.fail(_failure(self.paths[index], e, self.tag))
+                self.fail(failure_record(self.paths[index], e, self.tag))
             bar.update(1)
 
-        batches = iter(loader)
+        batches = iter(self.loader(chunks))
         try:
             for batch in batches:
                 for index, failure in batch.failures:
                     if self.pending[index]:
                         self.fail(failure)
                         bar.update(1)
-                if batch.tensors is None or batch.displays is None:
-                    continue
-                per_method = self.explain_batch(batch.tensors, batch.indices)
-                displays = batch.displays.numpy()
-                for k, index in enumerate(batch.indices):
-                    if not self.pending[index]:
-                        continue
-                    job = ImageJob(
-                        out_dir=self.out,
-                        path=self.paths[index],
-                        stem=self.stems[index],
-                        tag=self.tag,
-                        key=self.keys[index],
-                        source=self.sources[index],
-                        display=displays[k],
-                        notes=batch.notes[k],
-                        results=[results[k] for results in per_method],
-                        alpha=self.settings.alpha,
-                        grid=self.all,
-                        skipped_methods=dict(self.skipped),
-                    )
+                for index, job in self.jobs(batch):
                     in_flight.append((index, pool.submit(write_image_outputs, job)))
-                while len(in_flight) > 2 * size:
+                while len(in_flight) > 2 * self.settings.batch_size:
                     collect()
             while in_flight:
                 collect()
@@ -406,8 +352,6 @@ class _Run:
             bar.close()
 
     def manifest(self, command: str) -> dict[str, Any]:
-        from cnnviz.outputs.records import rebuild_manifest
-
         attempted = {
             (str(p), self.tag) for p, todo in zip(self.paths, self.pending, strict=True) if todo
         }
@@ -458,8 +402,6 @@ def explain_files(
             cannot work for any image (raised before or at the first batch).
         OutputError: ``out_dir`` cannot be created or written.
     """
-    from cnnviz.outputs.records import prepare_out_dir, remove_stale_temp_files
-
     path_list = [Path(p) for p in paths]
     _validate(loaded, settings, len(path_list))
     run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings)
@@ -477,14 +419,3 @@ def explain_files(
             logger.debug("could not write the manifest after the interruption", exc_info=True)
         raise
     return run.manifest(command)
-
-
-def model_record(loaded: LoadedModel) -> dict[str, Any]:
-    """The manifest's description of a model."""
-    return {
-        "name": loaded.name,
-        "architecture": loaded.architecture,
-        "weights": loaded.weights,
-        "num_classes": len(loaded.class_names),
-        "preprocessing": loaded.preprocessing.to_dict(),
-    }

@@ -1,16 +1,13 @@
 """``cnnviz report``: one self-contained HTML page per image, plus an index page.
 
-Each page shows the top-5 predictions, Grad-CAM for the three best classes, saliency, activation
-grids, the first conv layer's filters, the model summary, the layer list and the manifest data.
-Pictures are embedded as ``data:`` URIs and the page loads nothing from the network (a
-Content-Security-Policy forbids it), so a page can be mailed or opened offline. All text is
-escaped by Jinja2's autoescaping.
+Each page shows the top-5 predictions, Grad-CAM for the three best classes, saliency, the
+methods compared, activation grids, the first conv layer's filters, the model summary, the layer
+list and the page's manifest record. Pages are rendered by :mod:`cnnviz.render.html` (pictures
+embedded as ``data:`` URIs, nothing loaded from the network).
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,13 +17,30 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from cnnviz.methods.base import Explanation
-from cnnviz.models import LoadedModel
+from cnnviz.api import default_layer, explain
+from cnnviz.capture.layers import trace_layers
+from cnnviz.capture.targets import TopK
+from cnnviz.data.samples import bundled_samples
+from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
+from cnnviz.errors import CnnvizError
+from cnnviz.inputs.decode import LoadedImage, load_inputs
+from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
+from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
+from cnnviz.inspect.summary import layer_table, summarize
+from cnnviz.methods.base import Explanation, get_method, method_options
+from cnnviz.methods.integrated import COMPLETENESS_WARNING, relative_gap
+from cnnviz.methods.postprocess import to_unit_range
+from cnnviz.metrics.faithfulness import class_logits
+from cnnviz.models.loaded import LoadedModel
+from cnnviz.outputs.files import atomic_write_bytes, to_json_text, write_png
+from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
+from cnnviz.render.colours import Box, colormap_for, draw_box, overlay, to_uint8
+from cnnviz.render.figures import activations_figure, filters_figure
+from cnnviz.render.html import figure_data_uri, png_data_uri, render_page
 
 logger = logging.getLogger(__name__)
-
-Box = tuple[int, int, int, int]
 
 COMPARED_METHODS: tuple[str, ...] = (
     "gradcam++",
@@ -55,46 +69,12 @@ class ReportSettings:
     methods: Sequence[str] = COMPARED_METHODS
 
 
-def png_data_uri(image: np.ndarray) -> str:
-    """A ``data:image/png;base64,…`` URI for a uint8 ``(H, W)`` or ``(H, W, 3)`` array."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def figure_data_uri(fig: Any) -> str:
-    """A data URI of a matplotlib figure rendered to PNG."""
-    from cnnviz.render.figures import figure_to_png_bytes
-
-    return "data:image/png;base64," + base64.b64encode(figure_to_png_bytes(fig)).decode("ascii")
-
-
-def draw_box(image: np.ndarray, box: Box | None) -> np.ndarray:
-    """A copy of ``image`` with a green rectangle around ``box``.
-
-    ``box`` is ``(x0, y0, x1, y1)`` with ``x1``/``y1`` exclusive.
-    """
-    if box is None:
-        return image
-    from PIL import Image, ImageDraw
-
-    picture = Image.fromarray(image)
-    x0, y0, x1, y1 = box
-    ImageDraw.Draw(picture).rectangle((x0, y0, x1 - 1, y1 - 1), outline=(0, 220, 0))
-    return np.asarray(picture)
-
-
 def default_activation_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """First conv, a middle block and the CAM layer, in execution order.
 
     The middle is the middle of the layers with own parameters and a spatial output; a conv
     directly followed by a BatchNorm gives the BatchNorm (the seed's ``bn4_1`` on VGG-11-BN).
     """
-    from cnnviz.api import default_layer
-    from cnnviz.capture.layers import trace_layers
-
     calls = [
         c
         for c in trace_layers(model, x[:1])
@@ -122,12 +102,7 @@ def demo_inputs(loaded: LoadedModel, out: Path) -> tuple[list[Path], dict[Path, 
     """The demo's images: bundled photos, or held-out synthetic shapes (with boxes) for
     ``shapes_vgg11``."""
     if loaded.name != "shapes_vgg11":
-        from cnnviz.inputs.images import bundled_samples
-
         return bundled_samples(), {}
-    from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
-    from cnnviz.outputs.files import write_png
-
     batch = heldout_shapes(6)
     folder = out / "inputs"
     paths: list[Path] = []
@@ -146,11 +121,7 @@ def demo_inputs(loaded: LoadedModel, out: Path) -> tuple[list[Path], dict[Path, 
 class _ModelParts:
     """What every page of one report shares: summary, layer table, filters (computed once)."""
 
-    def __init__(self, loaded: LoadedModel, settings: ReportSettings) -> None:
-        from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
-        from cnnviz.inspect.summary import layer_table, summarize
-        from cnnviz.render.figures import filters_figure
-
+    def __init__(self, loaded: LoadedModel) -> None:
         size = (3, *loaded.preprocessing.input_size)
         self.summary = summarize(loaded.module, size, depth=2).to_dict()
         self.layers = [row.__dict__ for row in layer_table(loaded.module, size)]
@@ -161,12 +132,8 @@ class _ModelParts:
 
 
 def _predictions(loaded: LoadedModel, x: torch.Tensor, k: int = 5) -> list[dict[str, Any]]:
-    from cnnviz.capture.hooks import as_model_input, model_state_guard
-    from cnnviz.capture.targets import logits_of
-
-    module = loaded.module
-    with torch.no_grad(), model_state_guard(module):
-        logits = logits_of(module(as_model_input(module, x)))[0].float().cpu()
+    """The ``k`` most probable classes of one image, with logit and probability."""
+    logits = class_logits(loaded.module, x)[0]
     probabilities = logits.softmax(dim=0)
     top = probabilities.topk(min(k, probabilities.numel()))
     return [
@@ -180,80 +147,90 @@ def _predictions(loaded: LoadedModel, x: torch.Tensor, k: int = 5) -> list[dict[
     ]
 
 
+class _Page:
+    """The pictures of one image's page, drawn on the picture the model sees."""
+
+    def __init__(
+        self, loaded: LoadedModel, item: LoadedImage, settings: ReportSettings, box: Box | None
+    ) -> None:
+        self.loaded, self.item, self.settings, self.box = loaded, item, settings, box
+        self.x = item.tensor.unsqueeze(0)
+
+    def overlay_uri(self, e: Explanation, t: int = 0) -> str:
+        shown = to_unit_range(e.maps, e.display, e.input_size).numpy()[0, t]
+        cmap = colormap_for(e.display, self.settings.cmap)
+        picture = overlay(self.item.picture, shown, cmap=cmap, alpha=self.settings.alpha)
+        return png_data_uri(draw_box(picture, self.box))
+
+    def gradcam(self) -> tuple[Explanation, list[dict[str, Any]]]:
+        cams = explain(self.loaded, self.x, "gradcam", target=TopK(self.settings.cam_classes))
+        probabilities = cams.probabilities
+        entries = [
+            {
+                "label": cams.targets.labels[0][t],
+                "probability": float(probabilities[0, t]) if probabilities is not None else 0,
+                "src": self.overlay_uri(cams, t),
+            }
+            for t in range(cams.maps.shape[1])
+        ]
+        return cams, entries
+
+    def saliency(self) -> dict[str, Any]:
+        sal = explain(self.loaded, self.x, "saliency")
+        shown = to_unit_range(sal.maps, sal.display, sal.input_size).numpy()[0, 0]
+        return {
+            "label": sal.targets.labels[0][0],
+            "src": self.overlay_uri(sal),
+            "raw": png_data_uri(to_uint8(shown)),
+        }
+
+    def methods(self, top_class: int | None) -> list[dict[str, Any]]:
+        """The "methods compared" section: each method for the top class (or skipped, logged)."""
+        entries = []
+        for name in self.settings.methods:
+            # The page states completeness under the picture (method_note), not as a warning.
+            quiet = "warn_incomplete" in method_options(get_method(name))
+            options: dict[str, Any] = {"warn_incomplete": False} if quiet else {}
+            try:
+                e = explain(self.loaded, self.x, name, target=top_class, **options)
+            except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
+                logger.warning("method %s skipped: %s", name, error)
+                continue
+            label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")
+            entries.append({"label": label, "src": self.overlay_uri(e), "note": method_note(e)})
+        return entries
+
+    def activations(self, layers: Sequence[str]) -> list[dict[str, Any]]:
+        entries = []
+        for name, act in capture_activations(self.loaded.module, self.x, layers).items():
+            if act.dim() != 4:
+                continue
+            ids, chosen = select_channels(act[0], self.settings.channels, ChannelOrder.FIRST)
+            fig = activations_figure(
+                chosen.float().cpu().numpy(),
+                title=f"{name} {tuple(act.shape)}",
+                channel_ids=ids,
+                shared_scale=False,
+            )
+            entries.append({"layer": name, "shape": tuple(act.shape), "src": figure_data_uri(fig)})
+        return entries
+
+
 def _page(
     loaded: LoadedModel,
-    item: Any,
+    item: LoadedImage,
     parts: _ModelParts,
     settings: ReportSettings,
     box: Box | None,
 ) -> dict[str, Any]:
-    from cnnviz.api import explain
-    from cnnviz.capture.targets import TopK
-    from cnnviz.errors import CnnvizError
-    from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
-    from cnnviz.methods.base import get_method, method_options
-    from cnnviz.methods.postprocess import Display
-    from cnnviz.outputs.files import to_json_text
-    from cnnviz.outputs.manifest import environment_info
-    from cnnviz.render.colours import overlay, to_uint8
-    from cnnviz.render.figures import activations_figure
-    from cnnviz.runs.explain import display_maps, model_record
-
-    x = item.tensor.unsqueeze(0)
-    shown_input = draw_box(item.display, box)
-
-    def overlay_uri(map01: np.ndarray, cmap: str = settings.cmap) -> str:
-        picture = overlay(item.display, map01, cmap=cmap, alpha=settings.alpha)
-        return png_data_uri(draw_box(picture, box))
-
-    cams = explain(loaded, x, "gradcam", target=TopK(settings.cam_classes))
-    cam_maps = display_maps(cams)
-    gradcam = [
-        {
-            "label": cams.targets.labels[0][t],
-            "probability": float(cams.probabilities[0, t]) if cams.probabilities is not None else 0,
-            "src": overlay_uri(cam_maps[0, t]),
-        }
-        for t in range(cams.maps.shape[1])
-    ]
-    sal = explain(loaded, x, "saliency")
-    sal_map = display_maps(sal)[0, 0]
-    saliency = {
-        "label": sal.targets.labels[0][0],
-        "src": overlay_uri(sal_map),
-        "raw": png_data_uri(to_uint8(sal_map)),
-    }
-    methods = []
+    """Everything one image's page shows, and its manifest record (``page["record"]``)."""
+    page = _Page(loaded, item, settings, box)
+    cams, gradcam = page.gradcam()
+    saliency = page.saliency()
     top_class = None if cams.targets.indices is None else int(cams.targets.indices[0, 0])
-    for name in settings.methods:
-        # The page states completeness under the picture (method_note), not as a warning.
-        quiet = "warn_incomplete" in method_options(get_method(name))
-        options: dict[str, Any] = {"warn_incomplete": False} if quiet else {}
-        try:
-            e = explain(loaded, x, name, target=top_class, **options)
-        except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
-            logger.warning("method %s skipped: %s", name, error)
-            continue
-        signed = e.display is Display.SIGNED  # diverging colours: red +, blue −
-        picture = overlay_uri(display_maps(e)[0, 0], "bwr" if signed else settings.cmap)
-        label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")
-        methods.append({"label": label, "src": picture, "note": method_note(e)})
-    layers = (
-        list(settings.layers) if settings.layers else default_activation_layers(loaded.module, x)
-    )
-    activations = []
-    for name, act in capture_activations(loaded.module, x, layers).items():
-        if act.dim() != 4:
-            continue
-        ids, chosen = select_channels(act[0], settings.channels, ChannelOrder.FIRST)
-        fig = activations_figure(
-            chosen.float().cpu().numpy(),
-            title=f"{name} {tuple(act.shape)}",
-            channel_ids=ids,
-            shared_scale=False,
-        )
-        activations.append({"layer": name, "shape": tuple(act.shape), "src": figure_data_uri(fig)})
-    predictions = _predictions(loaded, x)
+    methods = page.methods(top_class)
+    layers = list(settings.layers or default_activation_layers(loaded.module, page.x))
+    predictions = _predictions(loaded, page.x)
     record = {
         "input": str(item.path),
         "model": model_record(loaded),
@@ -265,6 +242,7 @@ def _page(
         "notes": list(item.notes),
         "environment": environment_info(),
     }
+    sections = ["predictions", "grad-cam", "saliency", *(["methods"] if methods else [])]
     return {
         "title": item.path.name,
         "stem": item.stem,
@@ -272,22 +250,20 @@ def _page(
         "environment": record["environment"],
         "input_size": loaded.preprocessing.input_size,
         "notes": list(item.notes),
-        "input_image": png_data_uri(shown_input),
+        "input_image": png_data_uri(draw_box(item.picture, box)),
         "box": box,
         "predictions": predictions,
         "gradcam_layer": cams.layer,
         "gradcam": gradcam,
         "saliency": saliency,
         "methods": methods,
-        "activations": activations,
+        "activations": page.activations(layers),
         "filters": parts.filters,
         "summary": parts.summary,
         "layers": parts.layers,
         "record": record,
         "manifest_json": to_json_text(record),
-        "sections": ["predictions", "grad-cam", "saliency"]
-        + (["methods"] if methods else [])
-        + ["activations", "filters", "summary", "layers", "manifest"],
+        "sections": [*sections, "activations", "filters", "summary", "layers", "manifest"],
     }
 
 
@@ -295,23 +271,11 @@ def method_note(e: Explanation) -> str | None:
     """A caption line for what a picture cannot show: Integrated Gradients' completeness."""
     if "completeness_gap" not in e.extras:
         return None
-    from cnnviz.methods.integrated import COMPLETENESS_WARNING, relative_gap
-
     gap = float(relative_gap(e.extras["completeness_gap"], e.extras["delta_f"])[0, 0])
     note = f"attributions sum to the score change within {100 * gap:.1f} %"
     if gap > COMPLETENESS_WARNING:
         note += " (over the paper's 5 %: more steps would tighten it)"
     return note
-
-
-def _environment() -> Any:
-    from jinja2 import Environment, PackageLoader, select_autoescape
-
-    return Environment(
-        loader=PackageLoader("cnnviz", "templates"),
-        autoescape=select_autoescape(["html", "j2"], default=True),
-        keep_trailing_newline=True,
-    )
 
 
 def build_report(
@@ -327,18 +291,10 @@ def build_report(
 
     Returns the manifest as a dict, with ``index`` (path of the index page) added.
     """
-    from tqdm import tqdm
-
-    from cnnviz.outputs.files import atomic_write_bytes
-    from cnnviz.outputs.manifest import Manifest, write_manifest
-    from cnnviz.runs.explain import load_inputs, model_record
-
     settings = settings or ReportSettings()
     boxes = boxes or {}
     out.mkdir(parents=True, exist_ok=True)
-    env = _environment()
-    page_template = env.get_template("report.html.j2")
-    parts = _ModelParts(loaded, settings)
+    parts = _ModelParts(loaded)
     failures: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
@@ -347,7 +303,7 @@ def build_report(
         for item in load_inputs(loaded, list(paths), failures):
             page = _page(loaded, item, parts, settings, boxes.get(item.path))
             href = f"{item.stem}.html"
-            atomic_write_bytes(out / href, page_template.render(page=page).encode("utf-8"))
+            atomic_write_bytes(out / href, render_page("report.html.j2", page=page).encode("utf-8"))
             items.append({**page["record"], "files": {"html": href}})
             index_entries.append(
                 {
@@ -362,9 +318,7 @@ def build_report(
     finally:
         bar.close()
     model = model_record(loaded)
-    index_html = env.get_template("index.html.j2").render(
-        model=model, pages=index_entries, failures=failures
-    )
+    index_html = render_page("index.html.j2", model=model, pages=index_entries, failures=failures)
     atomic_write_bytes(out / "index.html", index_html.encode("utf-8"))
     manifest = Manifest(
         command="report",
