@@ -20,7 +20,8 @@ from cnnviz.data.samples import bundled_samples
 from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.methods.base import method_names
-from cnnviz.methods.perturbation import rise_masks, window_starts
+from cnnviz.methods.gradients import make_generator
+from cnnviz.methods.perturbation import draw_rise_masks, window_starts
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
 
@@ -176,13 +177,17 @@ def test_occlusion_matches_captum_on_efficientnet_lite0(lite0: LoadedModel) -> N
 
 
 def test_rise_masks_are_smooth_shifted_and_keep_p_of_the_image() -> None:
-    masks = rise_masks(400, grid=7, p=0.5, size=(56, 56), seed=0, device=torch.device("cpu"))
+    masks = draw_rise_masks(
+        make_generator(0, torch.device("cpu")), 400, grid=7, p=0.5, size=(56, 56)
+    )
     assert masks.shape == (400, 56, 56)
     assert masks.min() >= 0
     assert masks.max() <= 1
     assert abs(float(masks.mean()) - 0.5) < 0.03
     assert ((masks > 0.01) & (masks < 0.99)).float().mean() > 0.3  # bilinear, not binary
-    again = rise_masks(400, grid=7, p=0.5, size=(56, 56), seed=0, device=torch.device("cpu"))
+    again = draw_rise_masks(
+        make_generator(0, torch.device("cpu")), 400, grid=7, p=0.5, size=(56, 56)
+    )
     assert torch.equal(masks, again)
     # the random shift: the cell edges (where a mask changes) are not at the same place in all
     edges = (masks[:, :, 1:] - masks[:, :, :-1]).abs().sum(dim=(0, 1))
@@ -196,7 +201,9 @@ def test_rise_equals_its_formula_and_finds_the_square() -> None:
     e = explain(
         model, x, "rise", target=1, masks=count, grid=7, p=p, seed=3, score="logit", batch_size=50
     )
-    masks = rise_masks(count, grid=7, p=p, size=(56, 56), seed=3, device=torch.device("cpu"))
+    masks = draw_rise_masks(
+        make_generator(3, torch.device("cpu")), count, grid=7, p=p, size=(56, 56)
+    )
     scores = masks[:, 20:36, 20:36].mean(dim=(1, 2))  # the model's score on x ⊙ M_i
     expected = torch.einsum("k,khw->hw", scores, masks) / (count * p)
     close(e.maps[0, 0], expected, 1e-5)
@@ -222,7 +229,9 @@ def test_rise_probability_scores_and_targets_share_the_forward_passes() -> None:
     assert counted.rows == [2] + [40] * 3  # clean pass, then 120 rows for all 3 targets at once
     assert e.maps.shape == (2, 3, 64, 64)
     assert e.display.value == "positive"
-    masks = rise_masks(60, grid=4, p=0.5, size=(64, 64), seed=0, device=torch.device("cpu"))
+    masks = draw_rise_masks(
+        make_generator(0, torch.device("cpu")), 60, grid=4, p=0.5, size=(64, 64)
+    )
     assert e.targets.indices is not None
     with torch.no_grad():
         probs = model((x.unsqueeze(0) * masks[:, None, None]).flatten(0, 1)).softmax(dim=1)

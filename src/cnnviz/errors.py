@@ -86,3 +86,9 @@ def positive_int(value: object, what: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ArgumentError(f"{what} must be a whole number >= {minimum}, got {value!r}")
     return value
+
+
+def error_text(error: BaseException) -> str:
+    """An exception's message with its white space folded to single spaces (its type's name when
+    it has no message): how a caught third-party error is quoted inside a cnnviz message."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -99,11 +99,6 @@ def resolve_layer(model: nn.Module, layer: LayerRef) -> str:
     )
 
 
-def get_module(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` (a full dotted path, as returned by :func:`resolve_layer`)."""
-    return model.get_submodule(name)
-
-
 def alias_of(model: nn.Module, name: str) -> str | None:
     """The shortest unique suffix of ``name`` that :func:`resolve_layer` maps back to it.
 

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from cnnviz.errors import ImageLoadError
+from cnnviz.errors import ImageLoadError, error_text
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def load_image_with_notes(path: str | os.PathLike[str]) -> tuple[Image.Image, li
     # struct.error, EOFError, IndexError, …); all mean "cannot decode this file".
     except Exception as e:
         raise ImageLoadError(
-            f"Cannot decode {file} ({type(e).__name__}: {_one_line(e)}); the file is damaged "
+            f"Cannot decode {file} ({type(e).__name__}: {error_text(e)}); the file is damaged "
             "or truncated: re-export or re-download it."
         ) from e
     for note in notes:
@@ -126,7 +126,7 @@ def _checked_file(path: str | os.PathLike[str]) -> Path:
             raise ImageLoadError(f"Image file {file} is empty (0 bytes); re-export or re-copy it.")
     except OSError as e:  # permission denied, name too long, …
         raise ImageLoadError(
-            f"Cannot access {file} ({_one_line(e)}); check the path and its permissions."
+            f"Cannot access {file} ({error_text(e)}); check the path and its permissions."
         ) from e
     return file
 
@@ -215,10 +215,6 @@ def _too_large(file: Path, size: tuple[int, int] | None) -> ImageLoadError:
         f"Refusing {file}: {what} the limit of {MAX_IMAGE_PIXELS:,} "
         "(a possible decompression bomb); downscale the image first."
     )
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _suffixes() -> str:

@@ -25,7 +25,7 @@ from torch import nn
 from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef
-from cnnviz.errors import LayerError, NonFiniteError, positive_int
+from cnnviz.errors import NonFiniteError, positive_int
 
 
 def capture_activations(
@@ -53,24 +53,6 @@ def capture_activations(
     with LayerCapture(model, layers, grad=GradFrom.NONE) as capture:
         capture.forward(batch)
         return {name: capture.activations[name] for name in capture.names}
-
-
-def layer_output_4d(act: torch.Tensor, layer: str = "") -> torch.Tensor:
-    """``act`` itself if it is a spatial ``(N, C, H, W)`` map, else a :class:`LayerError`.
-
-    Used before drawing activation maps: a Linear or pooled-and-flattened output has no image
-    to show.
-    """
-    if not isinstance(act, torch.Tensor):
-        raise TypeError(f"Expected a tensor, got {type(act).__name__}")
-    if act.dim() != 4:
-        named = f"Layer {layer!r}" if layer else "The layer"
-        raise LayerError(
-            f"{named} outputs shape {tuple(act.shape)}, which is not a spatial (N, C, H, W) map; "
-            "choose a convolution, batch-norm or activation layer before the global pooling "
-            "(see `cnnviz layers MODEL`)."
-        )
-    return act
 
 
 class ChannelOrder(enum.Enum):

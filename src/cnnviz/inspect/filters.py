@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnviz.capture.layers import LayerRef, get_module, resolve_layer
+from cnnviz.capture.layers import LayerRef, resolve_layer
 from cnnviz.errors import LayerError, NonFiniteError, positive_int
 from cnnviz.render.colours import to_uint8
 
@@ -75,7 +75,7 @@ def conv_weight(model: nn.Module, layer: LayerRef) -> torch.Tensor:
         LayerError: the layer is unknown or not an ``nn.Conv2d`` (a few conv layers are listed).
     """
     name = resolve_layer(model, layer)
-    module = get_module(model, name)
+    module = model.get_submodule(name)
     if not isinstance(module, nn.Conv2d):
         convs = conv_layers(model)
         hint = (

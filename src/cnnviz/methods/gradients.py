@@ -1,14 +1,13 @@
 """Input-space gradient methods: attributions with the resolution of the input image.
 
 Saliency and Gradient × Input take one forward and one backward pass per target. SmoothGrad
-(and its squared and variance variants) and Integrated Gradients average gradients over many
-inputs; they stream those inputs through the model ``batch_size`` rows at a time, so the
-activations held do not grow with ``samples`` or ``steps`` (Integrated Gradients' adaptive rule
-keeps one input-sized value per step and target until its grid is final, in image groups of at
-most 256 MiB). Targets are resolved once on the unperturbed input.
+(and its squared and variance variants) averages gradients over many noisy copies of the input,
+streamed through the model ``batch_size`` rows at a time, so the activations held do not grow
+with ``samples``. Targets are resolved once on the unperturbed input.
 
 The batched passes here (:func:`clean_pass`, :func:`input_gradients`, :func:`forward_scores`) are
-shared with :mod:`cnnviz.methods.guided` and :mod:`cnnviz.methods.perturbation`.
+shared with :mod:`cnnviz.methods.integrated` (Integrated Gradients), :mod:`cnnviz.methods.guided`
+and :mod:`cnnviz.methods.perturbation`.
 """
 
 from __future__ import annotations

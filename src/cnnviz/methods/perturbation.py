@@ -189,21 +189,6 @@ def draw_rise_masks(
     )
 
 
-def rise_masks(
-    count: int,
-    *,
-    grid: int,
-    p: float,
-    size: tuple[int, int],
-    seed: int,
-    device: torch.device,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """The ``count`` masks ``(count, H, W)`` that RISE draws for ``seed``."""
-    generator = make_generator(seed, device)
-    return draw_rise_masks(generator, count, grid=grid, p=p, size=size, dtype=dtype)
-
-
 @register
 class RISE(Method):
     """RISE (Petsiuk, Das & Saenko, "RISE: Randomized Input Sampling for Explanation of
