@@ -1,10 +1,9 @@
-"""Written output: atomic PNG/NPY/JSON files, safe file names, and the versioned manifest.
+"""Written files: atomic PNG/NPY/JSON writes, safe file names, and file locks.
 
 Every file is written to a temporary name in its destination folder, flushed to disk and renamed
 over the target with :func:`os.replace`, so a reader (or a crash) sees either the old file or the
-complete new one, never a half-written file. Each run's folder holds a ``manifest.json`` with a
-schema version, the library/torch/python versions, the model, method and layer, one entry per
-written item and one per failure; the HTML report is rendered from it.
+complete new one, never a half-written file. The manifest that describes a run's files is
+:mod:`cnnviz.outputs.manifest`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The versioned ``manifest.json`` of every run: what was written, from what, with which versions.
 
 Each run's folder holds a ``manifest.json`` with a schema version, the library/torch/python
-versions, the model, method and layer, one entry per written item and one per failure. The HTML
-pages are rendered from the same data the manifest records.
+versions, the model, method and layer, one entry per written item and one per failure. A run
+writes its files first and the manifest last, describing them (the report's manifest records
+are taken from the data each page was rendered from).
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
-"""Rendering: colour maps, overlays, tile grids and matplotlib figures (NumPy/PIL only here).
+"""Colours: colour maps, overlays and boxes drawn on pictures (NumPy and PIL, no figures).
 
-Everything that turns numbers into pixels lives in this module, and it takes NumPy arrays, never
-tensors: the tensor stages (:mod:`cnnviz.methods.postprocess`) hand over maps already normalised to
-``[0, 1]``. Colouring uses a 256-entry lookup table taken once from matplotlib's colormap, so
-:func:`colorize` and :func:`overlay` build no figure per image. Figures are built with the
-object-oriented API (``matplotlib.figure.Figure`` with an Agg canvas), never ``pyplot``, so no
-global figure state is created or leaked; matplotlib itself is imported only when needed.
+This module takes NumPy arrays, never tensors: the tensor stage
+(:mod:`cnnviz.methods.postprocess`) hands over maps already normalised to ``[0, 1]``. Colouring
+uses a 256-entry lookup table taken once from matplotlib's colormap, so :func:`colorize` and
+:func:`overlay` build no figure per image.
 """
 
 from __future__ import annotations
