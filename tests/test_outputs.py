@@ -104,6 +104,25 @@ def test_out_dir_that_cannot_be_a_folder_is_an_output_error(
     assert os.listdir(tmp_path) == ["file.txt"]
 
 
+def test_out_dir_without_write_permission_is_an_output_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The permission check itself, whoever runs the suite (root passes any real one)."""
+    asked: list[tuple[str, int]] = []
+
+    def no_write(path: str | os.PathLike[str], mode: int, **_kwargs: object) -> bool:
+        asked.append((os.fspath(path), mode))
+        return False
+
+    monkeypatch.setattr(os, "access", no_write)
+    with pytest.raises(OutputError) as caught:
+        prepare_out_dir(tmp_path / "ro")
+    assert str(caught.value) == (
+        f"The output folder {tmp_path / 'ro'} is not writable; choose another --out."
+    )
+    assert asked == [(str(tmp_path / "ro"), os.W_OK | os.X_OK)]
+
+
 def test_cli_out_under_a_file_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
