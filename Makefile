@@ -36,8 +36,10 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
+# Plain pytest, so a developer's own `pytest` runs the same suite: tests/conftest.py does all the
+# isolation (offline, empty TORCH_HOME, shapes_vgg11 cached once in build/test-cache, never ~/.cache).
 unit: $(VENV)/.dev-installed browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=15
 
 # Headless Chromium for the report-rendering test (Debian's package). Best effort: when it
 # cannot be installed, that one test is skipped and says why.

@@ -1,7 +1,16 @@
-"""Shared test set-up: no network, an empty torch hub cache, and the bundled sample images.
+"""Shared test set-up: no network, nothing read or written in the user's home, sample images.
 
-Set at import, before any test module imports torch, timm or huggingface_hub:
-``CNNVIZ_OFFLINE=1`` (cnnviz never downloads) and ``HF_HUB_OFFLINE=1`` (nor does timm).
+Set at import, before any test module imports cnnviz, torch, timm, matplotlib or huggingface_hub:
+
+* ``CNNVIZ_OFFLINE=1`` (cnnviz never downloads) and ``HF_HUB_OFFLINE=1`` (nor does timm).
+* ``CNNVIZ_CACHE``: the session's cnnviz cache, where ``shapes_vgg11`` is trained once (about
+  95 s) and reused by later runs: ``<checkout>/build/test-cache`` (``build/`` is git-ignored),
+  unless the caller already set the variable (CI or a developer sharing one cache), in which case
+  theirs is kept. Never ``~/.cache/cnnviz``. A test that needs an empty cache passes its own
+  ``tmp_path`` (``load_shapes_vgg11(cache_dir=...)`` or ``monkeypatch.setenv``).
+* ``MPLCONFIGDIR``: matplotlib's font cache goes to ``<session cache>/matplotlib`` rather than
+  ``~/.cache/matplotlib`` (again, a caller's own setting is kept).
+
 ``TORCH_HOME`` points at a fresh temporary directory for the whole session, so no test sees
 weights cached on the developer's machine; a test that plants a checkpoint there should use
 ``monkeypatch.setenv("TORCH_HOME", str(tmp_path))`` to keep it to itself.
@@ -11,14 +20,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = REPO_ROOT / "src" / "cnnviz" / "data" / "samples"
+DEFAULT_TEST_CACHE = REPO_ROOT / "build" / "test-cache"
+"""The session cache unless the caller sets ``CNNVIZ_CACHE``."""
+
 os.environ["CNNVIZ_OFFLINE"] = "1"
 os.environ["HF_HUB_OFFLINE"] = "1"
-
-SAMPLES_DIR = Path(__file__).resolve().parents[1] / "src" / "cnnviz" / "data" / "samples"
+CACHE_SET_BY_CALLER = bool(os.environ.get("CNNVIZ_CACHE"))  # empty means unset, as in cnnviz
+if not CACHE_SET_BY_CALLER:
+    os.environ["CNNVIZ_CACHE"] = str(DEFAULT_TEST_CACHE)
+SESSION_CACHE = Path(os.environ["CNNVIZ_CACHE"]).expanduser()
+if not os.environ.get("MPLCONFIGDIR"):
+    os.environ["MPLCONFIGDIR"] = str(SESSION_CACHE / "matplotlib")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,6 +48,21 @@ def _empty_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         patch.setenv("TORCH_HOME", str(home))
         patch.setenv("CNNVIZ_OFFLINE", "1")
         yield home
+
+
+@dataclass(frozen=True)
+class SessionCache:
+    """The session's ``CNNVIZ_CACHE`` folder and whether the caller chose it."""
+
+    path: Path
+    set_by_caller: bool
+    default: Path = DEFAULT_TEST_CACHE
+
+
+@pytest.fixture(scope="session")
+def session_cache() -> SessionCache:
+    """The folder ``CNNVIZ_CACHE`` names for the whole session (see the module docstring)."""
+    return SessionCache(SESSION_CACHE, CACHE_SET_BY_CALLER)
 
 
 @pytest.fixture

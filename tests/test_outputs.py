@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import cnnviz
-from cnnviz.errors import NonFiniteError
+from cnnviz.errors import NonFiniteError, OutputError
 from cnnviz.inspect.filters import FilterScale
 from cnnviz.outputs.files import (
     atomic_write_bytes,
@@ -34,6 +34,7 @@ from cnnviz.outputs.manifest import (
     read_manifest,
     write_manifest,
 )
+from cnnviz.outputs.records import prepare_out_dir
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path: Path) -> None:
@@ -72,6 +73,71 @@ def test_failure_mid_write_keeps_old_file_and_removes_temp(
     monkeypatch.undo()
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["a.png"]
+
+
+def test_out_dir_is_created_and_returned(tmp_path: Path) -> None:
+    assert prepare_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert (tmp_path / "a" / "b").is_dir()
+    assert prepare_out_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"  # existing: fine
+
+
+@pytest.mark.parametrize(
+    ("where", "message"),
+    [
+        ("file.txt", "{out} exists and is not a folder; give a folder for --out."),
+        ("file.txt/out", "Cannot create the output folder {out} (Not a directory);"),
+        ("file.txt/deeper/out", "Cannot create the output folder {out} (Not a directory);"),
+    ],
+)
+def test_out_dir_that_cannot_be_a_folder_is_an_output_error(
+    tmp_path: Path, where: str, message: str
+) -> None:
+    """A folder at or under a regular file cannot exist, for root as for anyone else."""
+    (tmp_path / "file.txt").write_text("keep me")
+    out = tmp_path / where
+    with pytest.raises(OutputError) as caught:
+        prepare_out_dir(out)
+    assert str(caught.value).startswith(message.format(out=out))
+    assert isinstance(caught.value, OSError)
+    assert isinstance(caught.value.__cause__, (NotADirectoryError, FileExistsError))
+    assert (tmp_path / "file.txt").read_text() == "keep me"
+    assert os.listdir(tmp_path) == ["file.txt"]
+
+
+def test_out_dir_without_write_permission_is_an_output_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The permission check itself, whoever runs the suite (root passes any real one)."""
+    asked: list[tuple[str, int]] = []
+
+    def no_write(path: str | os.PathLike[str], mode: int, **_kwargs: object) -> bool:
+        asked.append((os.fspath(path), mode))
+        return False
+
+    monkeypatch.setattr(os, "access", no_write)
+    with pytest.raises(OutputError) as caught:
+        prepare_out_dir(tmp_path / "ro")
+    assert str(caught.value) == (
+        f"The output folder {tmp_path / 'ro'} is not writable; choose another --out."
+    )
+    assert asked == [(str(tmp_path / "ro"), os.W_OK | os.X_OK)]
+
+
+def test_cli_out_under_a_file_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cnnviz.cli import main
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "file.txt").write_text("keep me")
+    out = tmp_path / "file.txt" / "out"
+    model = ["--model", "shapes_vgg11", "--weights", "random", "--workers", "0"]
+    code = main(["-q", "gradcam", str(tmp_path / "a.png"), *model, "-o", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2
+    assert err == [f"cnnviz: error: Cannot create the output folder {out} (Not a directory); "
+                   "choose a writable --out."]  # fmt: skip
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "file.txt"]
 
 
 def test_write_json_format(tmp_path: Path) -> None:
@@ -161,6 +227,37 @@ def test_environment_info_versions() -> None:
     assert info["torchvision"] == torchvision.__version__
     assert info["python"] == platform.python_version()
     assert info["platform"]
+
+
+def test_version_is_the_installed_metadata_written_once_in_pyproject(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import importlib.metadata
+    import re
+
+    from cnnviz.cli import main
+
+    installed = importlib.metadata.version("cnnviz")
+    assert cnnviz.__version__ == installed
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"cnnviz {installed}\n"
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    # One literal version, in [project]; a stale install of an older checkout fails here.
+    assert re.findall(r'(?m)^version = "([^"]+)"$', pyproject) == [installed]
+    init = (root / "src" / "cnnviz" / "__init__.py").read_text(encoding="utf-8")
+    assert not re.search(r"[\"']\d+\.\d+", init)  # no second copy of a version number
+
+
+def test_version_without_metadata_says_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.metadata
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.delattr(cnnviz, "__version__", raising=False)  # the cached lookup; restored after
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert cnnviz.__version__ == "0+unknown"
 
 
 def _manifest() -> Manifest:

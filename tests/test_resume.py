@@ -3,20 +3,27 @@
 The CLI runs as a real subprocess so SIGKILL, SIGTERM and SIGINT are real. The model is
 ``shapes_vgg11`` with a seeded random checkpoint (deterministic, nothing to train), on 64
 synthetic 64×64 JPEGs.
+
+Where each signal lands is chosen, not timed: the child is the CLI started by a small driver
+(:data:`DRIVER`, test code only) that stops the run at a known point and then says so by creating
+a file: at the N-th rename of a temporary output file (that rename and every later one never
+happen, so exactly N - 1 files are complete), or at the N-th batch (the model call sleeps until
+the signal interrupts it). The test waits for that file, with a bounded timeout, then signals.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -27,17 +34,68 @@ from torch import nn
 
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models import from_module
-from cnnviz.runs.explain import ExplainSettings, explain_files
+from cnnviz.runs.explain import _WRITERS, ExplainSettings, explain_files
 
 N_IMAGES = 64
+FILES_PER_IMAGE = 7  # per target (2): overlay, layer map, input map; then the image's record
 TEMP = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
-# One thread: the same arithmetic in every run, and no thread contention on a busy machine.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+WAIT_S = 120.0  # the longest any step may take before the test fails (normally a few seconds)
+
+DRIVER = """
+import os, re, runpy, sys, threading, time
+
+import cnnviz.api
+
+mode, n, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.argv = ["cnnviz", *sys.argv[4:]]
+temp = re.compile(TEMP_PATTERN)
+lock = threading.Lock()
+calls = 0
+
+
+def reached():
+    with open(ready, "x"):
+        pass
+
+
+def replace(src, dst, **kwargs):
+    global calls
+    if not temp.match(os.path.basename(os.fspath(src))):
+        return real_replace(src, dst, **kwargs)
+    with lock:  # one rename at a time, so exactly n - 1 happen
+        calls += 1
+        if calls == n:
+            reached()
+            threading.Event().wait()  # frozen for good, holding the lock: later renames wait too
+        return real_replace(src, dst, **kwargs)
+
+
+def explain(*args, **kwargs):
+    global calls
+    calls += 1
+    if calls == n:
+        reached()
+        time.sleep(300)  # ended by the test's signal
+    return real_explain(*args, **kwargs)
+
+
+if mode == "rename":
+    real_replace, os.replace = os.replace, replace
+else:
+    real_explain, cnnviz.api.explain = cnnviz.api.explain, explain
+runpy.run_module("cnnviz.cli", run_name="__main__", alter_sys=True)
+""".replace("TEMP_PATTERN", repr(TEMP.pattern))
+
+
+def _env() -> dict[str, str]:
+    """The session's environment (offline, isolated caches), read when a child starts."""
+    # One thread: the same arithmetic in every run, and no thread contention on a busy machine.
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """64 JPEGs, a seeded shapes_vgg11 checkpoint, and an uninterrupted reference run."""
+    """64 JPEGs, a seeded shapes_vgg11 checkpoint, the driver, and an uninterrupted reference."""
     from cnnviz.data.shapes import make_shapes
     from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
 
@@ -51,22 +109,68 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(3)
     state = {k: v.contiguous() for k, v in build_shapes_vgg11().state_dict().items()}
     save_file(state, str(root / "shapes.safetensors"))
+    (root / "driver.py").write_text(DRIVER, encoding="utf-8")
     world = {"root": root, "inputs": inputs, "weights": root / "shapes.safetensors"}
     reference = root / "reference"
     done = subprocess.run(
-        _command(world, reference), capture_output=True, text=True, timeout=300, env=ENV
+        _command(world, reference), capture_output=True, text=True, timeout=300, env=_env()
     )
     assert done.returncode == 0, done.stderr
     world["reference"] = reference
     return world
 
 
-def _command(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
+def _cli_args(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "cnnviz.cli", "-q", "explain", str(world["inputs"]),
+        "-q", "explain", str(world["inputs"]),
         "--model", "shapes_vgg11", "--weights", str(world["weights"]), "--method", "gradcam",
         "--top-k", "2", "--batch-size", "8", "--out", str(out), *extra,
     ]  # fmt: skip
+
+
+def _command(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cnnviz.cli", *_cli_args(world, out, *extra)]
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@contextmanager
+def _stopped_run(
+    world: dict[str, Path], out: Path, mode: str, n: int, *extra: str
+) -> Iterator[subprocess.Popen[str]]:
+    """The CLI run into ``out``, stopped at the ``n``-th rename or batch (``mode``)."""
+    ready = world["root"] / f"ready-{out.name}-{mode}-{n}"
+    ready.unlink(missing_ok=True)
+    driver = [sys.executable, str(world["root"] / "driver.py"), mode, str(n), str(ready)]
+    proc = subprocess.Popen(
+        [*driver, *_cli_args(world, out, *extra)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        # A suite started in the background inherits SIGINT ignored, and Python then keeps
+        # it ignored: give the child the default disposition, as a terminal would.
+        preexec_fn=_default_sigint,
+    )
+    try:
+        _wait_until(proc, ready.exists, f"the {n}th {mode}")
+        yield proc
+    finally:
+        if proc.returncode is None:  # the test failed before ending it
+            proc.kill()
+            proc.communicate(timeout=WAIT_S)
+
+
+def _wait_until(proc: subprocess.Popen[str], done: Callable[[], bool], what: str) -> None:
+    """Poll ``done`` until it holds; fail if the child ends first or after ``WAIT_S``."""
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended ({proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {what} after {WAIT_S:.0f} s")
+        time.sleep(0.01)
 
 
 def _check_readable(out: Path) -> int:
@@ -85,31 +189,12 @@ def _check_readable(out: Path) -> int:
             json.loads(path.read_text(encoding="utf-8"))
         else:
             raise AssertionError(f"unexpected file {path}")
-    return len(list((out / "records").glob("*.json"))) if (out / "records").is_dir() else 0
+    return _records(out)
 
 
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _written_since(entry: os.DirEntry[str], since: int) -> bool:
-    """Whether ``entry`` is a file modified at or after ``since`` (False once it has vanished:
-    temporary files are renamed away while we look)."""
-    try:
-        return entry.is_file() and entry.stat().st_mtime_ns >= since
-    except FileNotFoundError:
-        return False
-
-
-def _wait_for_output(proc: subprocess.Popen[Any], out: Path, since: int) -> None:
-    """Until this process has written something into ``out`` (or ended)."""
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if out.is_dir():
-            with os.scandir(out) as entries:
-                if any(_written_since(entry, since) for entry in entries):
-                    return
-        time.sleep(0.002)
+def _records(out: Path) -> int:
+    folder = out / "records"
+    return sum(1 for p in folder.iterdir() if p.suffix == ".json") if folder.is_dir() else 0
 
 
 def _assert_same_results(out: Path, reference: Path) -> None:
@@ -126,51 +211,51 @@ def _assert_same_results(out: Path, reference: Path) -> None:
         assert np.array_equal(a, np.asarray(Image.open(reference / item["files"]["overlay"])))
 
 
+# The n-th rename of each killed run (each resumes the one before): 1 kills before any file is
+# complete; the others land ever later in the remaining work, which none of them finishes.
+KILL_AT_RENAME = (1, 25, 60, 110, 170)
+
+
+def _images_done_bounds(renames: int) -> tuple[int, int]:
+    """How many images a run completes when it is frozen after ``renames`` renames.
+
+    An image is complete with its record, its last rename of ``FILES_PER_IMAGE``; each writer
+    thread may be part-way through one more image (up to ``FILES_PER_IMAGE - 1`` renames)."""
+    partial = _WRITERS * (FILES_PER_IMAGE - 1)
+    return max(0, math.ceil((renames - partial) / FILES_PER_IMAGE)), renames // FILES_PER_IMAGE
+
+
 @pytest.mark.slow
-def test_sigkill_at_random_moments_then_resume_is_identical(world: dict[str, Path]) -> None:
-    rng = random.Random(20240607)
+def test_sigkill_mid_write_then_resume_is_identical(world: dict[str, Path]) -> None:
     out = world["root"] / "killed"
-    # Aim the kills at the writing phase of an uninterrupted run: first output to last record.
-    reference = world["reference"]
-    first = min(p.stat().st_mtime for p in reference.iterdir() if p.suffix in (".png", ".npy"))
-    window = max(p.stat().st_mtime for p in (reference / "records").iterdir()) - first
-    window = max(window, 0.02)
-    kills, partial = 0, set()
-    for _ in range(25):
-        if kills >= 5:
-            break
-        done = _check_readable(out)
-        if done == N_IMAGES:  # nothing left to interrupt: start the set again
-            for path in out.iterdir():
-                if path.is_file():
-                    path.unlink()
-            for path in (out / "records").iterdir():
-                path.unlink()
-            done = 0
-        start = time.time_ns()
-        proc = subprocess.Popen(
-            _command(world, out, "--resume"), stderr=subprocess.DEVNULL, env=ENV
-        )
-        _wait_for_output(proc, out, start)
-        time.sleep(rng.uniform(0.0, window * (N_IMAGES - done) / N_IMAGES))
-        if proc.poll() is None:
+    records = 0
+    for n in KILL_AT_RENAME:
+        with _stopped_run(world, out, "rename", n, "--resume") as proc:
+            # The n-th temporary file is whole but not yet renamed; others may be half-written.
+            assert any(TEMP.match(p.name) for p in out.rglob(".*")), n
             proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait(timeout=300)
-        assert proc.returncode in (0, -signal.SIGKILL)
-        records = _check_readable(out)
-        if proc.returncode == -signal.SIGKILL and 0 < records < N_IMAGES:
-            partial.add(records)
-    print(f"{kills} SIGKILLs; complete images after each partial kill: {sorted(partial)}")
-    assert kills >= 5, kills
-    assert len(partial) >= 2, partial  # kills landed at different points of the writing
+            _, err = proc.communicate(timeout=WAIT_S)
+        assert proc.returncode == -signal.SIGKILL, err
+        before, records = records, _check_readable(out)
+        low, high = _images_done_bounds(n - 1)
+        assert low <= records - before <= high, (n, before, records)
+        assert not (out / "manifest.json").exists()  # a killed run writes none
+    assert 40 < records < N_IMAGES, records  # the kills covered most of the work, not all
     finish = subprocess.run(
-        _command(world, out, "--resume"), capture_output=True, text=True, timeout=300, env=ENV
+        _command(world, out, "--resume"), capture_output=True, text=True, timeout=300, env=_env()
     )
     assert finish.returncode == 0, finish.stderr
     _check_readable(out)
     assert not list(out.rglob(".*.tmp"))  # left-overs of killed runs are cleaned up
     _assert_same_results(out, world["reference"])
+    run = json.loads((out / "manifest.json").read_text())["extra"]["run"]
+    assert run == {
+        "inputs": N_IMAGES, "already_complete": records, "written": N_IMAGES - records,
+        "failed": 0,
+    }  # fmt: skip
+
+
+STOP_AT_BATCH = 6  # with one image per batch, images 0 … 4 are complete when the signal lands
 
 
 @pytest.mark.slow
@@ -182,30 +267,21 @@ def test_sigterm_and_ctrl_c_stop_cleanly(
     world: dict[str, Path], sig: signal.Signals, code: int, word: str
 ) -> None:
     out = world["root"] / f"stopped-{sig.name}"
-    for _ in range(3):  # retry in the unlikely case the run ends before the signal lands
-        start = time.time_ns()
-        proc = subprocess.Popen(
-            _command(world, out, "--batch-size", "1"),
-            stderr=subprocess.PIPE,
-            text=True,
-            env=ENV,
-            # A suite started in the background inherits SIGINT ignored, and Python then keeps
-            # it ignored: give the child the default disposition, as a terminal would.
-            preexec_fn=_default_sigint,
-        )
-        _wait_for_output(proc, out, start)
+    done = STOP_AT_BATCH - 1
+    with _stopped_run(world, out, "batch", STOP_AT_BATCH, "--batch-size", "1") as proc:
+        _wait_until(proc, lambda: _records(out) == done, f"{done} records")
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=120)
-        if proc.returncode != 0:
-            break
+        _, err = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == code, err
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert word in lines[0]
     assert "--resume" in lines[0]
-    records = _check_readable(out)
+    assert _check_readable(out) == done
     manifest = json.loads((out / "manifest.json").read_text())
-    assert 2 * records == len(manifest["items"]) < 2 * N_IMAGES  # what is complete, only
+    assert [i["stem"] for i in manifest["items"]] == [
+        f"shape-{i:02d}" for i in range(done) for _ in range(2)
+    ]
     for item in manifest["items"]:
         assert (out / item["files"]["overlay"]).is_file()
 
@@ -224,7 +300,7 @@ def test_two_runs_into_one_folder_lose_nothing(world: dict[str, Path]) -> None:
         subprocess.Popen(
             [*_command({**world, "inputs": half}, out), "--batch-size", "2"],
             stderr=subprocess.DEVNULL,
-            env=ENV,
+            env=_env(),
         )
         for half in halves
     ]

@@ -12,6 +12,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -208,6 +209,18 @@ def test_cache_dir_follows_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_
     name = shapes_vgg11_path(tmp_path).name
     assert name.startswith(f"shapes_vgg11-v{shapes_model.SHAPES_VGG11_VERSION}-")
     assert re.fullmatch(r"shapes_vgg11-v\d+-[0-9a-f]{10}\.safetensors", name)
+
+
+def test_the_suite_caches_in_its_session_folder_not_the_home_cache(session_cache: Any) -> None:
+    """conftest points ``CNNVIZ_CACHE`` at the session folder before cnnviz is imported."""
+    path = shapes_vgg11_path()
+    assert path.parent == shapes_cache_dir() == session_cache.path
+    assert Path(os.environ["CNNVIZ_CACHE"]).expanduser() == session_cache.path
+    if not session_cache.set_by_caller:  # else the caller's own folder is kept, wherever it is
+        checkout = Path(__file__).resolve().parents[1]
+        assert session_cache.path == session_cache.default == checkout / "build" / "test-cache"
+        assert not path.is_relative_to(Path.home() / ".cache")
+        assert Path(os.environ["MPLCONFIGDIR"]) == session_cache.path / "matplotlib"
 
 
 def test_save_and_load_round_trip_and_a_corrupt_file(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """cnnviz: see inside CNN image classifiers.
 
 Heavy libraries (torch, matplotlib) are imported lazily, so ``import cnnviz`` and ``cnnviz --help``
-are instant; public names are resolved on first use.
+are instant; public names are resolved on first use. ``__version__`` is read on first use from the
+installed package's metadata, whose one source is ``version`` in ``pyproject.toml``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+__version__: str  # resolved by __getattr__ below, so there is no second copy of the version
+
+_UNKNOWN_VERSION = "0+unknown"
+"""``__version__`` when cnnviz runs from a source tree that was never installed (no metadata)."""
 
 _PUBLIC = {
     "explain": "cnnviz.api",
@@ -28,7 +32,19 @@ _PUBLIC = {
 }
 
 
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cnnviz")
+    except PackageNotFoundError:
+        return _UNKNOWN_VERSION
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        globals()["__version__"] = found = _installed_version()  # looked up once
+        return found
     module = _PUBLIC.get(name)
     if module is None:
         raise AttributeError(f"module 'cnnviz' has no attribute {name!r}")
