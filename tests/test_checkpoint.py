@@ -169,11 +169,12 @@ def test_assign_refuses_to_leave_meta_tensors() -> None:
 
 
 def test_large_finite_values_are_not_mistaken_for_overflow() -> None:
-    from cnnviz.models.checkpoint import check_finite
+    from cnnviz.models.checkpoint import check_finite_weights
 
-    check_finite({"w": torch.full((100,), 60000.0, dtype=torch.float16)})  # sum overflows fp16
+    overflowing = torch.full((100,), 60000.0, dtype=torch.float16)  # its sum overflows fp16
+    check_finite_weights({"w": overflowing})
     with pytest.raises(NonFiniteError, match="'w' holds 1 NaN"):
-        check_finite({"w": torch.tensor([60000.0, float("nan")], dtype=torch.float16)})
+        check_finite_weights({"w": torch.tensor([60000.0, float("nan")], dtype=torch.float16)})
 
 
 def test_missing_file_unknown_suffix_damaged_file_and_non_tensors(tmp_path: Path) -> None:

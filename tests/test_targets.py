@@ -54,9 +54,37 @@ def test_callable_targets_any_scalar_per_image() -> None:
         ("crane", "ambiguous"),
         ([1], "1 targets given for a batch of 2"),
         (TopK(9), "only 5 classes"),
-        (lambda o: o, "1-D tensor"),
+        (lambda o: o[None], r"shape \(1, 2, 5\) for a batch of 2 images"),
+        (lambda o: o[:1], r"shape \(1, 5\) for a batch of 2 images"),
+        (lambda o: o[:, :0], r"shape \(2, 0\) for a batch of 2 images"),
     ],
 )
 def test_bad_targets_name_the_problem(spec: object, message: str) -> None:
     with pytest.raises(TargetError, match=message):
         resolve_targets(spec, LOGITS, NAMES)  # type: ignore[arg-type]
+
+
+def test_class_names_must_name_every_class() -> None:
+    with pytest.raises(TargetError, match="4 class names for a model with 5 classes"):
+        resolve_targets(None, LOGITS, NAMES[:4])
+    with pytest.raises(TargetError, match="6 class names for a model with 5 classes"):
+        resolve_targets(3, LOGITS, (*NAMES, "extra"))
+    assert resolve_targets(3, LOGITS, ()).labels == (("3",), ("3",))  # no names: numbers
+
+
+def test_callable_targets_score_once_with_t_columns() -> None:
+    calls = []
+
+    def two(o: torch.Tensor) -> torch.Tensor:
+        calls.append(o.shape[0])
+        return o[:, [4, 0]]
+
+    t = resolve_targets(two, LOGITS, NAMES)
+    assert calls == [2] and t.per_image == 2 and t.labels == (("two[0]", "two[1]"),) * 2
+    assert torch.equal(t.scores(LOGITS), torch.tensor([[0.0, 0.1], [0.0, 3.0]]))
+    assert calls == [2, 2]
+    rows = torch.tensor([1, 1, 0])
+    three = torch.cat([LOGITS[1:], LOGITS[1:], LOGITS[:1]])
+    assert torch.equal(t.scores(three, rows=rows)[:, 1], torch.tensor([3.0, 3.0, 0.1]))
+    with pytest.raises(TargetError, match=r"shape \(2, 2\) for a batch of 3 images"):
+        t.scores(LOGITS, rows=rows)

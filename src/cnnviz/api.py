@@ -73,7 +73,8 @@ def explain(
         layer: for CAM methods, a dotted name, unique suffix or module; default: the last
             spatial layer (:func:`~cnnviz.capture.layers.auto_cam_layer`, logged).
         target: see :mod:`cnnviz.capture.targets` (default: each image's predicted class).
-        class_names: names for class targets (taken from a LoadedModel when not given).
+        class_names: names for class targets, one per class of the model (taken from a
+            LoadedModel when not given); names of another count raise a ``TargetError``.
         **options: method options, e.g. ``signed=True`` for saliency. A method that takes
             ``preprocessing`` (Integrated Gradients' black baseline) gets the LoadedModel's
             unless one is given.

@@ -6,8 +6,9 @@ A target specification (``TargetSpec``) is one of:
 * an ``int`` class index or a ``str`` class name — the same class for every image;
 * a sequence with one index or name per image (its length must match the batch);
 * :class:`TopK` — the ``k`` highest-scoring classes of each image (``k`` targets per image);
-* a callable mapping the model output to a tensor of shape ``(N,)`` — any scalar per image:
-  multi-label, regression, a segmentation class summed over a mask, a dict or tuple output.
+* a callable mapping the model output to a tensor of shape ``(N,)`` or ``(N, T)`` — any scalar
+  (or ``T`` scalars) per image: multi-label, regression, a segmentation class summed over a
+  mask, a dict or tuple output. It is called once per forward pass, on that pass's output.
 
 Class scores are the **pre-softmax** logits (Simonyan et al. 2014; Selvaraju et al. 2017).
 """
@@ -120,24 +121,14 @@ class Targets:
         """``(M, T)`` target scalars of ``output``.
 
         ``rows`` (length M) says which original image each output row belongs to, for
-        perturbation batches that repeat one image; by default row i is image i.
+        perturbation batches that repeat one image; by default row i is image i. A callable
+        target is called once, and its result must have M rows and T columns.
         """
         if self.score_fn is not None:
-            values = self.score_fn(output)
-            if not isinstance(values, torch.Tensor) or values.dim() != 1:
-                shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values)
-                raise TargetError(
-                    "A callable target must return a 1-D tensor with one scalar per image, "
-                    f"got {shape}."
-                )
-            return values.unsqueeze(1)
+            expected = len(rows) if rows is not None else len(self.labels)
+            return callable_scores(self.score_fn, output, expected, self.per_image)
         assert self.indices is not None  # invariant: either score_fn or indices
-        logits = logits_of(output)
-        if logits.dim() != 2:
-            raise TargetError(
-                f"Class targets need (N, classes) scores, the model gives shape "
-                f"{tuple(logits.shape)}; pass a callable target instead."
-            )
+        logits = class_logits(output)
         index = self.indices.to(logits.device)
         if rows is not None:
             index = index[rows.to(logits.device)]
@@ -149,31 +140,105 @@ class Targets:
         return logits.gather(1, index)
 
 
-def resolve_targets(
-    spec: TargetSpec,
-    output: Any,
-    class_names: Sequence[str] | None = None,
-) -> Targets:
-    """Resolve ``spec`` against the model's ``output`` for a batch (see the module docstring)."""
-    if callable(spec) and not isinstance(spec, (str, TopK)):
-        probe = spec(output)
-        if not isinstance(probe, torch.Tensor) or probe.dim() != 1:
-            raise TargetError(
-                "A callable target must return a 1-D tensor with one scalar per image, "
-                f"got {type(probe).__name__}"
-                + (f" of shape {tuple(probe.shape)}" if isinstance(probe, torch.Tensor) else "")
-            )
-        name = getattr(spec, "__name__", type(spec).__name__)
-        return Targets(None, tuple((name,) for _ in range(probe.shape[0])), spec)
+def callable_scores(
+    fn: ScoreFn, output: Any, images: int, per_image: int | None = None
+) -> torch.Tensor:
+    """``fn(output)`` as ``(N, T)`` scores for a batch of ``N = images``, called once.
+
+    Raises :class:`TargetError` unless ``fn`` returns a tensor of shape ``(N,)`` or ``(N, T)``
+    (with ``T = per_image`` when given: the count it returned on the unperturbed batch).
+    """
+    values = fn(output)
+    if not isinstance(values, torch.Tensor):
+        raise TargetError(
+            f"the target function returned a {type(values).__name__} for a batch of {images} "
+            "images; it must return a tensor of shape (N,) or (N, T)"
+        )
+    shape = tuple(values.shape)
+    if values.dim() not in (1, 2) or shape[0] != images or 0 in shape[1:]:
+        raise TargetError(
+            f"the target function returned shape {shape} for a batch of {images} images; "
+            "it must return (N,) or (N, T)"
+        )
+    scores = values.unsqueeze(1) if values.dim() == 1 else values
+    if per_image is not None and scores.shape[1] != per_image:
+        raise TargetError(
+            f"the target function returned shape {shape} for a batch of {images} images, "
+            f"but {per_image} scalar(s) per image on the unperturbed batch; it must return "
+            "the same number of scalars per image on every batch"
+        )
+    return scores
+
+
+def class_logits(output: Any) -> torch.Tensor:
+    """The ``(N, classes)`` logits in ``output`` (:func:`logits_of`); else a TargetError."""
     logits = logits_of(output)
     if logits.dim() != 2:
         raise TargetError(
             f"Class targets need (N, classes) scores, the model gives shape {tuple(logits.shape)}; "
             "pass a callable target that returns one scalar per image."
         )
+    return logits
+
+
+def checked_class_names(
+    class_names: Sequence[str] | None, num_classes: int
+) -> Sequence[str] | None:
+    """``class_names`` if there is one per class; ``None`` for none (or an empty sequence).
+
+    Raises :class:`TargetError` for names of another count: they cannot belong to this model.
+    """
+    if not class_names:
+        return None
+    if len(class_names) != num_classes:
+        raise TargetError(
+            f"{len(class_names)} class names for a model with {num_classes} classes; give one "
+            "name per output of the model, or none."
+        )
+    return class_names
+
+
+def resolve_and_score(
+    spec: TargetSpec,
+    output: Any,
+    class_names: Sequence[str] | None = None,
+    *,
+    images: int | None = None,
+) -> tuple[Targets, torch.Tensor]:
+    """Resolve ``spec`` against ``output`` and score it, calling a callable target once.
+
+    Returns the :class:`Targets` and their ``(N, T)`` scores, still attached to the graph of
+    ``output``. ``images`` is N, the batch size of the model input (by default the rows of the
+    class logits); a callable target's result must have N rows.
+    """
+    if callable(spec) and not isinstance(spec, (str, TopK)):
+        n = images if images is not None else class_logits(output).shape[0]
+        scores = callable_scores(spec, output, n)
+        name = getattr(spec, "__name__", type(spec).__name__)
+        count = scores.shape[1]
+        row = (name,) if count == 1 else tuple(f"{name}[{t}]" for t in range(count))
+        return Targets(None, tuple(row for _ in range(n)), spec), scores
+    targets = _resolve_classes(spec, class_logits(output), class_names)
+    return targets, targets.scores(output)
+
+
+def resolve_targets(
+    spec: TargetSpec,
+    output: Any,
+    class_names: Sequence[str] | None = None,
+    *,
+    images: int | None = None,
+) -> Targets:
+    """Resolve ``spec`` against the model's ``output`` for a batch (see the module docstring)."""
+    return resolve_and_score(spec, output, class_names, images=images)[0]
+
+
+def _resolve_classes(
+    spec: TargetSpec, logits: torch.Tensor, class_names: Sequence[str] | None
+) -> Targets:
+    """Class-index targets ``(N, T)`` of a non-callable ``spec`` for ``(N, classes)`` logits."""
     n, num_classes = logits.shape
-    if class_names is not None and len(class_names) != num_classes:
-        class_names = None
+    class_names = checked_class_names(class_names, num_classes)
     if spec is None:
         index = logits.detach().argmax(dim=1, keepdim=True)
     elif isinstance(spec, TopK):

@@ -1,8 +1,8 @@
 """The method core: the result type, the registry, and the shared forward/gradient passes.
 
 A method is a short class registered under a stable name. It supplies its own arithmetic and
-nothing else: hooks (:class:`cnnviz.capture.hooks.LayerCapture`), targets (:mod:`cnnviz.capture.targets`),
-validation and batching live here.
+nothing else: hooks (:class:`cnnviz.capture.hooks.LayerCapture`), targets
+(:mod:`cnnviz.capture.targets`), validation and batching live here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnviz.capture.forward import autograd_enabled
 from cnnviz.capture.hooks import GradFrom, LayerCapture
-from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_and_score
 from cnnviz.errors import CnnvizError, LayerError, NonFiniteError, close_matches
 from cnnviz.methods.postprocess import Display, upsample
 
@@ -182,6 +182,24 @@ def probabilities_of(output: Any, targets: Targets) -> torch.Tensor | None:
     return logits.softmax(dim=1).gather(1, targets.indices.to(logits.device))
 
 
+def explained_scores(
+    output: Any, target: TargetSpec, class_names: Sequence[str] | None, images: int
+) -> tuple[Targets, torch.Tensor, torch.Tensor | None]:
+    """What a forward pass explains: the targets resolved on ``output`` (a batch of ``images``),
+    their ``(N, T)`` scores (still on the graph) and their probabilities (class targets only).
+
+    A callable target is called once. The scores and probabilities, not the whole output, must
+    be finite (:class:`NonFiniteError`): an output that holds no logits tensor can still be
+    explained through a callable target.
+    """
+    targets, scores = resolve_and_score(target, output, class_names, images=images)
+    check_finite(scores.detach(), "The explained target score")
+    probabilities = probabilities_of(output, targets)
+    if probabilities is not None:
+        check_finite(probabilities, "The softmax of the model output")
+    return targets, scores, probabilities
+
+
 @dataclass(frozen=True)
 class GradientPass:
     """Result of one forward and ``T`` backward passes: the tensor differentiated against,
@@ -192,7 +210,6 @@ class GradientPass:
     targets: Targets
     scores: torch.Tensor  # (N, T), detached
     probabilities: torch.Tensor | None
-    activations: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 def gradient_pass(
@@ -206,17 +223,16 @@ def gradient_pass(
     """Forward once and take ∂score_t/∂(layer output or input) for every target ``t``.
 
     With a layer, the part of the network before it runs without autograd (see
-    :class:`~cnnviz.capture.hooks.GradFrom`); gradients come from ``torch.autograd.grad``, so parameters'
-    ``.grad`` are never touched. Images are independent in eval mode, so the gradient of the
-    batch sum of scores gives every image's own gradient.
+    :class:`~cnnviz.capture.hooks.GradFrom`); gradients come from ``torch.autograd.grad``, so
+    parameters' ``.grad`` are never touched. Images are independent in eval mode, so the
+    gradient of the batch sum of scores gives every image's own gradient. A callable target is
+    called once, on this forward's output.
     """
     grad = GradFrom.LAYERS if layer is not None else GradFrom.INPUT
     layers = [layer] if layer is not None else []
     with autograd_enabled(), LayerCapture(model, layers, grad=grad) as capture:
         output = capture.forward(x)
-        check_finite(logits_of(output).detach(), "The model output")
-        targets = resolve_targets(target, output, class_names)
-        scores = targets.scores(output)
+        targets, scores, probabilities = explained_scores(output, target, class_names, len(x))
         value = capture.activations[layer] if layer is not None else capture.input
         assert value is not None  # set by LayerCapture.forward
         if not scores.requires_grad:
@@ -236,5 +252,5 @@ def gradient_pass(
         grads=tuple(grads),
         targets=targets,
         scores=scores.detach(),
-        probabilities=probabilities_of(output, targets),
+        probabilities=probabilities,
     )

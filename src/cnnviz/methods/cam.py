@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from cnnviz.capture.hooks import GradFrom, LayerCapture
-from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.capture.targets import Targets, TargetSpec
 from cnnviz.errors import LayerError, TargetError
 from cnnviz.methods.base import (
     Explanation,
     Method,
     check_finite,
+    explained_scores,
     gradient_pass,
-    probabilities_of,
     register,
 )
 from cnnviz.methods.postprocess import Display
@@ -68,15 +68,14 @@ def layer_pass(
     """Forward ``x`` once without a graph, capturing ``layer`` and resolving the targets."""
     with LayerCapture(model, [layer], grad=GradFrom.NONE) as capture:
         output = capture.forward(x)
-    check_finite(logits_of(output).detach(), "The model output")
-    targets = resolve_targets(target, output, class_names)
+    targets, scores, probabilities = explained_scores(output, target, class_names, len(x))
     activations = capture.activations[layer]
     require_spatial(activations, layer, title)
     return LayerPass(
         activations=activations,
         targets=targets,
-        scores=targets.scores(output).detach(),
-        probabilities=probabilities_of(output, targets),
+        scores=scores.detach(),
+        probabilities=probabilities,
     )
 
 

@@ -23,14 +23,14 @@ from torch import nn
 
 from cnnviz.capture.forward import autograd_enabled
 from cnnviz.capture.hooks import GradFrom, LayerCapture
-from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_targets
+from cnnviz.capture.targets import Targets, TargetSpec, logits_of
 from cnnviz.errors import positive_int
 from cnnviz.methods.base import (
     Explanation,
     Method,
     check_finite,
+    explained_scores,
     gradient_pass,
-    probabilities_of,
     register,
 )
 from cnnviz.methods.postprocess import Display
@@ -93,11 +93,9 @@ def clean_pass(
     """One forward pass without autograd on ``x``: resolve ``target`` and score it."""
     with LayerCapture(model, [], grad=GradFrom.NONE) as capture:
         output = capture.forward(x)
-    check_finite(logits_of(output), "The model output")
-    targets = resolve_targets(target, output, class_names)
     with torch.no_grad():
-        scores = targets.scores(output)
-    return CleanPass(targets, scores.detach(), probabilities_of(output, targets))
+        targets, scores, probabilities = explained_scores(output, target, class_names, len(x))
+    return CleanPass(targets, scores.detach(), probabilities)
 
 
 def forward_scores(

@@ -91,7 +91,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             "so save the weights as one of those"
         )
     state_dict = _extract_state_dict(raw, file)
-    check_finite(state_dict, source=str(file))
+    check_finite_weights(state_dict, source=str(file))
     return state_dict
 
 
@@ -153,7 +153,9 @@ def _extract_state_dict(raw: object, file: Path) -> dict[str, torch.Tensor]:
     return {str(k): v for k, v in state.items()}
 
 
-def check_finite(state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+def check_finite_weights(
+    state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint"
+) -> None:
     """Raise :class:`NonFiniteError` naming the first floating tensor with NaN or ±inf values."""
     for key, tensor in state_dict.items():
         if not tensor.is_floating_point():

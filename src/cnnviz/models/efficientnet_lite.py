@@ -19,7 +19,7 @@ from torch import nn
 
 from cnnviz.errors import CheckpointError, WeightsUnavailableError
 from cnnviz.inputs.preprocess import Preprocessing
-from cnnviz.models.checkpoint import apply_checkpoint, check_finite
+from cnnviz.models.checkpoint import apply_checkpoint, check_finite_weights
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def load_pretrained() -> nn.Module:
             f"the efficientnet_lite0 weights file {path} holds a {type(state_dict).__name__}, "
             f"not a state dict; reinstall {PACKAGE} or pass --weights FILE or --weights random"
         )
-    check_finite(state_dict, source=str(path))
+    check_finite_weights(state_dict, source=str(path))
     module = build()
     apply_lite0_weights(module, state_dict, source=str(path))
     logger.debug("loaded %s weights from %s", TIMM_ARCHITECTURE, path)

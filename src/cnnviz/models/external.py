@@ -25,7 +25,7 @@ from cnnviz.errors import ModelNotFoundError, WeightsUnavailableError, close_mat
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.checkpoint import (
     apply_checkpoint,
-    check_finite,
+    check_finite_weights,
     fetch_hub_checkpoint,
     hub_checkpoint_path,
     load_checkpoint,
@@ -245,7 +245,7 @@ def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
             f"pretrained weights for {name!r} could not be downloaded ({type(e).__name__}: "
             f"{e}); run with network access, or pass --weights FILE or --weights random"
         ) from e
-    check_finite(created.state_dict(), source=f"timm pretrained {arch}")
+    check_finite_weights(created.state_dict(), source=f"timm pretrained {arch}")
     return created
 
 
