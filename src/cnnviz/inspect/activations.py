@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 
 import torch
@@ -25,6 +24,7 @@ from torch import nn
 from cnnviz.capture.hooks import GradFrom, LayerCapture, as_model_input
 from cnnviz.capture.layers import LayerRef
 from cnnviz.errors import LayerError, NonFiniteError
+from cnnviz.options import ChannelOrder
 
 
 def capture_activations(
@@ -70,15 +70,6 @@ def layer_output_4d(act: torch.Tensor, layer: str = "") -> torch.Tensor:
             "(see `cnnviz layers MODEL`)."
         )
     return act
-
-
-class ChannelOrder(enum.Enum):
-    """Which channels of an activation to show."""
-
-    FIRST = "first"
-    """Channels 0, 1, …, n − 1."""
-    TOP = "top"
-    """The n channels with the highest mean activation, highest first (ties: lower index first)."""
 
 
 def select_channels(

@@ -41,7 +41,6 @@ Example::
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +53,7 @@ from torch import nn
 from cnnviz.capture.hooks import as_model_input, forward_in_layout, model_state_guard
 from cnnviz.errors import TargetError
 from cnnviz.methods.postprocess import Display, minmax_normalize, relu
+from cnnviz.options import DeletionBaseline as Baseline
 
 if TYPE_CHECKING:
     from cnnviz.methods.base import Explanation
@@ -74,17 +74,6 @@ _NEIGHBOURS: tuple[tuple[int, int, float], ...] = (
     (1, -1, 1 / 12),
     (1, 1, 1 / 12),
 )
-
-
-class Baseline(enum.Enum):
-    """What deleted pixels become."""
-
-    ZEROS = "zeros"
-    """Zeros of the model input (the dataset mean colour for a mean/std-normalised model)."""
-    MEAN = "mean"
-    """The image's own per-channel mean."""
-    BLUR = "blur"
-    """The image's Gaussian blur (11×11, σ = 5)."""
 
 
 # -- maps and targets ------------------------------------------------------------------------
