@@ -2,20 +2,47 @@
 
 See :mod:`cnnviz.models.registry` for the table of models and the ``weights`` rules, and
 :mod:`cnnviz.models.checkpoint` for how user checkpoints are read safely.
+
+The names below are resolved on first use, so importing :mod:`cnnviz.models.defaults` (which
+the CLI parser does) does not import torch.
 """
 
 from __future__ import annotations
 
-from cnnviz.models.registry import (
-    DEFAULT_MODEL,
-    DeviceError,
-    LoadedModel,
-    ModelInfo,
-    from_module,
-    imagenet_classes,
-    list_models,
-    load_model,
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from cnnviz.models.defaults import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from cnnviz.models.registry import (
+        DeviceError,
+        LoadedModel,
+        ModelInfo,
+        from_module,
+        imagenet_classes,
+        list_models,
+        load_model,
+    )
+
+_FROM_REGISTRY = frozenset(
+    {
+        "DeviceError",
+        "LoadedModel",
+        "ModelInfo",
+        "from_module",
+        "imagenet_classes",
+        "list_models",
+        "load_model",
+    }
 )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_REGISTRY:
+        return getattr(import_module("cnnviz.models.registry"), name)
+    raise AttributeError(f"module 'cnnviz.models' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -33,13 +33,13 @@ from torch import nn
 from cnnviz.errors import CnnvizError, ModelNotFoundError, close_matches
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.checkpoint import apply_checkpoint, fetch_hub_checkpoint, load_checkpoint
+from cnnviz.models.defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported, defined once
 
 logger = logging.getLogger(__name__)
 
 WeightsChoice: TypeAlias = Path | Literal["pretrained", "random"]
 """A resolved ``weights`` argument: the pretrained weights, random init, or a checkpoint file."""
 
-DEFAULT_MODEL = "efficientnet_lite0"
 RANDOM_INIT = "random init"
 _IMAGENET_PREPROCESSING = Preprocessing()  # bilinear, 256 → 224, ImageNet mean/std
 _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
