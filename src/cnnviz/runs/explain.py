@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from cnnviz.capture.targets import TargetSpec
-from cnnviz.errors import CnnvizError, LayerError, TargetError
+from cnnviz.errors import CnnvizError, NotApplicableError, TargetError
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import get_method, method_names
 from cnnviz.models import LoadedModel
@@ -304,7 +304,12 @@ class _Run:
         self.failures.append(failure)
 
     def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
-        """Per method, one result per image of the batch; unusable methods skipped in 'all'."""
+        """Per method, one result per image of the batch.
+
+        With ``method="all"`` a method that raises :class:`NotApplicableError` (it does not apply
+        to this model or layer) is skipped for the rest of the run, and the reason recorded in
+        ``skipped``; any other exception propagates: it is a failure of the run, not a skip.
+        """
         from cnnviz.api import explain
         from cnnviz.outputs.image_files import per_image_results
 
@@ -313,13 +318,13 @@ class _Run:
             target = [target[i] for i in indices]
         options = {} if self.all else self.settings.options
         results: list[list[Any]] = []
-        first_error: Exception | None = None
+        first_error: NotApplicableError | None = None
         for method in [m for m in self.methods if m not in self.skipped]:
             try:
                 explanation = explain(
                     self.loaded, x, method, layer=self.settings.layer, target=target, **options
                 )
-            except (CnnvizError, ValueError, TypeError, RuntimeError) as e:
+            except NotApplicableError as e:
                 if not self.all:
                     raise
                 first_error = first_error or e
@@ -328,7 +333,7 @@ class _Run:
                 continue
             results.append(per_image_results(explanation, self.settings.cmap))
         if not results:  # nothing can explain this model: a settings problem, not a skip
-            raise first_error or LayerError(
+            raise first_error or NotApplicableError(
                 f"every method was skipped for this model ({', '.join(self.skipped)})"
             )
         return results

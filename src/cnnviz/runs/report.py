@@ -189,7 +189,7 @@ def _page(
 ) -> dict[str, Any]:
     from cnnviz.api import explain
     from cnnviz.capture.targets import TopK
-    from cnnviz.errors import CnnvizError
+    from cnnviz.errors import NotApplicableError
     from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
     from cnnviz.methods.base import get_method, method_options
     from cnnviz.methods.postprocess import Display
@@ -231,7 +231,7 @@ def _page(
         options: dict[str, Any] = {"warn_incomplete": False} if quiet else {}
         try:
             e = explain(loaded, x, name, target=top_class, **options)
-        except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
+        except NotApplicableError as error:  # e.g. CAM on a model without a GAP + linear head
             logger.warning("method %s skipped: %s", name, error)
             continue
         signed = e.display is Display.SIGNED  # diverging colours: red +, blue −
