@@ -24,7 +24,7 @@ from torch import nn
 from cnnviz.capture.hooks import GradFrom, LayerCapture, as_model_input
 from cnnviz.capture.layers import LayerRef
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.options import ChannelOrder
+from cnnviz.options import ChannelOrder as ChannelOrder
 
 
 def capture_activations(

@@ -25,7 +25,8 @@ from torch import nn
 
 from cnnviz.capture.layers import LayerRef, get_module, resolve_layer
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.options import DeepFilterView, FilterScale
+from cnnviz.options import DeepFilterView as DeepFilterView
+from cnnviz.options import FilterScale as FilterScale
 from cnnviz.render.colours import to_uint8
 
 

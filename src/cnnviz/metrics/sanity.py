@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from cnnviz.methods.postprocess import Display
-from cnnviz.options import SANITY_MODES as MODES
+from cnnviz.options import SANITY_MODES
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -62,6 +62,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
+MODES: tuple[str, ...] = SANITY_MODES
 _NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,
