@@ -25,21 +25,9 @@ if TYPE_CHECKING:
         load_model,
     )
 
-_FROM_REGISTRY = frozenset(
-    {
-        "DeviceError",
-        "LoadedModel",
-        "ModelInfo",
-        "from_module",
-        "imagenet_classes",
-        "list_models",
-        "load_model",
-    }
-)
-
 
 def __getattr__(name: str) -> Any:
-    if name in _FROM_REGISTRY:
+    if name in __all__:  # all but DEFAULT_MODEL, which is set above, live in the registry
         return getattr(import_module("cnnviz.models.registry"), name)
     raise AttributeError(f"module 'cnnviz.models' has no attribute {name!r}")
 
