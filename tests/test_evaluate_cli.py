@@ -201,3 +201,25 @@ def test_sanity_command_on_one_image(
         assert (out / name).stat().st_size > 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["command"] == "sanity" and printed["failures"] == []
+
+
+def test_sanity_names_exactly_the_files_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    argv = ["-q", "sanity", str(tmp_path / "a.png"), "--model", "shapes_vgg11"]
+    argv += ["--weights", "random", "--methods", "saliency", "--mode", "independent"]
+    assert main([*argv, "--out", str(out)]) == 0
+    written = ["maps-independent.png", "sanity-independent.png", "sanity.json", "manifest.json"]
+    assert capsys.readouterr().out == f"Wrote sanity checks to {out}/ ({', '.join(written)})\n"
+    assert sorted(p.name for p in out.iterdir()) == sorted(written)  # no index.html
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["items"][0]["files"] == {
+        "independent_plot": "sanity-independent.png",
+        "independent_maps": "maps-independent.png",
+        "json": "sanity.json",
+    }

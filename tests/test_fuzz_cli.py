@@ -1,5 +1,10 @@
 """Property: whatever argv it gets, ``main(argv)`` returns a documented exit code, no traceback.
 
+Exit 70 (an internal error: an exception that is not a ``CnnvizError``) fails the test: a bad
+value must be refused at the boundary with a usage error, never reach the code as a stray
+``ValueError``. Every exit 2 prints exactly one ``cnnviz: error:`` line, argparse's own errors
+(an unknown flag, a malformed number) included, and no usage text.
+
 Argument lists are built from the parser's real commands and option names, with values drawn
 from pools of good, bad and random strings. Every run is kept cheap and local: models are
 ``shapes_vgg11`` (random weights or a bad file, never anything to train or download) or an
@@ -18,11 +23,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnviz.cli import build_parser, main
+from cnnviz.cli import ExitCode, build_parser, main
 
 COMMANDS = ("models", "methods", "layers", "summary", "filters", "activations", "saliency",
             "gradcam", "explain")  # fmt: skip
-DOCUMENTED_EXIT_CODES = {0, 1, 2, 3, 130, 143}  # 70 would be a bug
+DOCUMENTED_EXIT_CODES = set(ExitCode) - {ExitCode.INTERNAL}  # 70 would be a bug
 
 
 def _options() -> dict[str, list[tuple[str, bool]]]:
@@ -69,9 +74,9 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 JUNK = st.text(max_size=6)
 
 
-def _value(option: str, files: dict[str, str]) -> st.SearchStrategy[str]:
-    """Mostly good values (so runs get deep), some bad ones, some junk."""
-    pools: dict[str, tuple[list[str], list[str]]] = {  # option: (good, bad)
+def _pools(files: dict[str, str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Option: (good values, bad values)."""
+    return {
         "--model": (["shapes_vgg11"], ["shapes_vgg", "nope", ""]),
         "-m": (["shapes_vgg11"], ["vgg1"]),
         "--weights": (["random"], [files["missing"], files["evil"], files["text"], files["empty"]]),
@@ -95,7 +100,11 @@ def _value(option: str, files: dict[str, str]) -> st.SearchStrategy[str]:
         "--scale": (["per-filter", "global"], ["none"]),
         "--view": (["mean", "per-input"], ["x"]),
     }
-    good, bad = pools.get(option, (["1"], ["-1"]))
+
+
+def _value(option: str, files: dict[str, str]) -> st.SearchStrategy[str]:
+    """Mostly good values (so runs get deep), some bad ones, some junk."""
+    good, bad = _pools(files).get(option, (["1"], ["-1"]))
     return st.one_of(*[st.sampled_from(good)] * 3, st.sampled_from(bad), JUNK)
 
 
@@ -144,11 +153,61 @@ def test_any_argv_gives_an_exit_code_and_no_traceback(
 ) -> None:
     monkeypatch.chdir(Path(files["out"]).parent)  # relative junk paths land in the temp folder
     argv = data.draw(argvs(files))
-    code = main(argv)
-    captured = capsys.readouterr()
+    _check(argv, main(argv), capsys.readouterr())
+
+
+def _check(argv: list[str], code: int, captured: pytest.CaptureResult[str]) -> None:
     assert isinstance(code, int)
     assert code in DOCUMENTED_EXIT_CODES, (argv, captured.err)
     assert "Traceback" not in captured.err + captured.out, argv
-    if code == 2 and "usage:" not in captured.err:  # our own errors: one line each
-        errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert "internal error" not in captured.err, (argv, captured.err)
+    if code == ExitCode.USAGE:  # argparse's errors and ours: exactly one line each
+        errors = [line for line in captured.err.splitlines() if line.startswith("cnnviz: error:")]
         assert len(errors) == 1, (argv, captured.err)
+        assert "usage:" not in captured.err, (argv, captured.err)
+
+
+# -- one bad value at a time, on an otherwise good command line --------------------------------
+
+
+def _good_argv(command: str, files: dict[str, str]) -> list[str]:
+    """A command line of ``command`` that works (exit 0)."""
+    model = ["--model", "shapes_vgg11", "--weights", "random"]
+    if command in ("layers", "summary"):
+        return [command, "shapes_vgg11", "--weights", "random"]
+    if command == "filters":
+        return [command, "shapes_vgg11", "--weights", "random", "--out", files["out"]]
+    if command == "activations":
+        return [command, files["tiny"], *model, "--layers", "conv1", "--out", files["out"]]
+    return [command, files["tiny"], *model, "--workers", "0", "--out", files["out"]]
+
+
+def _one_bad_value_cases() -> list[tuple[str, str]]:
+    """Each long option that takes a value, per command; saliency and explain only for what
+    gradcam does not have (the three share the rest)."""
+    gradcam = {option for option, _ in OPTIONS["gradcam"]}
+    return [
+        (command, option)
+        for command in COMMANDS
+        for option, takes_value in OPTIONS[command]
+        if takes_value
+        and option.startswith("--")
+        and not (command in ("saliency", "explain") and option in gradcam)
+    ]
+
+
+@pytest.mark.parametrize(("command", "option"), _one_bad_value_cases())
+def test_each_bad_value_alone_is_refused_not_a_bug(
+    command: str,
+    option: str,
+    files: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The random search above rarely puts exactly one bad value on a command line that would
+    otherwise run, where a bad value reaches deepest; this tries each one there."""
+    monkeypatch.chdir(Path(files["out"]).parent)
+    _, bad = _pools(files).get(option, ([], ["-1"]))
+    for value in dict.fromkeys([*bad, ""]):
+        argv = ["-q", *_good_argv(command, files), option, value]
+        _check(argv, main(argv), capsys.readouterr())

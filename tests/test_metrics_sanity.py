@@ -11,6 +11,8 @@ import torch
 
 from cnnviz.methods.postprocess import Display
 from cnnviz.metrics import sanity
+from cnnviz.render import figures
+from cnnviz.runs import randomization
 
 N_IMAGES = 8
 
@@ -29,7 +31,7 @@ def shapes() -> tuple[torch.nn.Module, torch.Tensor]:
 def cascading(shapes: tuple[torch.nn.Module, torch.Tensor]) -> dict[str, sanity.SanityResult]:
     model, x = shapes
     methods = ["saliency", "gradcam", "guided-backprop"]  # an unregistered one raises here
-    return sanity.parameter_randomization(model, x, methods, mode="cascading", seed=0)
+    return randomization.parameter_randomization(model, x, methods, mode="cascading", seed=0)
 
 
 def test_similarity_of_known_pairs() -> None:
@@ -53,7 +55,7 @@ def test_groups_follow_execution_order_and_join_batchnorm(
     shapes: tuple[torch.nn.Module, torch.Tensor],
 ) -> None:
     model, x = shapes
-    groups = sanity.randomization_groups(model, x)
+    groups = randomization.randomization_groups(model, x)
     assert [g.label for g in groups][:3] == ["backbone.conv1", "backbone.conv2", "backbone.conv3_1"]
     assert groups[0].modules == ("backbone.conv1", "backbone.bn1")
     assert [g.label for g in groups][-3:] == ["classifier.0", "classifier.3", "classifier.6"]
@@ -68,7 +70,7 @@ def test_users_model_is_untouched(shapes: tuple[torch.nn.Module, torch.Tensor]) 
     bn1.eval()  # a mixed state must survive too
     rng = torch.get_rng_state()
     try:
-        results = sanity.parameter_randomization(
+        results = randomization.parameter_randomization(
             model, x[:2], ["gradcam"], mode="independent", metrics=("spearman",)
         )
         after = model.state_dict()
@@ -84,7 +86,7 @@ def test_users_model_is_untouched(shapes: tuple[torch.nn.Module, torch.Tensor]) 
     assert steps[0] == "backbone.conv1" and steps[-1] == "classifier.6"
     # Each layer gets the same random weights in both modes: randomising only the logits layer
     # is cascading's first step and independent's last.
-    first = sanity.parameter_randomization(
+    first = randomization.parameter_randomization(
         model, x[:2], ["gradcam"], mode="cascading", metrics=("spearman",)
     )
     np.testing.assert_allclose(
@@ -131,17 +133,17 @@ def test_cascading_result_shapes_and_figures(cascading: dict[str, sanity.SanityR
         assert result.similarity[metric].shape == (N_IMAGES, 11)
     assert result.pictures.shape == (12, N_IMAGES, 64, 64)
     assert result.pictures.min() >= 0.0 and result.pictures.max() <= 1.0
-    fig = sanity.similarity_figure(cascading)
+    fig = figures.similarity_figure(cascading)
     assert len(fig.axes) == 4
     assert len(fig.axes[0].lines) == len(cascading) + 1  # one per method, plus the zero line
-    assert len(sanity.maps_figure(cascading).axes) == len(cascading) * 12
+    assert len(figures.sanity_maps_figure(cascading).axes) == len(cascading) * 12
 
 
 def test_data_randomisation_changes_the_maps(shapes: tuple[torch.nn.Module, torch.Tensor]) -> None:
     model, x = shapes
-    random_model, metrics = sanity.train_random_labels(seed=1, n_train=256, epochs=3)
+    random_model, metrics = randomization.train_random_labels(seed=1, n_train=256, epochs=3)
     assert metrics["heldout_accuracy"] < 0.35  # the labels carried no information
-    results = sanity.compare_models(model, random_model, x, ["saliency", "gradcam"])
+    results = randomization.compare_models(model, random_model, x, ["saliency", "gradcam"])
     for result in results.values():
         assert result.similarity["spearman_abs"].shape == (N_IMAGES, 1)
     gradcam = float(np.nanmean(results["gradcam"].similarity["spearman_abs"]))

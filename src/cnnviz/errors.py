@@ -1,6 +1,7 @@
 """Errors that cnnviz raises for bad input, each naming the problem and the remedy.
 
-The CLI turns any :class:`CnnvizError` into one line on stderr and an exit code, never a traceback.
+The CLI turns any :class:`CnnvizError` into one line on stderr and its ``exit_code`` (2, or 3 for
+missing weights), never a traceback; any other exception is a bug in cnnviz (exit 70).
 Every class also derives from the built-in exception a Python user would expect (``ValueError``,
 ``TypeError``, ``FileNotFoundError``), so ``except ValueError`` keeps working.
 """
@@ -38,6 +39,17 @@ class ImageLoadError(CnnvizError, ValueError):
 
 class LayerError(CnnvizError, ValueError):
     """An unknown layer, or a layer that is not run exactly once by the forward pass."""
+
+
+class NotApplicableError(LayerError):
+    """This method does not apply to this model, layer or input size.
+
+    For example CAM on a model whose head is not global average pooling + one linear layer, a
+    CAM method on a layer without a spatial output, or an occlusion window larger than the
+    input. ``--method all`` (and the report's "methods compared") skips a method that raises it,
+    and says why; any other exception is a failure. A :class:`LayerError`, since most of these
+    are about the layer, so ``except LayerError`` keeps catching them.
+    """
 
 
 class TargetError(CnnvizError, ValueError):

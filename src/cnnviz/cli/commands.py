@@ -7,45 +7,22 @@ the handlers, so building the parser (:mod:`cnnviz.cli`) stays instant.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from cnnviz.errors import UsageError, one_line
-
-if TYPE_CHECKING:
-    from cnnviz.models.loaded import LoadedModel
-
-EXIT_OK, EXIT_PARTIAL = 0, 1  # everything written; the run finished but some inputs failed
-
-
-# -- shared helpers --------------------------------------------------------------------------
-
-
-def _load(args: argparse.Namespace, name: str | None = None) -> LoadedModel:
-    from cnnviz.models import load_model
-
-    return load_model(name or args.model, weights=args.weights, device=args.device)
-
-
-def _emit_json(obj: object) -> None:
-    from cnnviz.outputs.files import to_json_text
-
-    sys.stdout.write(to_json_text(obj) + "\n")
-
-
-def _inputs(raw: Sequence[str]) -> list[Path]:
-    from cnnviz.errors import ImageLoadError
-    from cnnviz.inputs.images import find_images
-
-    paths: list[Path] = []
-    for entry in raw:
-        found = find_images(entry)
-        if not found:
-            raise ImageLoadError(f"{entry}: no image files found there (looked for common types).")
-        paths.extend(found)
-    return paths
+from cnnviz.cli.exit_codes import ExitCode
+from cnnviz.cli.shared import (
+    emit_json,
+    finish,
+    input_paths,
+    load,
+    make_out_dir,
+    out_path,
+    split_list,
+    writing_into,
+)
+from cnnviz.errors import UsageError
+from cnnviz.options import ChannelOrder, DeepFilterView, FilterScale
 
 
 def _target(args: argparse.Namespace) -> Any:
@@ -53,36 +30,12 @@ def _target(args: argparse.Namespace) -> Any:
 
     if getattr(args, "top_k", None) is not None:
         if args.target:
-            raise SystemExit("cnnviz: error: give --target or --top-k, not both")
+            raise UsageError("give --target or --top-k, not both.")
         return TopK(args.top_k)
     targets: list[str] = args.target or []
     if not targets:
         return None
     return targets[0] if len(targets) == 1 else list(targets)
-
-
-def _out(args: argparse.Namespace) -> Path:
-    """The ``--out`` folder; an empty value is refused rather than read as ``.``."""
-    if not str(args.out).strip():
-        raise SystemExit("cnnviz: error: --out is empty; give the folder to write to")
-    return Path(args.out)
-
-
-def _finish(manifest: dict[str, Any], out: Path, args: argparse.Namespace) -> int:
-    """Print the summary (each failure was logged as it happened) and choose the exit code.
-
-    The exit code reflects this run: a folder's manifest may also list failures of earlier runs
-    into it (``extra.run.failed`` counts this run's).
-    """
-    run = manifest.get("extra", {}).get("run", {})
-    failed = int(run.get("failed", len(manifest.get("failures", []))))
-    if args.json:
-        _emit_json(manifest)
-    else:
-        count = len(manifest.get("items", []))
-        note = f"; {failed} input(s) failed, listed there" if failed else ""
-        print(one_line(f"Wrote {count} result(s) to {out}/ (manifest.json){note}"))
-    return EXIT_PARTIAL if failed else EXIT_OK
 
 
 # -- commands --------------------------------------------------------------------------------
@@ -93,8 +46,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     infos = list_models()
     if args.json:
-        _emit_json([info.__dict__ for info in infos])
-        return EXIT_OK
+        emit_json([info.__dict__ for info in infos])
+        return ExitCode.OK
     header = ("name", "architecture", "weights", "classes", "input", "offline")
     rows = [
         (
@@ -114,7 +67,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         "\nAlso: torchvision:NAME (any torchvision classifier), timm:NAME (any timm model), "
         "--weights FILE for your own checkpoint."
     )
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -122,7 +75,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     methods = [get_method(n) for n in method_names()]
     if args.json:
-        _emit_json(
+        emit_json(
             [
                 {
                     "name": m.name,
@@ -134,46 +87,48 @@ def cmd_methods(args: argparse.Namespace) -> int:
                 for m in methods
             ]
         )
-        return EXIT_OK
+        return ExitCode.OK
     width = max(len(m.name) for m in methods)
     for m in methods:
         print(f"{m.name.ljust(width)}  {m.summary} ({m.paper})")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from cnnviz.inspect.summary import format_layer_table, layer_table
+    from cnnviz.inspect.summary import layer_table
+    from cnnviz.inspect.tables import format_layer_table
 
-    loaded = _load(args, args.model_name)
+    loaded = load(args, args.model_name, data=False)
     rows = layer_table(loaded.module, (3, *loaded.preprocessing.input_size))
     if args.json:
-        _emit_json([row.__dict__ for row in rows])
+        emit_json([row.__dict__ for row in rows])
     else:
         print(format_layer_table(rows))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from cnnviz.inspect.summary import format_summary, summarize
+    from cnnviz.inspect.summary import summarize
+    from cnnviz.inspect.tables import format_summary
 
-    loaded = _load(args, args.model_name)
+    loaded = load(args, args.model_name, data=False)
     summary = summarize(loaded.module, (3, *loaded.preprocessing.input_size), depth=args.depth)
     if args.json:
-        _emit_json(summary.to_dict())
+        emit_json(summary.to_dict())
     else:
         print(f"{loaded.name}: {loaded.architecture}; weights: {loaded.weights}")
         print(format_summary(summary))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
     from cnnviz.capture.layers import resolve_layer
-    from cnnviz.inspect.filters import DeepFilterView, FilterScale, conv_weight, filter_tiles
-    from cnnviz.outputs.files import safe_stem, write_npy, write_png
+    from cnnviz.inspect.filters import conv_weight, filter_tiles
+    from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy, write_png
     from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import figure_to_png_bytes, filters_figure
 
-    loaded = _load(args, args.model_name)
+    loaded = load(args, args.model_name)
     layer = resolve_layer(loaded.module, args.layer) if args.layer else None
     if layer is None:
         from cnnviz.inspect.filters import first_conv_layer
@@ -182,20 +137,19 @@ def cmd_filters(args: argparse.Namespace) -> int:
     weight = conv_weight(loaded.module, layer)
     scale, view = FilterScale(args.scale), DeepFilterView(args.view)
     tiles = filter_tiles(weight, scale=scale, view=view)
-    out = _out(args)
+    out = make_out_dir(args)
     stem = safe_stem(layer)
     title = f"Filters of {layer} {tuple(weight.shape)} — {loaded.name}"
     fig = filters_figure(tiles, title=title, caption=f"{scale.value} scale, {view.value} view")
-    from cnnviz.outputs.files import atomic_write_bytes
-
-    atomic_write_bytes(out / f"{stem}.filters.png", figure_to_png_bytes(fig))
-    write_png(out / f"{stem}.tiles.png", _tile_sheet(tiles))
-    write_npy(out / f"{stem}.weight.npy", weight.float().numpy())
     files = {
         "figure": f"{stem}.filters.png",
         "tiles": f"{stem}.tiles.png",
         "weight": f"{stem}.weight.npy",
     }
+    with writing_into(out):
+        atomic_write_bytes(out / files["figure"], figure_to_png_bytes(fig))
+        write_png(out / files["tiles"], _tile_sheet(tiles))
+        write_npy(out / files["weight"], weight.float().numpy())
     manifest = Manifest(
         command="filters",
         model=model_record(loaded),
@@ -210,8 +164,9 @@ def cmd_filters(args: argparse.Namespace) -> int:
             },
         ),
     )
-    write_manifest(out, manifest)
-    return _finish(manifest.to_dict(), out, args)
+    with writing_into(out):
+        write_manifest(out, manifest)
+    return finish(manifest.to_dict(), out, args)
 
 
 def _tile_sheet(tiles: Any) -> Any:
@@ -224,17 +179,18 @@ def _tile_sheet(tiles: Any) -> Any:
 
 def cmd_activations(args: argparse.Namespace) -> int:
     from cnnviz.inputs.decode import load_inputs
-    from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
+    from cnnviz.inspect.activations import capture_activations, select_channels
     from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy
     from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import activations_figure, figure_to_png_bytes
 
-    loaded = _load(args)
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    out = _out(args)
+    layers = split_list(args.layers, "--layers")
+    paths = input_paths(args.images)
+    loaded = load(args)
+    out = make_out_dir(args)
     failures: list[dict[str, Any]] = []
     items = []
-    for item in load_inputs(loaded, _inputs(args.images), failures):
+    for item in load_inputs(loaded, paths, failures):
         captured = capture_activations(loaded.module, item.tensor.unsqueeze(0), layers)
         for name, act in captured.items():
             ids, chosen = select_channels(act[0], args.channels, ChannelOrder(args.order))
@@ -245,8 +201,9 @@ def cmd_activations(args: argparse.Namespace) -> int:
                 channel_ids=ids,
                 shared_scale=args.shared_scale,
             )
-            atomic_write_bytes(out / f"{stem}.activations.png", figure_to_png_bytes(fig))
-            write_npy(out / f"{stem}.activations.npy", act[0].float().cpu().numpy())
+            with writing_into(out):
+                atomic_write_bytes(out / f"{stem}.activations.png", figure_to_png_bytes(fig))
+                write_npy(out / f"{stem}.activations.npy", act[0].float().cpu().numpy())
             items.append(
                 {
                     "input": str(item.path),
@@ -266,8 +223,9 @@ def cmd_activations(args: argparse.Namespace) -> int:
         failures=tuple(failures),
         extra={"order": args.order, "shared_scale": args.shared_scale},
     )
-    write_manifest(out, manifest)
-    return _finish(manifest.to_dict(), out, args)
+    with writing_into(out):
+        write_manifest(out, manifest)
+    return finish(manifest.to_dict(), out, args)
 
 
 def parse_method_options(items: Sequence[str]) -> dict[str, Any]:
@@ -311,8 +269,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         make_method(args.method, **options)  # bad names and options fail before loading
     elif options:
         raise UsageError("--option applies to one method; drop it or choose one with --method.")
-    paths = _inputs(args.images)
-    loaded = _load(args)
+    paths = input_paths(args.images)
+    loaded = load(args)
     settings = ExplainSettings(
         method=args.method,
         layer=getattr(args, "layer", None),
@@ -324,11 +282,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         num_workers=args.workers,
         resume=args.resume,
     )
-    out = _out(args)
-    manifest = explain_files(
-        loaded, paths, out, settings, command=args.command, progress=not args.quiet
-    )
-    return _finish(manifest, out, args)
+    out = out_path(args)
+    with writing_into(out):
+        manifest = explain_files(
+            loaded, paths, out, settings, command=args.command, progress=not args.quiet
+        )
+    return finish(manifest, out, args)
 
 
 def _compared_methods(text: str | None) -> tuple[str, ...]:
@@ -348,25 +307,27 @@ def _compared_methods(text: str | None) -> tuple[str, ...]:
 def cmd_report(args: argparse.Namespace) -> int:
     from cnnviz.runs.report import ReportSettings, build_report
 
-    out = _out(args)
+    if not args.demo and not args.images:
+        raise UsageError("give image files or folders, or --demo.")
     settings = ReportSettings(
-        layers=[n.strip() for n in args.layers.split(",")] if args.layers else None,
+        layers=split_list(args.layers, "--layers") if args.layers is not None else None,
         cmap=args.cmap,
         alpha=args.alpha,
         methods=_compared_methods(args.methods),
     )
-    loaded = _load(args)
-    if args.demo:
-        from cnnviz.runs.report import demo_inputs
+    paths = [] if args.demo else input_paths(args.images)
+    loaded = load(args)
+    out = make_out_dir(args)
+    with writing_into(out):
+        if args.demo:
+            from cnnviz.runs.report import demo_inputs
 
-        paths, boxes = demo_inputs(loaded, out)
-    else:
-        if not args.images:
-            raise SystemExit("cnnviz: error: give image files or folders, or --demo")
-        paths, boxes = _inputs(args.images), {}
-    result = build_report(loaded, paths, out, settings, boxes=boxes, progress=not args.quiet)
+            paths, boxes = demo_inputs(loaded, out)
+        else:
+            boxes = {}
+        result = build_report(loaded, paths, out, settings, boxes=boxes, progress=not args.quiet)
     if args.json:
-        _emit_json(result)
+        emit_json(result)
     else:
         print(f"Report: {result['index']}")
-    return EXIT_PARTIAL if result.get("failures") else EXIT_OK
+    return ExitCode.PARTIAL if result.get("failures") else ExitCode.OK

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +25,7 @@ from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef
 from cnnviz.errors import NonFiniteError, positive_int
+from cnnviz.options import ChannelOrder as ChannelOrder
 
 
 def capture_activations(
@@ -53,15 +53,6 @@ def capture_activations(
     with LayerCapture(model, layers, grad=GradFrom.NONE) as capture:
         capture.forward(batch)
         return {name: capture.activations[name] for name in capture.names}
-
-
-class ChannelOrder(enum.Enum):
-    """Which channels of an activation to show."""
-
-    FIRST = "first"
-    """Channels 0, 1, …, n − 1."""
-    TOP = "top"
-    """The n channels with the highest mean activation, highest first (ties: lower index first)."""
 
 
 def select_channels(

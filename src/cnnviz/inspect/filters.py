@@ -19,33 +19,15 @@ Example:
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import torch
 from torch import nn
 
 from cnnviz.capture.layers import LayerRef, resolve_layer
 from cnnviz.errors import LayerError, NonFiniteError, positive_int
+from cnnviz.options import DeepFilterView as DeepFilterView
+from cnnviz.options import FilterScale as FilterScale
 from cnnviz.render.colours import to_uint8
-
-
-class FilterScale(enum.Enum):
-    """How signed weights are mapped to gray levels / colours."""
-
-    PER_FILTER = "per-filter"
-    """Each filter stretched to its own min…max."""
-    GLOBAL = "global"
-    """One min…max over all shown filters, so their magnitudes can be compared."""
-
-
-class DeepFilterView(enum.Enum):
-    """How a filter with many input channels is shown."""
-
-    CHANNEL_MEAN = "mean"
-    """One tile per filter: the mean over its input channels."""
-    PER_INPUT_CHANNEL = "per-input"
-    """One tile per (filter, input channel) for the first filters and input channels."""
 
 
 def conv_layers(model: nn.Module) -> list[str]:

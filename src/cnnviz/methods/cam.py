@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.targets import Targets, TargetSpec
-from cnnviz.errors import LayerError, TargetError
+from cnnviz.errors import NotApplicableError, TargetError
 from cnnviz.methods.base import (
     Explanation,
     Method,
@@ -38,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 
 def require_spatial(value: torch.Tensor, layer: str, title: str) -> None:
-    """Raise :class:`LayerError` unless the layer output is ``(N, K, h, w)``."""
+    """Raise :class:`NotApplicableError` unless the layer output is ``(N, K, h, w)``."""
     if value.dim() != 4:
-        raise LayerError(
+        raise NotApplicableError(
             f"{title} needs a layer with a spatial (N, C, H, W) output; {layer!r} gives "
             f"shape {tuple(value.shape)}. Choose a convolutional layer."
         )
@@ -360,7 +360,7 @@ def final_linear(model: nn.Module) -> tuple[str, nn.Linear]:
     for module in candidates:
         if isinstance(module, nn.Linear) and id(module) in names:
             return names[id(module)], module
-    raise LayerError(
+    raise NotApplicableError(
         f"CAM needs a model that ends in global average pooling + one linear layer, and "
         f"{type(model).__name__} has no nn.Linear; use gradcam instead."
     )
@@ -375,7 +375,7 @@ class CAM(ActivationCAM):
     average pooling, one linear layer): ``map = Σ_k w_{c,k} A^k``, so ``mean(map) + b_c = y_c``.
     On such a model CAM equals Grad-CAM × (h·w). The linear layer is timm's classifier or the
     last ``nn.Linear``; cnnviz checks that the layer's channels feed it and that the logits are
-    reproduced, and raises :class:`~cnnviz.errors.LayerError` otherwise. Example::
+    reproduced, and raises :class:`~cnnviz.errors.NotApplicableError` otherwise. Example::
 
         >>> e = explain(load_model("efficientnet_lite0"), x, "cam", layer="bn2")
     """
@@ -392,7 +392,7 @@ class CAM(ActivationCAM):
         A = run.activations
         remedy = "CAM needs the layer right before global average pooling + one linear layer"
         if A.shape[1] != fc.in_features:
-            raise LayerError(
+            raise NotApplicableError(
                 f"{remedy}; {layer!r} has {A.shape[1]} channels but the last linear layer "
                 f"{fc_name!r} takes {fc.in_features} features. Use gradcam instead."
             )
@@ -400,7 +400,7 @@ class CAM(ActivationCAM):
         if indices is None:
             raise TargetError("CAM explains class scores; for a callable target use gradcam.")
         if int(indices.max()) >= fc.out_features:
-            raise LayerError(
+            raise NotApplicableError(
                 f"{remedy}; the last linear layer {fc_name!r} has {fc.out_features} outputs, "
                 f"fewer than the model's classes. Use gradcam instead."
             )
@@ -413,7 +413,7 @@ class CAM(ActivationCAM):
         if not torch.allclose(
             pooled, run.scores, rtol=1e-3, atol=1e-4 * float(run.scores.abs().max())
         ):
-            raise LayerError(
+            raise NotApplicableError(
                 f"{remedy}; the scores of {type(model).__name__} are not {fc_name!r} applied to "
                 f"the spatial mean of {layer!r}. Use gradcam instead."
             )

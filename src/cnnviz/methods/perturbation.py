@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.capture.targets import TargetSpec
-from cnnviz.errors import positive_int
+from cnnviz.errors import NotApplicableError, positive_int
 from cnnviz.methods.base import Explanation, Method, check_finite, register
 from cnnviz.methods.gradients import (
     CleanPass,
@@ -59,7 +59,9 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Offsets 0, s, 2s, … of a window sliding along ``size``, the last one clipped at the edge
     (⌈(size − window)/stride⌉ + 1 positions, as captum's ``Occlusion``)."""
     if window > size:
-        raise ValueError(f"The occlusion window ({window} px) is larger than the input ({size} px)")
+        raise NotApplicableError(
+            f"The occlusion window ({window} px) is larger than the input ({size} px)"
+        )
     return [i * stride for i in range(math.ceil((size - window) / stride) + 1)]
 
 

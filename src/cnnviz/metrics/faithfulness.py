@@ -35,7 +35,6 @@ Example::
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
@@ -48,6 +47,7 @@ from cnnviz.capture.targets import logits_of, resolve_targets
 from cnnviz.errors import NonFiniteError, TargetError, positive_int
 from cnnviz.inputs.preprocess import gaussian_blur
 from cnnviz.methods.postprocess import Display, minmax_normalize, relu
+from cnnviz.options import DeletionBaseline as Baseline
 
 if TYPE_CHECKING:
     from cnnviz.methods.base import Explanation
@@ -57,17 +57,6 @@ ClassTarget: TypeAlias = int | str | Sequence[int | str] | torch.Tensor | None
 
 RISE_BLUR_KERNEL = 11
 RISE_BLUR_SIGMA = 5.0
-
-
-class Baseline(enum.Enum):
-    """What deleted pixels become."""
-
-    ZEROS = "zeros"
-    """Zeros of the model input (the dataset mean colour for a mean/std-normalised model)."""
-    MEAN = "mean"
-    """The image's own per-channel mean."""
-    BLUR = "blur"
-    """The image's Gaussian blur (11×11, σ = 5)."""
 
 
 # -- maps and targets ------------------------------------------------------------------------

@@ -28,12 +28,13 @@ import numpy as np
 import torch
 
 from cnnviz.methods.postprocess import Display, to_unit_range
+from cnnviz.options import SANITY_MODES
 
 if TYPE_CHECKING:
     from cnnviz.methods.base import Explanation
 
 SIMILARITIES: tuple[str, ...] = ("spearman_abs", "spearman", "ssim", "hog")
-MODES: tuple[str, ...] = ("cascading", "independent")
+MODES: tuple[str, ...] = SANITY_MODES
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float:

@@ -41,6 +41,7 @@ from cnnviz.models.checkpoint import (
     hub_checkpoint_path,
     load_checkpoint,
 )
+from cnnviz.models.defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported, defined once
 from cnnviz.models.loaded import (
     RANDOM_INIT,
     LoadedModel,
@@ -55,8 +56,6 @@ from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
 from cnnviz.models.vgg import VGG11, torchvision_key_map
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_MODEL = "efficientnet_lite0"
 _IMAGENET_PREPROCESSING = Preprocessing()  # bilinear, 256 → 224, ImageNet mean/std
 _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
 

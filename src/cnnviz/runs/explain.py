@@ -40,7 +40,13 @@ import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fo
 from cnnviz.api import explain
 from cnnviz.capture.layers import resolve_layer
 from cnnviz.capture.targets import TargetSpec
-from cnnviz.errors import ArgumentError, CnnvizError, LayerError, TargetError, positive_int
+from cnnviz.errors import (
+    ArgumentError,
+    CnnvizError,
+    NotApplicableError,
+    TargetError,
+    positive_int,
+)
 from cnnviz.inputs.decode import decode_input, failure_record
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import get_method, method_names
@@ -236,19 +242,24 @@ class _Run:
         self.failures.append(failure)
 
     def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
-        """Per method, one result per image of the batch; unusable methods skipped in 'all'."""
+        """Per method, one result per image of the batch.
+
+        With ``method="all"`` a method that raises :class:`NotApplicableError` (it does not apply
+        to this model or layer) is skipped for the rest of the run, and the reason recorded in
+        ``skipped``; any other exception propagates: it is a failure of the run, not a skip.
+        """
         target = self.settings.target
         if isinstance(target, list):
             target = [target[i] for i in indices]
         options = {} if self.all else self.settings.options
         results: list[list[Any]] = []
-        first_error: Exception | None = None
+        first_error: NotApplicableError | None = None
         for method in [m for m in self.methods if m not in self.skipped]:
             try:
                 explanation = explain(
                     self.loaded, x, method, layer=self.settings.layer, target=target, **options
                 )
-            except (CnnvizError, ValueError, TypeError, RuntimeError) as e:
+            except NotApplicableError as e:
                 if not self.all:
                     raise
                 first_error = first_error or e
@@ -257,7 +268,7 @@ class _Run:
                 continue
             results.append(per_image_results(explanation, self.settings.cmap))
         if not results:  # nothing can explain this model: a settings problem, not a skip
-            raise first_error or LayerError(
+            raise first_error or NotApplicableError(
                 f"every method was skipped for this model ({', '.join(self.skipped)})"
             )
         return results

@@ -24,7 +24,7 @@ from cnnviz.capture.layers import trace_layers
 from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
-from cnnviz.errors import CnnvizError
+from cnnviz.errors import NotApplicableError
 from cnnviz.inputs.decode import LoadedImage, load_inputs
 from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
 from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
@@ -193,7 +193,7 @@ class _Page:
             options: dict[str, Any] = {"warn_incomplete": False} if quiet else {}
             try:
                 e = explain(self.loaded, self.x, name, target=top_class, **options)
-            except CnnvizError as error:  # e.g. CAM on a model without a GAP + linear head
+            except NotApplicableError as error:  # e.g. CAM on a model without a GAP + linear head
                 logger.warning("method %s skipped: %s", name, error)
                 continue
             label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")

@@ -1,0 +1,404 @@
+"""The ``cnnviz`` argument parser: one small function per command or group of commands.
+
+Import-light (no torch): the handlers' heavy imports happen when they run, and the choices of
+closed option sets are read from the enums in :mod:`cnnviz.options`. A parsing error is a
+:class:`~cnnviz.errors.UsageError` (one ``cnnviz: error: …`` line, exit 2); ``--help`` exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeAlias
+
+from cnnviz import __version__
+from cnnviz.cli.commands import (
+    cmd_activations,
+    cmd_explain,
+    cmd_filters,
+    cmd_layers,
+    cmd_methods,
+    cmd_models,
+    cmd_report,
+    cmd_summary,
+)
+from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
+from cnnviz.errors import UsageError
+from cnnviz.models.defaults import DEFAULT_MODEL
+from cnnviz.options import (
+    SANITY_MODES,
+    ChannelOrder,
+    DeepFilterView,
+    DeletionBaseline,
+    FilterScale,
+    values,
+)
+
+__all__ = ["CnnvizArgumentParser", "build_parser"]
+
+Handler: TypeAlias = Callable[[argparse.Namespace], int]
+Commands: TypeAlias = "argparse._SubParsersAction[CnnvizArgumentParser]"
+
+EPILOG = (
+    "Start with `cnnviz report --demo --out demo`. Exit codes: 0 ok, 1 some inputs failed, "
+    "2 bad input, 3 weights unavailable offline, 70 internal error (a bug), 130 interrupted "
+    "(Ctrl-C), 143 terminated (SIGTERM)."
+)
+
+
+class CnnvizArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors (an unknown flag, a missing or malformed value) raise
+    :class:`UsageError`, so they reach the user like every other usage error: one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# -- option values ---------------------------------------------------------------------------
+
+
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An option value that is a whole number ≥ 1."""
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An option value that is a whole number ≥ 0."""
+    value = _whole(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """An option value that is a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def comma_choices(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
+    """An option value that is a comma-separated list of some of ``choices``."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+        wrong = [item for item in items if item not in choices]
+        if wrong or not items:
+            raise argparse.ArgumentTypeError(
+                f"takes one or more of {', '.join(choices)} (comma-separated), got {text!r}"
+            )
+        return items
+
+    return parse
+
+
+# -- options shared by several commands ------------------------------------------------------
+
+
+def add_model_options(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
+    """``--model``, ``--weights``, ``--device`` and ``--json``: the options every command shares."""
+    if model_option:
+        p.add_argument(
+            "--model",
+            "-m",
+            default=DEFAULT_MODEL,
+            help=f"model name (see `cnnviz models`; default {DEFAULT_MODEL})",
+        )
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint file (.pth/.pt/.safetensors), or 'random'; "
+        "default: the model's pretrained weights",
+    )
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
+    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+
+def _model_argument(p: argparse.ArgumentParser) -> None:
+    """The model as an optional positional ``MODEL`` (``cnnviz layers vgg11``)."""
+    p.add_argument("model_name", nargs="?", default=DEFAULT_MODEL, metavar="MODEL")
+    add_model_options(p, model_option=False)
+    p.set_defaults(model=None)
+
+
+def _drawing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cmap", default="jet", help="matplotlib colormap for overlays (default jet)")
+    p.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity in [0, 1]")
+
+
+def _targets(p: argparse.ArgumentParser, *, top_k: bool) -> None:
+    p.add_argument(
+        "--target",
+        "-t",
+        action="append",
+        help="class index or name (default: the predicted class); "
+        "repeat once per image for per-image targets",
+    )
+    if top_k:
+        p.add_argument("--top-k", type=positive_int, default=None, help="explain the k best")
+
+
+def _explaining(p: argparse.ArgumentParser, *, layer: bool, top_k: bool = True) -> None:
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    _targets(p, top_k=top_k)
+    if layer:
+        p.add_argument(
+            "--layer",
+            "-l",
+            default=None,
+            help="layer (dotted name or unique suffix; default: last spatial layer)",
+        )
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward pass")
+    p.add_argument(
+        "--workers",
+        type=non_negative_int,
+        default=None,
+        help="decoding processes (0: decode in the main process; default: automatic)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip images whose outputs in --out are complete and valid",
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method option, repeatable: e.g. --option steps=256 for integrated-gradients, "
+        "--option samples=50 for smoothgrad (numbers, true/false, or text)",
+    )
+    _drawing(p)
+
+
+def _command(commands: Commands, name: str, handler: Handler, text: str) -> argparse.ArgumentParser:
+    p = commands.add_parser(name, help=text, description=text)
+    p.set_defaults(func=handler)
+    return p
+
+
+# -- the commands ----------------------------------------------------------------------------
+
+
+def _listing_commands(commands: Commands) -> None:
+    """``models`` and ``methods``."""
+    _command(commands, "models", cmd_models, "list the built-in models").add_argument(
+        "--json", action="store_true"
+    )
+    _command(commands, "methods", cmd_methods, "list the explanation methods").add_argument(
+        "--json", action="store_true"
+    )
+
+
+def _structure_commands(commands: Commands) -> None:
+    """``layers`` and ``summary``."""
+    text = "list every layer: name, alias, type, output shape, parameters"
+    _model_argument(_command(commands, "layers", cmd_layers, text))
+    text = "parameters, output shapes and mult-adds per module"
+    p = _command(commands, "summary", cmd_summary, text)
+    _model_argument(p)
+    p.add_argument("--depth", type=non_negative_int, default=None, help="rows down to this depth")
+
+
+def _filters_command(commands: Commands) -> None:
+    p = _command(commands, "filters", cmd_filters, "draw a conv layer's filters (conv1 as RGB)")
+    _model_argument(p)
+    p.add_argument("--layer", "-l", default=None, help="conv layer (default: the first)")
+    p.add_argument(
+        "--scale",
+        choices=values(FilterScale),
+        default=FilterScale.PER_FILTER.value,
+        help="stretch each filter to its own range, or all to one range",
+    )
+    p.add_argument(
+        "--view",
+        choices=values(DeepFilterView),
+        default=DeepFilterView.CHANNEL_MEAN.value,
+        help="deeper layers: channel-mean image or per-input-channel grid",
+    )
+    p.add_argument("--out", "-o", required=True)
+
+
+def _activations_command(commands: Commands) -> None:
+    text = "capture layers in one forward pass, draw channels"
+    p = _command(commands, "activations", cmd_activations, text)
+    p.add_argument("images", nargs="+")
+    add_model_options(p)
+    p.add_argument("--layers", required=True, help="comma-separated layer names")
+    p.add_argument("--channels", type=positive_int, default=16, help="how many channels to draw")
+    p.add_argument("--order", choices=values(ChannelOrder), default=ChannelOrder.FIRST.value)
+    p.add_argument("--shared-scale", action="store_true", help="one colour scale for all")
+    p.add_argument("--out", "-o", required=True)
+
+
+def _explain_commands(commands: Commands) -> None:
+    """``saliency``, ``gradcam`` and ``explain`` (any method)."""
+    p = _command(commands, "saliency", cmd_explain, "gradient saliency (Simonyan et al. 2014)")
+    add_model_options(p)
+    _explaining(p, layer=False)
+    p.add_argument("--signed", action="store_true", help="keep the gradient's sign")
+    p.set_defaults(method="saliency")
+    p = _command(commands, "gradcam", cmd_explain, "Grad-CAM (Selvaraju et al. 2017)")
+    add_model_options(p)
+    _explaining(p, layer=True)
+    p.set_defaults(method="gradcam")
+    p = _command(commands, "explain", cmd_explain, "any method from `cnnviz methods`")
+    add_model_options(p)
+    _explaining(p, layer=True)
+    p.add_argument(
+        "--method",
+        default="gradcam",
+        help="a name from `cnnviz methods`, or 'all' for every method and a "
+        "comparison grid per image",
+    )
+
+
+def _report_command(commands: Commands) -> None:
+    text = "the HTML report: predictions, structure, filters, activations, saliency, Grad-CAM"
+    p = _command(commands, "report", cmd_report, text)
+    p.add_argument("images", nargs="*")
+    add_model_options(p)
+    p.add_argument("--out", "-o", required=True)
+    p.add_argument("--demo", action="store_true", help="run on the bundled sample images")
+    p.add_argument("--layers", default=None, help="activation layers (comma-separated)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="methods compared side by side: comma-separated names, 'all' or 'none' "
+        "(default: the fast CAM and gradient methods)",
+    )
+    _drawing(p)
+
+
+def _evaluation_options(p: argparse.ArgumentParser) -> None:
+    """The options ``evaluate`` and ``sanity`` share."""
+    add_model_options(p)
+    p.add_argument("--out", "-o", required=True, help="output folder")
+    p.add_argument(
+        "--layer", "-l", default=None, help="layer for CAM methods (default: the last spatial)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    p.add_argument("--cmap", default="jet", help="matplotlib colormap for the maps")
+
+
+def _evaluate_command(commands: Commands) -> None:
+    text = (
+        "score explanation methods on a folder: deletion/insertion, Average Drop, ROAD, "
+        "pointing games, sanity checks"
+    )
+    p = _command(commands, "evaluate", cmd_evaluate, text)
+    p.add_argument("inputs", nargs="+", metavar="DIR", help="image folders or files")
+    _evaluation_options(p)
+    p.add_argument(
+        "--methods",
+        default="gradcam,saliency",
+        help="comma-separated methods (see `cnnviz methods`), plus the references "
+        "random-map, coarse-random-map and centre-map (default gradcam,saliency)",
+    )
+    p.add_argument(
+        "--boxes",
+        default=None,
+        help="ground truth (.json or .csv boxes or masks; docs/evaluation.md)",
+    )
+    p.add_argument(
+        "--metrics",
+        default="deletion,insertion,confidence,road,pointing,sanity",
+        help="metric groups: deletion, insertion, confidence, road, pointing, sanity",
+    )
+    _evaluate_numbers(p)
+
+
+def _evaluate_numbers(p: argparse.ArgumentParser) -> None:
+    """``evaluate``'s numeric and closed-set options."""
+    p.add_argument("--steps", type=positive_int, default=100, help="deletion/insertion steps")
+    p.add_argument(
+        "--baseline",
+        choices=values(DeletionBaseline),
+        default=DeletionBaseline.ZEROS.value,
+        help="what deleted pixels become: zeros (model input), the image mean, or its blur",
+    )
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass")
+    p.add_argument("--tolerance", type=float, default=15.0, help="pointing-game tolerance (px)")
+    p.add_argument(
+        "--road-percentages",
+        default="10,30,50,70,90",
+        help="ROAD removal percentages (default 10,30,50,70,90)",
+    )
+    p.add_argument(
+        "--sanity-images",
+        type=non_negative_int,
+        default=2,
+        help="images for the cascading randomisation test (default 2; 0: none)",
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=non_negative_int,
+        default=2000,
+        help="bootstrap resamples for the 95 %% intervals (default 2000)",
+    )
+
+
+def _sanity_command(commands: Commands) -> None:
+    text = "sanity checks on one image: parameter randomisation (cascading, independent)"
+    p = _command(commands, "sanity", cmd_sanity, text)
+    p.add_argument("image", help="one image file")
+    _evaluation_options(p)
+    p.add_argument(
+        "--methods", default="gradcam,saliency", help="comma-separated methods (default both)"
+    )
+    p.add_argument(
+        "--mode",
+        type=comma_choices(SANITY_MODES),
+        default=SANITY_MODES,
+        help=f"{' or '.join(SANITY_MODES)}, or both comma-separated (default both)",
+    )
+    p.add_argument(
+        "--target", "-t", default=None, help="class index or name (default: the predicted class)"
+    )
+    p.add_argument(
+        "--data-randomization",
+        action="store_true",
+        help="also retrain on permuted labels and compare (shapes_vgg11 only)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (kept import-light so ``cnnviz --help`` is instant)."""
+    parser = CnnvizArgumentParser(
+        prog="cnnviz",
+        description="See inside CNN image classifiers: structure, filters, activations, "
+        "saliency and CAMs.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"cnnviz {__version__}")
+    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _listing_commands,
+        _structure_commands,
+        _filters_command,
+        _activations_command,
+        _explain_commands,
+        _report_command,
+        _evaluate_command,
+        _sanity_command,
+    ):
+        add(commands)
+    return parser

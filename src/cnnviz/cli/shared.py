@@ -1,0 +1,150 @@
+"""Helpers every ``cnnviz`` command shares: loading the model, listing inputs, the output folder,
+printing the summary and choosing the exit code. Import-light: heavy imports happen inside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnviz.cli.exit_codes import ExitCode
+from cnnviz.errors import CnnvizError, ImageLoadError, OutputError, UsageError, one_line
+
+if TYPE_CHECKING:
+    from cnnviz.models import LoadedModel
+
+
+def say(text: str) -> None:
+    """One line ``cnnviz: text`` on stderr (control characters escaped)."""
+    print("cnnviz: " + one_line(text), file=sys.stderr)
+
+
+def load(args: argparse.Namespace, name: str | None = None, *, data: bool = True) -> LoadedModel:
+    """The model named by ``name`` (or ``--model``), with ``--weights`` and ``--device``.
+
+    ``data=True`` (a command that runs the model or reads its weights) refuses the ``meta``
+    device, whose tensors have shapes but no values; ``layers`` and ``summary`` accept it.
+    """
+    from cnnviz.models import load_model
+
+    loaded = load_model(name or args.model, weights=args.weights, device=args.device)
+    if data and any(t.is_meta for t in loaded.module.parameters()):
+        raise UsageError(
+            f"--device {args.device} holds shapes but no values; it works for `cnnviz layers` "
+            "and `cnnviz summary` only. Use --device cpu or cuda."
+        )
+    return loaded
+
+
+def emit_json(obj: object) -> None:
+    """``obj`` as JSON on stdout (the ``--json`` summary)."""
+    from cnnviz.outputs.files import to_json_text
+
+    sys.stdout.write(to_json_text(obj) + "\n")
+
+
+def input_paths(entries: Sequence[str]) -> list[Path]:
+    """The image files named by ``entries`` (files, or folders searched for images).
+
+    Raises:
+        ImageLoadError: an entry that is missing or cannot be listed, or a folder without
+            image files.
+    """
+    from cnnviz.inputs.images import find_images
+
+    paths: list[Path] = []
+    for entry in entries:
+        try:
+            found = find_images(entry)
+        except OSError as e:  # e.g. a folder without read permission
+            raise ImageLoadError(f"{entry}: cannot list it ({e.strerror or e}).") from e
+        if not found:
+            raise ImageLoadError(f"{entry}: no image files found there (looked for common types).")
+        paths.extend(found)
+    return paths
+
+
+def split_list(text: str, flag: str) -> list[str]:
+    """The items of a comma-separated option value, stripped; an empty list is refused."""
+    items = [part.strip() for part in text.split(",") if part.strip()]
+    if not items:
+        raise UsageError(f"{flag} is empty; give a comma-separated list.")
+    return items
+
+
+def out_path(args: argparse.Namespace) -> Path:
+    """The ``--out`` folder (not created); an empty value is refused rather than read as ``.``."""
+    if not str(args.out).strip():
+        raise UsageError("--out is empty; give the folder to write to.")
+    return Path(args.out)
+
+
+def make_out_dir(args: argparse.Namespace) -> Path:
+    """The ``--out`` folder, created if needed and checked to be a writable folder.
+
+    Raises:
+        OutputError: it is a file, or cannot be created or written.
+    """
+    from cnnviz.outputs.records import prepare_out_dir
+
+    return prepare_out_dir(out_path(args))
+
+
+@contextmanager
+def writing_into(out: Path) -> Iterator[None]:
+    """Turn an ``OSError`` on a file inside ``out`` (disk full, permissions changed mid-run)
+    into an :class:`OutputError`; any other ``OSError`` is left alone (it is not about --out)."""
+    try:
+        yield
+    except OSError as e:
+        if isinstance(e, CnnvizError) or not _inside(e.filename, out):
+            raise
+        raise OutputError(
+            f"Cannot write {e.filename}: {e.strerror or e}; check the free space and "
+            f"permissions of --out {out}."
+        ) from e
+
+
+def _inside(filename: object, folder: Path) -> bool:
+    if not isinstance(filename, (str, Path)):
+        return False
+    path, root = Path(filename).absolute(), folder.absolute()
+    return path == root or root in path.parents
+
+
+def finish(
+    manifest: Mapping[str, Any],
+    out: Path,
+    args: argparse.Namespace,
+    *,
+    what: str | None = None,
+    files: Sequence[str] = ("manifest.json",),
+    list_failures: bool = False,
+) -> int:
+    """Print the summary of a run into ``out`` and choose the exit code (1 if inputs failed).
+
+    ``what`` names what was written (default: the count of results); of ``files`` only those
+    that exist in ``out`` are named. ``list_failures`` prints each failure on stderr, for runs
+    that do not log them as they happen. The exit code reflects this run: a folder's manifest
+    may also list failures of earlier runs into it (``extra.run.failed`` counts this run's).
+    """
+    failures: list[Mapping[str, Any]] = list(manifest.get("failures", []))
+    run = manifest.get("extra", {}).get("run", {})
+    failed = int(run.get("failed", len(failures)))
+    if args.json:
+        emit_json(manifest)
+    else:
+        written = [name for name in dict.fromkeys(files) if (out / name).is_file()]
+        listed = f" ({', '.join(written)})" if written else ""
+        what = what or f"{len(manifest.get('items', []))} result(s)"
+        note = f"; {failed} input(s) failed, listed there" if failed and not list_failures else ""
+        print(one_line(f"Wrote {what} to {out}/{listed}{note}"))
+    if list_failures:
+        for failure in failures:
+            method = f" ({failure['method']})" if failure.get("method") else ""
+            say(f"skipped {failure['input']}{method}: {failure['error']}")
+    return ExitCode.PARTIAL if failed else ExitCode.OK
