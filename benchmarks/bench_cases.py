@@ -108,7 +108,7 @@ def cnnviz_method(*names: str, layer: bool = True, **options: Any) -> Callable[[
     """A cnnviz ``explain`` call with the first of ``names`` that is registered."""
 
     def build(s: Setup) -> Runner:
-        base = _import("cnnviz.methods.base")
+        base = _import("cnnviz.methods.registry")
         try:
             registered = base.method_names()
         except Exception as e:  # another engineer's module may be mid-edit

@@ -121,7 +121,7 @@ def run(
     """Every configuration's row, and facts for the header."""
     from cnnviz.api import default_layer
     from cnnviz.data.shapes import heldout_shapes
-    from cnnviz.methods.base import get_method, method_names
+    from cnnviz.methods.registry import get_method, method_names
     from cnnviz.metrics.localisation import reference_map
     from cnnviz.models import load_model
     from cnnviz.models.shapes_vgg11 import heldout_accuracy, normalize_shapes
@@ -270,7 +270,7 @@ def sanity_markdown(n: int, seed: int, data_train: int, data_epochs: int) -> lis
     """The sanity-check sections: cascading and independent randomisation step by step for the
     paper's three methods, and data randomisation (retraining on permuted labels)."""
     from cnnviz.data.shapes import heldout_shapes
-    from cnnviz.methods.base import method_names
+    from cnnviz.methods.registry import method_names
     from cnnviz.metrics import sanity
     from cnnviz.models import load_model
     from cnnviz.models.shapes_vgg11 import normalize_shapes

@@ -191,7 +191,7 @@ def test_method_all_draws_one_grid_and_skips_what_cannot_run(tmp_path: Path) -> 
 
     from cnnviz.capture.targets import TopK
     from cnnviz.inputs.preprocess import Preprocessing
-    from cnnviz.methods.base import method_names
+    from cnnviz.methods.registry import method_names
     from cnnviz.models import from_module
     from cnnviz.runs.explain import ExplainSettings, explain_files
 

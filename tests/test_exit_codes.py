@@ -23,7 +23,7 @@ from PIL import Image
 from cnnviz.cli import ExitCode, build_parser, main
 from cnnviz.cli.shared import finish
 from cnnviz.errors import CnnvizError, NotApplicableError, WeightsUnavailableError
-from cnnviz.methods import base
+from cnnviz.methods import base, registry
 from cnnviz.options import (
     SANITY_MODES,
     ChannelOrder,
@@ -84,7 +84,7 @@ def test_exit_code_values_and_the_errors_that_carry_them() -> None:
 def test_a_plain_value_error_in_a_method_is_an_internal_error(
     image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(base.get_method("gradcam"), "explain", _raiser(ValueError("boom")))
+    monkeypatch.setattr(registry.get_method("gradcam"), "explain", _raiser(ValueError("boom")))
     argv = ["gradcam", image, *SHAPES, "--out", str(tmp_path / "o")]
     code, out, err = _run(argv, capsys)
     assert code == ExitCode.INTERNAL == 70
@@ -158,8 +158,8 @@ def test_the_meta_device_is_refused_where_values_are_needed(
 @pytest.fixture
 def three_methods(monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry cut down to gradcam, saliency and cam, so ``--method all`` is quick."""
-    base.method_names()  # registers the built-in methods
-    subset = {name: base.get_method(name) for name in ("gradcam", "saliency", "cam")}
+    registry.method_names()  # registers the built-in methods
+    subset = {name: registry.get_method(name) for name in ("gradcam", "saliency", "cam")}
     monkeypatch.setattr(base, "_REGISTRY", subset)
 
 
@@ -168,7 +168,7 @@ def test_method_all_skips_a_method_that_does_not_apply(
     image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reason = NotApplicableError("Saliency does not apply to this model (test)")
-    monkeypatch.setattr(base.get_method("saliency"), "explain", _raiser(reason))
+    monkeypatch.setattr(registry.get_method("saliency"), "explain", _raiser(reason))
     out = tmp_path / "o"
     code, _, err = _run(["explain", image, *SHAPES, "--method", "all", "--out", str(out)], capsys)
     assert code == ExitCode.OK
@@ -192,7 +192,7 @@ def test_method_all_fails_on_any_other_exception(
 ) -> None:
     """Chosen behaviour: the run stops with exit 70 (a bug), rather than exit 1 with the image
     recorded as failed: an exception that is not a CnnvizError says nothing about the image."""
-    monkeypatch.setattr(base.get_method("saliency"), "explain", _raiser(RuntimeError("kaput")))
+    monkeypatch.setattr(registry.get_method("saliency"), "explain", _raiser(RuntimeError("kaput")))
     argv = ["explain", image, *SHAPES, "--method", "all", "--out", str(tmp_path / "o")]
     code, _, err = _run(argv, capsys)
     assert code == ExitCode.INTERNAL

@@ -13,8 +13,8 @@ import torch
 
 from cnnviz import explain, load_model
 from cnnviz.data.shapes import heldout_shapes
-from cnnviz.methods.base import get_method, method_names
 from cnnviz.methods.postprocess import for_display
+from cnnviz.methods.registry import get_method, method_names
 from cnnviz.metrics.localisation import boxes_to_mask, energy_pointing_game, pointing_game
 from cnnviz.models import LoadedModel
 from cnnviz.models.shapes_vgg11 import normalize_shapes

@@ -22,10 +22,10 @@ from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
-from cnnviz.methods.base import method_names
 from cnnviz.methods.gradients import gaussian_noise
 from cnnviz.methods.guided import ReluOverride, ReluRule
 from cnnviz.methods.postprocess import relu, upsample
+from cnnviz.methods.registry import method_names
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
 

@@ -19,9 +19,9 @@ from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
-from cnnviz.methods.base import method_names
 from cnnviz.methods.gradients import make_generator
 from cnnviz.methods.perturbation import draw_rise_masks, window_starts
+from cnnviz.methods.registry import method_names
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
 

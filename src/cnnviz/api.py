@@ -13,14 +13,8 @@ from torch import nn
 from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.capture.targets import TargetSpec
-from cnnviz.methods.base import (
-    Explanation,
-    Method,
-    check_finite,
-    get_method,
-    make_method,
-    method_options,
-)
+from cnnviz.methods.base import Explanation, Method, check_finite
+from cnnviz.methods.registry import get_method, make_method, method_options
 
 if TYPE_CHECKING:
     from cnnviz.models.loaded import LoadedModel

@@ -71,7 +71,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from cnnviz.methods.base import get_method, method_names
+    from cnnviz.methods.registry import get_method, method_names
 
     methods = [get_method(n) for n in method_names()]
     if args.json:
@@ -264,7 +264,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if getattr(args, "signed", False):
         options["signed"] = True
     if args.method.strip().lower() != ALL_METHODS:
-        from cnnviz.methods.base import make_method
+        from cnnviz.methods.registry import make_method
 
         make_method(args.method, **options)  # bad names and options fail before loading
     elif options:
@@ -292,7 +292,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _compared_methods(text: str | None) -> tuple[str, ...]:
     """The report's "methods compared": default set, ``none``, ``all`` or a comma list."""
-    from cnnviz.methods.base import get_method, method_names
+    from cnnviz.methods.registry import get_method, method_names
     from cnnviz.runs.report import COMPARED_METHODS
 
     if text is None:

@@ -17,7 +17,7 @@ from cnnviz.errors import UsageError
 
 
 def _methods(text: str, *, references: bool) -> tuple[str, ...]:
-    from cnnviz.methods.base import get_method
+    from cnnviz.methods.registry import get_method
     from cnnviz.metrics.localisation import REFERENCE_MAPS
 
     names = []

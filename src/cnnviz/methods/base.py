@@ -1,4 +1,5 @@
-"""The method core: the result type, the registry, and the shared forward/gradient passes.
+"""The method core: the result type, the base class and its registration, and the shared
+forward/gradient passes.
 
 A method is a short class registered under a stable name. It supplies its own arithmetic and
 nothing else: hooks (:class:`cnnviz.capture.hooks.LayerCapture`), targets
@@ -8,9 +9,9 @@ nothing else: hooks (:class:`cnnviz.capture.hooks.LayerCapture`), targets
 from __future__ import annotations
 
 import abc
-import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import torch
@@ -19,16 +20,8 @@ from torch import nn
 from cnnviz.capture.forward import autograd_enabled
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_and_score
-from cnnviz.errors import CnnvizError, LayerError, NonFiniteError, close_matches
+from cnnviz.errors import LayerError, NonFiniteError
 from cnnviz.methods.postprocess import Display, upsample
-
-
-class MethodNotFoundError(CnnvizError, ValueError):
-    """An unknown method name."""
-
-
-class MethodOptionError(CnnvizError, TypeError, ValueError):
-    """An option a method does not take, or a value it refuses."""
 
 
 @dataclass(frozen=True)
@@ -103,59 +96,10 @@ def register(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def method_names() -> list[str]:
-    """Registered method names, in registration order."""
-    _load_builtin_methods()
-    return list(_REGISTRY)
-
-
-def get_method(name: str) -> type[Method]:
-    """The method class registered as ``name``."""
-    _load_builtin_methods()
-    key = name.strip().lower().replace("_", "-")
-    if key in _REGISTRY:
-        return _REGISTRY[key]
-    raise MethodNotFoundError(
-        f"Unknown method {name!r}.{close_matches(key, _REGISTRY)} "
-        "List the methods with `cnnviz methods`."
-    )
-
-
-def method_options(cls: type[Method]) -> list[str]:
-    """The keyword options of a method's constructor, in order."""
-    parameters = inspect.signature(cls.__init__).parameters.values()
-    return [p.name for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-
-def make_method(name: str, **options: Any) -> Method:
-    """The method registered as ``name``, constructed with ``options``.
-
-    Raises:
-        MethodNotFoundError: no such method (close matches named).
-        MethodOptionError: an option it does not take or a value it refuses; the message lists
-            the options it takes.
-    """
-    cls = get_method(name)
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as e:
-        accepted = ", ".join(method_options(cls)) or "none"
-        raise MethodOptionError(
-            f"Bad option for method {cls.name!r}: {e}. It takes: {accepted} "
-            f"(documented in `help(cnnviz.methods.base.get_method({cls.name!r}))`)."
-        ) from e
-
-
-def _load_builtin_methods() -> None:
-    # Registration is an import side effect; `cnnviz methods` lists in this import order.
-    from cnnviz.methods import (  # noqa: F401
-        cam,
-        cam_perturbation,
-        gradients,
-        guided,
-        integrated,
-        perturbation,
-    )
+def registered_methods() -> Mapping[str, type[Method]]:
+    """The methods registered so far, by name, in registration order (read-only); the lookup
+    that loads every built-in method first is :mod:`cnnviz.methods.registry`."""
+    return MappingProxyType(_REGISTRY)
 
 
 # -- shared passes --------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from cnnviz.api import explain
 from cnnviz.errors import CnnvizError, ImageLoadError
 from cnnviz.inputs.decode import load_inputs
-from cnnviz.methods.base import get_method
+from cnnviz.methods.registry import get_method
 from cnnviz.metrics import faithfulness as fa
 from cnnviz.metrics import localisation as lo
 from cnnviz.metrics.faithfulness import class_targets

@@ -49,7 +49,7 @@ from cnnviz.errors import (
 )
 from cnnviz.inputs.decode import decode_input, failure_record
 from cnnviz.inputs.preprocess import Preprocessing
-from cnnviz.methods.base import get_method, method_names
+from cnnviz.methods.registry import get_method, method_names
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import unique_stems
 from cnnviz.outputs.image_files import (

@@ -43,7 +43,8 @@ from cnnviz.api import default_layer, explain
 from cnnviz.capture.forward import as_model_input, model_device
 from cnnviz.capture.layers import resolve_layer, trace_layers
 from cnnviz.data.shapes import make_shapes
-from cnnviz.methods.base import Explanation, get_method
+from cnnviz.methods.base import Explanation
+from cnnviz.methods.registry import get_method
 from cnnviz.metrics.faithfulness import ClassTarget, class_targets
 from cnnviz.metrics.sanity import MODES, SIMILARITIES, SanityResult, batch_similarity, displayed
 from cnnviz.models.shapes_vgg11 import build_shapes_vgg11, fit, heldout_accuracy, normalize_shapes

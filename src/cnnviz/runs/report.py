@@ -29,9 +29,10 @@ from cnnviz.inputs.decode import LoadedImage, load_inputs
 from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
 from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
 from cnnviz.inspect.summary import layer_table, summarize
-from cnnviz.methods.base import Explanation, get_method, method_options
+from cnnviz.methods.base import Explanation
 from cnnviz.methods.integrated import COMPLETENESS_WARNING, relative_gap
 from cnnviz.methods.postprocess import to_unit_range
+from cnnviz.methods.registry import get_method, method_options
 from cnnviz.metrics.faithfulness import class_logits
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import atomic_write_bytes, to_json_text, write_png
