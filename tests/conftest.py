@@ -11,13 +11,15 @@ Set at import, before any test module imports cnnviz, torch, timm, matplotlib or
 * ``MPLCONFIGDIR``: matplotlib's font cache goes to ``<session cache>/matplotlib`` rather than
   ``~/.cache/matplotlib`` (again, a caller's own setting is kept).
 
-``TORCH_HOME`` points at a fresh temporary directory for the whole session, so no test sees
-weights cached on the developer's machine; a test that plants a checkpoint there should use
+``TORCH_HOME`` and the ``XDG_*`` folders point at fresh temporary directories for the whole
+session, so no test sees weights cached on the developer's machine and the programs tests start
+(Chromium) write nothing into their home; a test that plants a checkpoint there should use
 ``monkeypatch.setenv("TORCH_HOME", str(tmp_path))`` to keep it to itself.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,14 +42,37 @@ if not os.environ.get("MPLCONFIGDIR"):
     os.environ["MPLCONFIGDIR"] = str(SESSION_CACHE / "matplotlib")
 
 
+XDG_DIRS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")
+"""Where other programs the tests start (Chromium and its dconf) keep their files."""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _empty_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """An empty ``TORCH_HOME`` for the session (restored afterwards)."""
+    """An empty ``TORCH_HOME`` and empty XDG folders for the session (restored afterwards).
+
+    The XDG folders are replaced even when the caller set them: theirs lie in their home.
+    """
     home = tmp_path_factory.mktemp("torch_home")
+    xdg = tmp_path_factory.mktemp("xdg")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TORCH_HOME", str(home))
         patch.setenv("CNNVIZ_OFFLINE", "1")
+        for name in XDG_DIRS:
+            patch.setenv(name, str(xdg / name.removeprefix("XDG_").lower()))
         yield home
+
+
+@pytest.fixture(autouse=True)
+def _restore_cnnviz_logger() -> Iterator[None]:
+    """Undo what an in-process CLI call does to the ``cnnviz`` logger: its handler holds that
+    test's captured stderr, which is closed afterwards ("Logging error: I/O operation on closed
+    file" in later tests); its level and ``propagate=False`` would leak into later tests too."""
+    logger = logging.getLogger("cnnviz")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @dataclass(frozen=True)
