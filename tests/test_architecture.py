@@ -102,18 +102,31 @@ def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
     return False
 
 
+def _explained(lines: list[str], node: ast.Import | ast.ImportFrom, starts: set[int]) -> bool:
+    """A comment on the import's last line, or on the line above the block of imports it is in."""
+    if "#" in lines[node.end_lineno - 1]:  # type: ignore[operator]
+        return True
+    first = node.lineno
+    while first - 1 in starts or (
+        first > 1 and lines[first - 2].strip().startswith(("from ", "import ", ")"))
+    ):
+        first -= 1
+    return first > 1 and lines[first - 2].strip().startswith("#")
+
+
 def test_imports_inside_functions_say_why() -> None:
-    """An import below the top of a module carries a comment on its line or the line above."""
+    """An import below the top of a module carries a comment on its line or above its block."""
     unexplained = []
     for path in sorted(PACKAGE.rglob("*.py")):
         lines = path.read_text(encoding="utf-8").splitlines()
         tree = ast.parse("\n".join(lines))
         parents = _parents(tree)
-        for node, _, _ in _imports(tree):
+        nodes = [node for node, _, _ in _imports(tree)]
+        starts = {node.lineno for node in nodes}
+        for node in nodes:
             if node.col_offset == 0 or _guarded(node, parents):
                 continue
-            here, above = lines[node.end_lineno - 1], lines[node.lineno - 2].strip()  # type: ignore[operator]
-            if "#" not in here and not above.startswith("#"):
+            if not _explained(lines, node, starts):
                 unexplained.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not unexplained, "imports below the top without a reason: " + ", ".join(unexplained)
 

@@ -1,4 +1,4 @@
-"""cnnviz.inputs.images: every kind of file decodes to upright 8-bit RGB with the right pixel values."""
+"""cnnviz.inputs.images: every kind of file decodes to upright 8-bit RGB with the right pixels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""cnnviz.inspect.summary: identity counts, rows that add up, hand-computed mult-adds, no side effects."""
+"""cnnviz.inspect.summary: identity counts, rows that add up, hand-computed mult-adds, no effects."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ _PUBLIC = {
 
 
 def _installed_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import PackageNotFoundError, version  # lazy: only when asked
 
     try:
         return version("cnnviz")

@@ -26,6 +26,7 @@ from cnnviz.options import ChannelOrder, DeepFilterView, FilterScale
 
 
 def _target(args: argparse.Namespace) -> Any:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.capture.targets import TopK
 
     if getattr(args, "top_k", None) is not None:
@@ -42,6 +43,7 @@ def _target(args: argparse.Namespace) -> Any:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.models import list_models
 
     infos = list_models()
@@ -71,6 +73,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.methods.registry import get_method, method_names
 
     methods = [get_method(n) for n in method_names()]
@@ -95,6 +98,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.inspect.summary import layer_table
     from cnnviz.inspect.tables import format_layer_table
 
@@ -108,6 +112,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.inspect.summary import summarize
     from cnnviz.inspect.tables import format_summary
 
@@ -122,6 +127,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.capture.layers import resolve_layer
     from cnnviz.inspect.filters import conv_weight, filter_tiles
     from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy, write_png
@@ -131,6 +137,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     loaded = load(args, args.model_name)
     layer = resolve_layer(loaded.module, args.layer) if args.layer else None
     if layer is None:
+        # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
         from cnnviz.inspect.filters import first_conv_layer
 
         layer = first_conv_layer(loaded.module)
@@ -170,6 +177,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def _tile_sheet(tiles: Any) -> Any:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.render.grids import image_grid
 
     n = tiles.shape[0]
@@ -178,6 +186,7 @@ def _tile_sheet(tiles: Any) -> Any:
 
 
 def cmd_activations(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.inputs.decode import load_inputs
     from cnnviz.inspect.activations import capture_activations, select_channels
     from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy
@@ -251,8 +260,10 @@ def parse_method_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     import torch.multiprocessing
 
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.runs.explain import ALL_METHODS, ExplainSettings, explain_files
 
     # Decoding workers hand tensors over through shared-memory files rather than passed file
@@ -264,6 +275,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if getattr(args, "signed", False):
         options["signed"] = True
     if args.method.strip().lower() != ALL_METHODS:
+        # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
         from cnnviz.methods.registry import make_method
 
         make_method(args.method, **options)  # bad names and options fail before loading
@@ -292,6 +304,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 def _compared_methods(text: str | None) -> tuple[str, ...]:
     """The report's "methods compared": default set, ``none``, ``all`` or a comma list."""
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.methods.registry import get_method, method_names
     from cnnviz.runs.report import COMPARED_METHODS
 
@@ -305,6 +318,7 @@ def _compared_methods(text: str | None) -> tuple[str, ...]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.runs.report import ReportSettings, build_report
 
     if not args.demo and not args.images:
@@ -320,6 +334,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = make_out_dir(args)
     with writing_into(out):
         if args.demo:
+            # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
             from cnnviz.runs.report import demo_inputs
 
             paths, boxes = demo_inputs(loaded, out)

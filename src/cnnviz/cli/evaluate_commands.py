@@ -17,6 +17,7 @@ from cnnviz.errors import UsageError
 
 
 def _methods(text: str, *, references: bool) -> tuple[str, ...]:
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.methods.registry import get_method
     from cnnviz.metrics.localisation import REFERENCE_MAPS
 
@@ -41,6 +42,7 @@ def _percentages(text: str) -> tuple[float, ...]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``cnnviz evaluate``: metrics for each method on each image of the inputs."""
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.metrics.statistics import METRIC_GROUPS
     from cnnviz.runs.evaluate import EvaluateSettings, evaluate_files
 
@@ -80,6 +82,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sanity(args: argparse.Namespace) -> int:
     """``cnnviz sanity``: parameter (and optionally data) randomisation on one image."""
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.runs.sanity import SanitySettings, sanity_files
 
     settings = SanitySettings(

@@ -29,6 +29,7 @@ def load(args: argparse.Namespace, name: str | None = None, *, data: bool = True
     ``data=True`` (a command that runs the model or reads its weights) refuses the ``meta``
     device, whose tensors have shapes but no values; ``layers`` and ``summary`` accept it.
     """
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.models import load_model
 
     loaded = load_model(name or args.model, weights=args.weights, device=args.device)
@@ -42,6 +43,7 @@ def load(args: argparse.Namespace, name: str | None = None, *, data: bool = True
 
 def emit_json(obj: object) -> None:
     """``obj`` as JSON on stdout (the ``--json`` summary)."""
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.outputs.files import to_json_text
 
     sys.stdout.write(to_json_text(obj) + "\n")
@@ -54,6 +56,7 @@ def input_paths(entries: Sequence[str]) -> list[Path]:
         ImageLoadError: an entry that is missing or cannot be listed, or a folder without
             image files.
     """
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.inputs.images import find_images
 
     paths: list[Path] = []
@@ -89,6 +92,7 @@ def make_out_dir(args: argparse.Namespace) -> Path:
     Raises:
         OutputError: it is a file, or cannot be created or written.
     """
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.outputs.records import prepare_out_dir
 
     return prepare_out_dir(out_path(args))

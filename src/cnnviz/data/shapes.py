@@ -46,8 +46,8 @@ SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star", "cross
 """Class names, in label order."""
 
 HELDOUT_SEED: int = 20_240_601
-"""Seed of the held-out set. Training (:func:`cnnviz.models.shapes_vgg11.train_shapes_vgg11`) draws its
-data with seeds below 1,000, so the two never coincide."""
+"""Seed of the held-out set. Training (:func:`cnnviz.models.shapes_vgg11.train_shapes_vgg11`)
+draws its data with seeds below 1,000, so the two never coincide."""
 
 DATASET_VERSION: int = 3
 """Bumped whenever the generator's code changes its output for a given seed; together with

@@ -99,12 +99,9 @@ def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     Its size is ``prep.input_size`` (height, width), the size of the model input, so maps
     upsampled to the input can be drawn on it directly. Non-RGB images are converted to RGB.
     """
-    from torchvision.transforms.v2 import (
-        InterpolationMode,  # lazy: torchvision takes seconds to import
-    )
-    from torchvision.transforms.v2 import (
-        functional as TF,  # lazy: torchvision takes seconds to import
-    )
+    # lazy: torchvision takes seconds to import
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2 import functional as TF
 
     if not isinstance(image, PILImage.Image):
         raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}")
@@ -128,9 +125,7 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
         x = preprocess_image(Image.open("cat.jpg").convert("RGB"), loaded.preprocessing)
         logits = loaded.module(x[None])
     """
-    from torchvision.transforms.v2 import (
-        functional as TF,  # lazy: torchvision takes seconds to import
-    )
+    from torchvision.transforms.v2 import functional as TF  # lazy: torchvision is slow to import
 
     pixels: torch.Tensor = TF.pil_to_tensor(resize_and_crop(image, prep))
     pixels = pixels.to(torch.float32) / 255.0

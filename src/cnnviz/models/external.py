@@ -203,7 +203,8 @@ def _timm_class_names(module: nn.Module, num_classes: int) -> tuple[str, ...]:
     """ImageNet names for 1000 classes, timm's ImageNet subset names, else numbers."""
     if num_classes == 1000:
         return classes_for(num_classes)
-    from timm.data.imagenet_info import (  # lazy: timm takes seconds to import
+    # lazy: timm takes seconds to import
+    from timm.data.imagenet_info import (
         ImageNetInfo,
         infer_imagenet_subset,
     )

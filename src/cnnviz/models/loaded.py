@@ -1,5 +1,5 @@
 """What loading a model gives: the module with its name, weights' origin, classes and
-preprocessing (:class:`LoadedModel`), and the class-name and weights vocabulary the loaders share."""
+preprocessing (:class:`LoadedModel`), and the class-name and weights vocabulary of the loaders."""
 
 from __future__ import annotations
 

@@ -92,7 +92,8 @@ def _efficientnet_lite0(name: str, weights: WeightsChoice) -> LoadedModel:
 
 def _vgg_weights(batch_norm: bool) -> Any:
     """torchvision's ImageNet weights enum member for vgg11 / vgg11_bn (untyped in torchvision)."""
-    from torchvision.models import (  # lazy: torchvision takes seconds to import
+    # lazy: torchvision takes seconds to import
+    from torchvision.models import (
         VGG11_BN_Weights,
         VGG11_Weights,
     )

@@ -187,8 +187,8 @@ def fit(
     """Train ``model`` with AdamW and a one-cycle schedule (25 % warm-up) on cross-entropy.
 
     ``epoch_data(epoch)`` gives that epoch's ``n_per_epoch`` ``(inputs, labels)``; each epoch
-    visits them in the order ``torch.randperm(n_per_epoch, generator=shuffle)``, in batches of ``batch_size`` (the last partial
-    batch is dropped: BatchNorm wants more than one image). Leaves ``model`` in eval mode and
+    visits them in the order ``torch.randperm(n_per_epoch, generator=shuffle)``, in batches of
+    ``batch_size`` (the last partial batch is dropped: BatchNorm wants more than one image). Leaves ``model`` in eval mode and
     returns the last epoch's mean loss. The one training loop of ``shapes_vgg11`` and of the
     sanity checks' random-label model (:mod:`cnnviz.runs.randomization`).
     """
@@ -226,7 +226,7 @@ def fit(
 def _fresh_shapes(
     seed: int, n_per_epoch: int
 ) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
-    """Epoch ``e``'s data for :func:`fit`: ``n_per_epoch`` new shapes from seed ``1000·seed + e``."""
+    """Epoch ``e``'s data for :func:`fit`: ``n_per_epoch`` new shapes, seed ``1000·seed + e``."""
 
     def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         data = make_shapes(n_per_epoch, seed=1000 * seed + epoch)

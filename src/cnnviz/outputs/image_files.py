@@ -71,8 +71,8 @@ class MethodResult:
 def per_image_results(explanation: Explanation, cmap: str) -> list[MethodResult]:
     """Split a batch explanation into one :class:`MethodResult` per image (NumPy, on the CPU).
 
-    Signed maps are drawn with the diverging colour map (:func:`~cnnviz.render.colours.colormap_for`),
-    others with ``cmap``.
+    Signed maps are drawn with the diverging colour map
+    (:func:`~cnnviz.render.colours.colormap_for`), others with ``cmap``.
     """
     shown = to_unit_range(explanation.maps, explanation.display, explanation.input_size).numpy()
     raw = explanation.maps.detach().float().cpu().numpy()

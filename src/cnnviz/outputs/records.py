@@ -202,7 +202,8 @@ def read_records(out_dir: Path) -> list[dict[str, Any]]:
 
 
 def folder_lock(out_dir: Path) -> contextlib.AbstractContextManager[None]:
-    """An exclusive lock on ``out_dir`` (:func:`~cnnviz.outputs.files.file_lock` on ``.manifest.lock``)."""
+    """An exclusive lock on ``out_dir``: :func:`~cnnviz.outputs.files.file_lock` on its
+    ``.manifest.lock``."""
     return file_lock(Path(out_dir) / LOCK_NAME)
 
 

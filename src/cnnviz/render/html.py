@@ -48,5 +48,5 @@ def template_environment() -> Environment:
 
 
 def render_page(template: str, **context: Any) -> str:
-    """The template ``template`` (a file in ``cnnviz/render/templates``) rendered with ``context``."""
+    """The page template ``template`` (in ``cnnviz/render/templates``) rendered with ``context``."""
     return str(template_environment().get_template(template).render(**context))
