@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnviz.capture.hooks import ForwardError, hooked_modules
+from cnnviz.capture.hooks import ForwardError
 from cnnviz.errors import LayerError, NonFiniteError
 from cnnviz.inspect.activations import (
     ChannelOrder,
@@ -17,6 +17,7 @@ from cnnviz.inspect.activations import (
     select_channels,
 )
 from cnnviz.models.vgg import VGG11
+from hook_leaks import hooked_modules
 
 
 def _tiny() -> nn.Sequential:

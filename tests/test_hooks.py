@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from cnnviz.capture.forward import as_model_input, autograd_enabled, model_state_guard
-from cnnviz.capture.hooks import ForwardError, GradFrom, LayerCapture, hooked_modules
+from cnnviz.capture.hooks import ForwardError, GradFrom, LayerCapture
 from cnnviz.capture.layers import alias_of, auto_cam_layer, resolve_layer
 from cnnviz.errors import LayerError
 from cnnviz.models.vgg import VGG11
+from hook_leaks import hooked_modules
 
 
 class TinyNet(nn.Module):

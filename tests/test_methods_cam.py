@@ -29,7 +29,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz import explain, load_model
-from cnnviz.capture.hooks import hooked_modules
 from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.errors import LayerError, NonFiniteError, TargetError
@@ -37,6 +36,7 @@ from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
+from hook_leaks import hooked_modules
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from cnnviz import explain, load_model
-from cnnviz.capture.hooks import hooked_modules
 from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.inputs.images import load_image
@@ -24,6 +23,7 @@ from cnnviz.methods.perturbation import draw_rise_masks, window_starts
 from cnnviz.methods.registry import method_names
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
+from hook_leaks import hooked_modules
 
 
 def close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-4) -> None:

@@ -8,13 +8,13 @@ import torch
 from PIL import Image
 
 from cnnviz import explain, load_model
-from cnnviz.capture.hooks import hooked_modules
 from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.inputs.images import load_image
 from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.methods.postprocess import relu
 from cnnviz.models import LoadedModel
+from hook_leaks import hooked_modules
 
 CAT_CLASSES = {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"}
 

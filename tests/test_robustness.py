@@ -23,7 +23,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnviz.api import explain
-from cnnviz.capture.hooks import hooked_modules
 from cnnviz.cli import main
 from cnnviz.errors import (
     CheckpointError,
@@ -38,6 +37,7 @@ from cnnviz.inputs.preprocess import Preprocessing, preprocess_image
 from cnnviz.models import from_module, load_model
 from cnnviz.render.colours import colormap_lut
 from cnnviz.runs.explain import ExplainSettings, explain_files
+from hook_leaks import hooked_modules
 
 SHAPES = ["--model", "shapes_vgg11", "--weights", "random", "--workers", "0"]
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from cnnviz import explain
-from cnnviz.capture.hooks import hooked_modules
 from cnnviz.methods.postprocess import for_display, minmax_normalize, relu, upsample
 from cnnviz.models.vgg import VGG11
+from hook_leaks import hooked_modules
 
 
 class Quadratic(nn.Module):

@@ -1,4 +1,4 @@
-"""cnnviz.inspect.summary: identity counts, rows that add up, hand-computed mult-adds, no effects."""
+"""cnnviz.inspect.summary: identity counts, rows that add up, hand-computed mult-adds, no change."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cnnviz.capture.hooks import ForwardError, hooked_modules
+from cnnviz.capture.hooks import ForwardError
 from cnnviz.inspect.summary import (
     ModelSummary,
     count_parameters,
@@ -17,6 +17,7 @@ from cnnviz.inspect.summary import (
 )
 from cnnviz.inspect.tables import format_layer_table, format_summary
 from cnnviz.models.vgg import VGG11
+from hook_leaks import hooked_modules
 
 VGG11_PARAMS = 132_863_336
 VGG11_BN_PARAMS = 132_868_840

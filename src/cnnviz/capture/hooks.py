@@ -244,17 +244,3 @@ class LayerCapture(HookOwner):
                 "(see `cnnviz layers MODEL`)."
             )
         return output
-
-
-def hooked_modules(model: nn.Module) -> list[str]:
-    """Names of modules that still carry forward/backward hooks (for leak checks in tests)."""
-    found = []
-    for name, module in model.named_modules():
-        if (
-            module._forward_hooks
-            or module._forward_pre_hooks
-            or module._backward_hooks
-            or getattr(module, "_backward_pre_hooks", None)
-        ):
-            found.append(name or "<root>")
-    return found

@@ -1,9 +1,9 @@
 """Layer activations (the seed exercise's step 3, "visualise activations with forward hooks").
 
 All requested layers are captured in ONE forward pass through
-:class:`cnnviz.capture.hooks.LayerCapture`, which owns and removes the hooks, leaves the model's mode untouched, and copies each output so an
-in-place ReLU after a captured conv cannot change it (captured values are the layer's own output,
-pre-activation for a conv followed by ReLU).
+:class:`cnnviz.capture.hooks.LayerCapture`, which owns and removes the hooks, leaves the model's
+mode untouched, and copies each output so an in-place ReLU after a captured conv cannot change
+it (captured values are the layer's own output, pre-activation for a conv followed by ReLU).
 
 Example:
     >>> import torch

@@ -4,8 +4,8 @@ text: :mod:`cnnviz.inspect.tables`).
 Ideas from torchinfo, our own code. Everything here leaves the model exactly as found: one forward
 pass on a zero input under ``torch.no_grad()`` in eval mode (each module's ``training`` flag is
 restored by :func:`cnnviz.capture.forward.model_state_guard`), hooks removed in ``finally``,
-nothing moved to another device, ``requires_grad`` and ``.grad`` untouched. A model on the ``meta`` device works
-too, so a large architecture can be summarised without allocating its weights.
+nothing moved to another device, ``requires_grad`` and ``.grad`` untouched. A model on the
+``meta`` device works too, so a large architecture can be summarised without allocating its weights.
 
 **Parameters are counted by tensor identity.** A parameter tensor shared by several modules (tied
 weights) is counted once, and attributed to the *first* module in ``named_modules()`` order that

@@ -3,7 +3,8 @@
 Every map here is a weighted combination of the layer's activations ``A`` (shape ``(N, K, h, w)``)
 for a target score ``y``; the methods differ in the weights. They return the raw, signed
 combination; the papers' ReLU is applied by post-processing
-(:func:`cnnviz.methods.postprocess.relu`, the default :class:`~cnnviz.methods.postprocess.Display.POSITIVE`).
+(:func:`cnnviz.methods.postprocess.relu`, the default
+:class:`~cnnviz.methods.postprocess.Display.POSITIVE`).
 
 Gradient-weighted CAMs (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiResCAM) subclass
 :class:`GradientCAM` and supply :meth:`GradientCAM.combine`; gradient-free ones (CAM, Eigen-CAM,

@@ -188,9 +188,10 @@ def fit(
 
     ``epoch_data(epoch)`` gives that epoch's ``n_per_epoch`` ``(inputs, labels)``; each epoch
     visits them in the order ``torch.randperm(n_per_epoch, generator=shuffle)``, in batches of
-    ``batch_size`` (the last partial batch is dropped: BatchNorm wants more than one image). Leaves ``model`` in eval mode and
-    returns the last epoch's mean loss. The one training loop of ``shapes_vgg11`` and of the
-    sanity checks' random-label model (:mod:`cnnviz.runs.randomization`).
+    ``batch_size`` (the last partial batch is dropped: BatchNorm wants more than one image).
+    Leaves ``model`` in eval mode and returns the last epoch's mean loss. The one training loop
+    of ``shapes_vgg11`` and of the sanity checks' random-label model
+    (:mod:`cnnviz.runs.randomization`).
     """
     from tqdm.auto import tqdm  # lazy: only training shows a progress bar
 
