@@ -377,8 +377,8 @@ def test_adaptive_integrated_gradients_in_memory_groups_equal_one_group(
     assert "6 MiB per image (64 steps × 2 targets)" in record.getMessage()
     assert "gausslegendre" in record.getMessage()
     assert model.rows[1:9] == [16, 1, 8, 8, 8, 8, 8, 7]  # image 0: 17 nodes, 6 rounds
-    # Same nodes and weights; other batch sizes round differently in float32 (up to 1.6e-5 of the
-    # largest value on one CPU, 1e-6 on another), so equal to 1e-4 of it.
+    # Same nodes and weights; other batch sizes round differently in float32 (measured: up to
+    # 1.6e-5 of the largest value on an Intel Xeon), so equal to 1e-4 of it.
     close(apart.attributions, together.attributions)
 
 
@@ -680,12 +680,12 @@ def test_integrated_gradients_completeness_on_shapes_vgg11() -> None:
     """Issue #4: the completeness gap below 1 % of |f(x) − f(x′)| at 64 steps on the trained
     shapes model (black baseline, true class). On the first 32 held-out images the adaptive rule
     (the default) leaves a mean gap of 0.36 % and 31 images below 1 %; Gauss-Legendre 1.5 % and
-    14, the uniform trapezoid 1.1 % and 18 (measured with the model trained on an AMD EPYC; on an
-    Intel Xeon, whose float kernels train slightly different weights: 0.34 % and 31, 0.92 % and
-    19, 0.55 % and 28). The attributions themselves are closer to the exact integral too:
+    14, the uniform trapezoid 1.1 % and 18 (model trained on an AMD EPYC; on an Intel Xeon,
+    whose float kernels train slightly different weights: 0.34 % and 31, 0.92 % and 19, 0.55 %
+    and 28). The attributions themselves are closer to the exact integral too:
     relative L2 distance to a 512-step trapezoid reference on the first 16, adaptive 1.36 %,
-    trapezoid 1.45 %, Gauss-Legendre 2.05 % (Xeon: 1.27 %, 1.33 %, 1.94 %). With ``tolerance=0.01`` and
-    ``steps=256`` as a cap every image gets below 1 %."""
+    trapezoid 1.45 %, Gauss-Legendre 2.05 % (Xeon: 1.27 %, 1.33 %, 1.94 %). With
+    ``tolerance=0.01`` and ``steps=256`` as a cap every image gets below 1 %."""
     from cnnviz.data.shapes import heldout_shapes
     from cnnviz.models import load_model
     from cnnviz.models.shapes_vgg11 import normalize_shapes
