@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import pytorch_grad_cam as pgc  # a dev dependency: the reference, never skipped
 import torch
 import torch.nn.functional as F
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from cnnviz import explain, load_model
@@ -37,9 +39,6 @@ from cnnviz.inputs.preprocess import preprocess_image
 from cnnviz.models import LoadedModel
 from cnnviz.models.vgg import VGG11
 from hook_leaks import hooked_modules
-
-pgc = pytest.importorskip("pytorch_grad_cam")
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
 
 REFERENCE = {
     "gradcam": pgc.GradCAM,
