@@ -9,7 +9,9 @@ the ``--method all`` runs use a registry cut down to three methods.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
+import io
 import json
 import signal
 import subprocess
@@ -311,3 +313,29 @@ def test_finish_names_only_files_that_exist(
     captured = capsys.readouterr()
     assert captured.out == f"Wrote 1 result(s) to {tmp_path}/\n"
     assert captured.err == "cnnviz: skipped b.png (gradcam): bad\\nfile\n"
+
+
+def test_a_closed_pipe_is_141_and_quiet(capsys: pytest.CaptureFixture[str]) -> None:
+    """``cnnviz models | head -1``: the reader goes away; exit 141 (128 + SIGPIPE), no bug line."""
+
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    with contextlib.redirect_stdout(ClosedPipe()):
+        code = main(["models"])
+    assert code == ExitCode.PIPE_CLOSED == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_a_closed_pipe_from_a_real_reader_exits_quietly() -> None:
+    """The same through a real pipe whose reader is gone before the child writes a line (the
+    child's interpreter takes far longer to start than closing takes)."""
+    command = [sys.executable, "-m", "cnnviz.cli", "methods"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stdout is not None and child.stderr is not None
+        child.stdout.close()  # the reader goes away, like `| head -0`
+        err = child.stderr.read().decode()
+        code = child.wait(timeout=60)
+    assert code == 141, err
+    assert err == ""

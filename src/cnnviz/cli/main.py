@@ -18,6 +18,7 @@ Every message is one line on stderr starting with ``cnnviz:``; control character
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -66,8 +67,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted; files written so far are complete, --resume continues")
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return ExitCode.PIPE_CLOSED
     except Exception as e:
         return _report_error(e, debug=args.debug)
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so that flushing it at exit (to a reader that
+    is gone) raises nothing more (the recipe of Python's ``signal`` documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's StringIO)
+        pass
 
 
 class _Terminated(KeyboardInterrupt):

@@ -43,7 +43,7 @@ Commands: TypeAlias = "argparse._SubParsersAction[CnnvizArgumentParser]"
 EPILOG = (
     "Start with `cnnviz report --demo --out demo`. Exit codes: 0 ok, 1 some inputs failed, "
     "2 bad input, 3 weights unavailable offline, 70 internal error (a bug), 130 interrupted "
-    "(Ctrl-C), 143 terminated (SIGTERM)."
+    "(Ctrl-C), 141 output pipe closed, 143 terminated (SIGTERM)."
 )
 
 
