@@ -133,6 +133,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy, write_png
     from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import figure_to_png_bytes, filters_figure
+    from cnnviz.render.grids import tile_sheet
 
     loaded = load(args, args.model_name)
     layer = resolve_layer(loaded.module, args.layer) if args.layer else None
@@ -155,7 +156,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     }
     with writing_into(out):
         atomic_write_bytes(out / files["figure"], figure_to_png_bytes(fig))
-        write_png(out / files["tiles"], _tile_sheet(tiles))
+        write_png(out / files["tiles"], tile_sheet(tiles))
         write_npy(out / files["weight"], weight.float().numpy())
     manifest = Manifest(
         command="filters",
@@ -174,15 +175,6 @@ def cmd_filters(args: argparse.Namespace) -> int:
     with writing_into(out):
         write_manifest(out, manifest)
     return finish(manifest.to_dict(), out, args)
-
-
-def _tile_sheet(tiles: Any) -> Any:
-    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
-    from cnnviz.render.grids import image_grid
-
-    n = tiles.shape[0]
-    cols = max(1, round(n**0.5))
-    return image_grid(list(tiles), ncols=cols, pad=1)
 
 
 def cmd_activations(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ from cnnviz.capture.forward import as_model_input, forward_in_layout, model_stat
 from cnnviz.capture.targets import logits_of, resolve_targets
 from cnnviz.errors import NonFiniteError, TargetError, positive_int
 from cnnviz.inputs.preprocess import gaussian_blur
-from cnnviz.methods.postprocess import Display, minmax_normalize, relu
+from cnnviz.methods.postprocess import Display, relu, to_unit_range
 from cnnviz.options import DeletionBaseline as Baseline
 
 if TYPE_CHECKING:
@@ -80,8 +80,9 @@ def relevance_maps(explanation: Explanation, t: int = 0) -> torch.Tensor:
 
 
 def unit_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Positive part of each map, min-max normalised to [0, 1] (constant maps become zeros)."""
-    return minmax_normalize(relu(maps.float()))
+    """Positive part of each map, min-max normalised to [0, 1] (constant maps become zeros): the
+    map as a ``POSITIVE`` picture shows it (:func:`~cnnviz.methods.postprocess.to_unit_range`)."""
+    return to_unit_range(maps, Display.POSITIVE)
 
 
 def class_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

@@ -90,3 +90,10 @@ def comparison_grid(
         x = left + 2 + c * (w + 2) + max(0, (w - size(label)[0]) // 2)
         draw.text((x, 3), label, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
+
+
+def tile_sheet(tiles: np.ndarray) -> np.ndarray:
+    """Filter tiles ``(K, h, w)`` or ``(K, h, w, 3)`` uint8 as one near-square sheet at their own
+    pixel size (``round(√K)`` columns, 1-pixel white gaps): ``cnnviz filters``' ``*.tiles.png``."""
+    cols = max(1, round(tiles.shape[0] ** 0.5))
+    return image_grid(list(tiles), ncols=cols, pad=1)
