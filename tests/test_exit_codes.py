@@ -71,9 +71,11 @@ def test_exit_code_values_and_the_errors_that_carry_them() -> None:
         ("WEIGHTS", 3),
         ("INTERNAL", 70),
         ("INTERRUPTED", 130),
+        ("PIPE_CLOSED", 141),
         ("TERMINATED", 143),
     ]
     assert ExitCode.INTERRUPTED == 128 + signal.SIGINT
+    assert ExitCode.PIPE_CLOSED == 128 + signal.SIGPIPE
     assert ExitCode.TERMINATED == 128 + signal.SIGTERM
     assert CnnvizError.exit_code == ExitCode.USAGE
     assert NotApplicableError.exit_code == ExitCode.USAGE

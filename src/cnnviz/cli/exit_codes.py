@@ -26,8 +26,8 @@ class ExitCode(enum.IntEnum):
     """An unexpected exception, a bug in cnnviz (``--debug`` shows the traceback); EX_SOFTWARE."""
     INTERRUPTED = 130
     """Stopped by Ctrl-C (128 + SIGINT); every file already written is complete."""
-    TERMINATED = 143
-    """Stopped by SIGTERM (128 + 15, the shell's convention); every file written is complete."""
     PIPE_CLOSED = 141
     """The reader of standard output went away (``cnnviz layers M | head``): 128 + SIGPIPE, as
     a shell tool killed by it would exit; nothing more is printed."""
+    TERMINATED = 143
+    """Stopped by SIGTERM (128 + 15, the shell's convention); every file written is complete."""
