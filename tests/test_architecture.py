@@ -145,3 +145,16 @@ def test_no_module_imports_another_modules_private_name() -> None:
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.name))
 def test_files_stay_small(path: Path) -> None:
     assert len(path.read_text(encoding="utf-8").splitlines()) <= MAX_FILE_LINES
+
+
+def test_every_public_name_of_cnnviz_resolves_to_its_module() -> None:
+    """``import cnnviz`` names each public object lazily; every name must lead to its object."""
+    import cnnviz
+    from cnnviz.capture.hooks import LayerCapture
+    from cnnviz.methods.registry import method_names
+
+    for name in cnnviz.__all__:
+        assert getattr(cnnviz, name) is not None, name
+    assert cnnviz.method_names is method_names
+    assert cnnviz.LayerCapture is LayerCapture
+    assert "gradcam" in cnnviz.method_names()

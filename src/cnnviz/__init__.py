@@ -18,7 +18,7 @@ _UNKNOWN_VERSION = "0+unknown"
 _PUBLIC = {
     "explain": "cnnviz.api",
     "Explanation": "cnnviz.methods.base",
-    "method_names": "cnnviz.methods.base",
+    "method_names": "cnnviz.methods.registry",
     "TopK": "cnnviz.capture.targets",
     "load_model": "cnnviz.models",
     "from_module": "cnnviz.models",
