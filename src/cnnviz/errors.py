@@ -8,9 +8,11 @@ Every class also derives from the built-in exception a Python user would expect 
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 
 class CnnvizError(Exception):
@@ -104,3 +106,28 @@ def error_text(error: BaseException) -> str:
     """An exception's message with its white space folded to single spaces (its type's name when
     it has no message): how a caught third-party error is quoted inside a cnnviz message."""
     return " ".join(str(error).split()) or type(error).__name__
+
+
+# Who is reading the messages: the CLI sets "cli" for its run, so a remedy names a flag there and
+# an argument in Python (``--class-names FILE`` vs ``class_names=``).
+_SPEAKING: contextvars.ContextVar[str] = contextvars.ContextVar("cnnviz_speaking", default="python")
+
+
+@contextmanager
+def speaking_cli() -> Iterator[None]:
+    """Within this block, :func:`remedy` names command-line flags (the CLI wraps each command)."""
+    token = _SPEAKING.set("cli")
+    try:
+        yield
+    finally:
+        _SPEAKING.reset(token)
+
+
+def remedy(cli: str, python: str) -> str:
+    """``cli`` when the command line is running, else ``python``: one message, two audiences.
+
+    Example::
+
+        f"the classes are numbered; name them with {remedy('--class-names FILE', 'class_names=')}"
+    """
+    return cli if _SPEAKING.get() == "cli" else python

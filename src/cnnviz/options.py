@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 
 __all__ = [
+    "INTERPOLATIONS",
     "SANITY_MODES",
     "ChannelOrder",
     "DeepFilterView",
@@ -19,6 +20,10 @@ __all__ = [
     "SanityMode",
     "values",
 ]
+
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+"""The resampling filters of preprocessing (torchvision's ``InterpolationMode`` names)."""
 
 
 class FilterScale(enum.Enum):

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from cnnviz.errors import NotApplicableError, remedy
 
 logger = logging.getLogger(__name__)
 
@@ -121,3 +124,26 @@ def standard_layout_from_now_on(model: nn.Module, *, remember: bool) -> None:
         "%s fails on a channels-last input; cnnviz runs it in the standard layout",
         type(model).__name__,
     )
+
+
+def add_forward_hook(
+    module: nn.Module, hook: Callable[..., Any], *, before: bool = False
+) -> RemovableHandle:
+    """``module.register_forward_hook(hook)`` (``before=True``: a forward pre-hook), or a
+    :class:`~cnnviz.errors.NotApplicableError` for a TorchScript module, which takes no Python
+    hooks: every hook cnnviz sets goes through here, so that refusal is said one way."""
+    if isinstance(module, torch.jit.ScriptModule):
+        python_class = remedy(
+            "--model file.py:Class --weights FILE", 'load_model("file.py:Class", weights=FILE)'
+        )
+        program = remedy("--model export:FILE.pt2", 'load_model("export:FILE.pt2")')
+        raise NotApplicableError(
+            "the model is a TorchScript program, and TorchScript modules take no Python hooks, "
+            "so methods that read a layer's output (CAMs, activations, Guided Backprop, the "
+            "layer table's shapes) cannot run on it; input-space methods work (saliency, "
+            "integrated-gradients, smoothgrad, occlusion, rise), or load the Python class "
+            f"({python_class}) or an exported program ({program})"
+        )
+    if before:
+        return module.register_forward_pre_hook(hook)
+    return module.register_forward_hook(hook)

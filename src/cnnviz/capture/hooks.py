@@ -48,6 +48,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from cnnviz.capture.forward import (
+    add_forward_hook,
     channels_last_suits,
     model_state_guard,
     standard_layout_from_now_on,
@@ -132,7 +133,7 @@ class LayerCapture(HookOwner):
         try:
             for name in self.names:
                 module = self.model.get_submodule(name)
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+                self._handles.append(add_forward_hook(module, self._make_hook(name)))
         except BaseException:
             self.remove()
             raise

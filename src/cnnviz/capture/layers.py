@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnviz.capture.forward import model_state_guard
+from cnnviz.capture.forward import add_forward_hook, model_state_guard
 from cnnviz.errors import LayerError, close_matches
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _forward_with_hook_on_every_layer(
     try:
         for name, module in model.named_modules():
             if name:
-                handles.append(module.register_forward_hook(make_hook(name)))
+                handles.append(add_forward_hook(module, make_hook(name)))
         with model_state_guard(model), torch.no_grad():
             model(example)
     finally:

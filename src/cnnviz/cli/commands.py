@@ -18,6 +18,7 @@ from cnnviz.cli.shared import (
     load,
     make_out_dir,
     out_path,
+    parse_key_values,
     split_list,
     writing_into,
 )
@@ -102,8 +103,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from cnnviz.inspect.summary import layer_table
     from cnnviz.inspect.tables import format_layer_table
 
-    loaded = load(args, args.model_name, data=False)
-    rows = layer_table(loaded.module, (3, *loaded.preprocessing.input_size))
+    loaded = load(args, args.model_name, data=False, structure_only=True)
+    rows = layer_table(
+        loaded.module, (loaded.preprocessing.channels, *loaded.preprocessing.input_size)
+    )
     if args.json:
         emit_json([row.__dict__ for row in rows])
     else:
@@ -116,8 +119,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cnnviz.inspect.summary import summarize
     from cnnviz.inspect.tables import format_summary
 
-    loaded = load(args, args.model_name, data=False)
-    summary = summarize(loaded.module, (3, *loaded.preprocessing.input_size), depth=args.depth)
+    loaded = load(args, args.model_name, data=False, structure_only=True)
+    prep = loaded.preprocessing
+    summary = summarize(loaded.module, (prep.channels, *prep.input_size), depth=args.depth)
     if args.json:
         emit_json(summary.to_dict())
     else:
@@ -230,25 +234,9 @@ def cmd_activations(args: argparse.Namespace) -> int:
 
 
 def parse_method_options(items: Sequence[str]) -> dict[str, Any]:
-    """``["steps=256", "signed=true"]`` → ``{"steps": 256, "signed": True}``: whole numbers,
-    then decimal numbers, then ``true``/``false``, else the text itself."""
-    options: dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--option takes KEY=VALUE (e.g. steps=256), got {item!r}.")
-        value: Any = text.strip()
-        for convert in (int, float):
-            try:
-                value = convert(value)
-                break
-            except ValueError:
-                continue
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        options[key] = value
-    return options
+    """``--option`` values: ``["steps=256", "signed=true"]`` → ``{"steps": 256, "signed": True}``
+    (see :func:`~cnnviz.cli.shared.parse_key_values`)."""
+    return parse_key_values(items, "--option", example="steps=256")
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from cnnviz.cli.exit_codes import ExitCode
 from cnnviz.cli.parser import build_parser
 from cnnviz.cli.shared import say
-from cnnviz.errors import CnnvizError, UsageError, one_line
+from cnnviz.errors import CnnvizError, UsageError, one_line, speaking_cli
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report_error(e, debug=False)
     _configure_logging(args.quiet)
     try:
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), speaking_cli():
             return int(args.func(args))
     except _Terminated:
         say("terminated (SIGTERM); files written so far are complete, --resume continues")

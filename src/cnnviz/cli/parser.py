@@ -27,6 +27,7 @@ from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
 from cnnviz.errors import UsageError
 from cnnviz.models.defaults import DEFAULT_MODEL
 from cnnviz.options import (
+    INTERPOLATIONS,
     SANITY_MODES,
     ChannelOrder,
     DeepFilterView,
@@ -110,14 +111,51 @@ def comma_choices(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 # -- options shared by several commands ------------------------------------------------------
 
 
+def input_size(text: str) -> tuple[int, int]:
+    """An option value that is a size in pixels: ``224`` (square) or ``HxW`` / ``H,W``."""
+    parts = [p.strip() for p in text.lower().replace("×", "x").replace(",", "x").split("x")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected N or HxW pixels, got {text!r}")
+    height, width = (positive_int(part) for part in parts)
+    return height, width
+
+
+def crop_fraction(text: str) -> float:
+    """An option value that is a fraction in (0, 1]: timm's ``crop_pct``."""
+    value = fraction(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be more than 0 (1 keeps the whole resized image)")
+    return value
+
+
+def numbers(text: str) -> tuple[float, ...]:
+    """An option value that is a comma-separated list of finite numbers."""
+    try:
+        values_ = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}"
+        ) from None
+    if not values_ or not all(math.isfinite(v) for v in values_):
+        raise argparse.ArgumentTypeError(
+            f"expected finite numbers separated by commas, got {text!r}"
+        )
+    return values_
+
+
 def add_model_options(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
-    """``--model``, ``--weights``, ``--device`` and ``--json``: the options every command shares."""
+    """The options every command that loads a model shares: which model, its weights, classes,
+    constructor arguments and preprocessing, the device, and ``--json``."""
     if model_option:
         p.add_argument(
             "--model",
             "-m",
             default=DEFAULT_MODEL,
-            help=f"model name (see `cnnviz models`; default {DEFAULT_MODEL})",
+            help=f"a name from `cnnviz models` (default {DEFAULT_MODEL}), torchvision:NAME, "
+            "timm:NAME, your own path/file.py:Class or package.module:Class, "
+            "torchscript:FILE or export:FILE.pt2",
         )
     p.add_argument(
         "--weights",
@@ -125,8 +163,54 @@ def add_model_options(p: argparse.ArgumentParser, *, model_option: bool = True) 
         help="checkpoint file (.pth/.pt/.safetensors), or 'random'; "
         "default: the model's pretrained weights",
     )
+    p.add_argument(
+        "--model-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an argument for building the model, repeatable: your class's constructor, "
+        "torchvision's get_model or timm's create_model (e.g. --model-arg num_classes=10)",
+    )
+    p.add_argument(
+        "--class-names",
+        default=None,
+        metavar="FILE",
+        help="the class names: one per line, a JSON list, or a CSV of index,name",
+    )
+    _preprocessing_options(p)
     p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, mps")
     p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+
+def _preprocessing_options(p: argparse.ArgumentParser) -> None:
+    """The preprocessing flags; each one left out keeps the model's own setting."""
+    group = p.add_argument_group(
+        "preprocessing", "default: the model's own (timm's pretrained_cfg, torchvision's weights)"
+    )
+    group.add_argument(
+        "--input-size", type=input_size, default=None, metavar="N|HxW", help="model input size"
+    )
+    group.add_argument(
+        "--resize",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="resize the shorter side to N before the centre crop to the input size",
+    )
+    group.add_argument(
+        "--crop",
+        type=crop_fraction,
+        default=None,
+        metavar="FRACTION",
+        help="the centre crop as a fraction of the resized image (timm's crop_pct, e.g. 0.875)",
+    )
+    group.add_argument(
+        "--mean", type=numbers, default=None, metavar="M[,M…]", help="one per input channel"
+    )
+    group.add_argument(
+        "--std", type=numbers, default=None, metavar="S[,S…]", help="one per input channel"
+    )
+    group.add_argument("--interpolation", choices=INTERPOLATIONS, default=None)
 
 
 def _model_argument(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,7 @@ printing the summary and choosing the exit code. Import-light: heavy imports hap
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,28 +18,94 @@ from cnnviz.errors import CnnvizError, ImageLoadError, OutputError, UsageError, 
 if TYPE_CHECKING:
     from cnnviz.models import LoadedModel
 
+logger = logging.getLogger("cnnviz.cli")
+
 
 def say(text: str) -> None:
     """One line ``cnnviz: text`` on stderr (control characters escaped)."""
     print("cnnviz: " + one_line(text), file=sys.stderr)
 
 
-def load(args: argparse.Namespace, name: str | None = None, *, data: bool = True) -> LoadedModel:
-    """The model named by ``name`` (or ``--model``), with ``--weights`` and ``--device``.
+def parse_key_values(items: Sequence[str], flag: str, *, example: str) -> dict[str, Any]:
+    """``["steps=256", "signed=true"]`` → ``{"steps": 256, "signed": True}``: whole numbers,
+    then decimal numbers, then ``true``/``false``/``none``, else the text itself."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"{flag} takes KEY=VALUE (e.g. {example}), got {item!r}.")
+        value: Any = text.strip()
+        for convert in (int, float):
+            try:
+                value = convert(value)
+                break
+            except ValueError:
+                continue
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        elif isinstance(value, str) and value.lower() == "none":
+            value = None
+        options[key] = value
+    return options
+
+
+def load(
+    args: argparse.Namespace,
+    name: str | None = None,
+    *,
+    data: bool = True,
+    structure_only: bool = False,
+) -> LoadedModel:
+    """The model named by ``name`` (or ``--model``) with every model option of the command line
+    (``--weights``, ``--device``, ``--class-names``, ``--model-arg``, the preprocessing flags).
 
     ``data=True`` (a command that runs the model or reads its weights) refuses the ``meta``
     device, whose tensors have shapes but no values; ``layers`` and ``summary`` accept it.
+    ``structure_only=True`` (``layers``, ``summary``) builds the architecture without its
+    pretrained weights when no ``--weights`` is given, and says so: the structure needs none.
     """
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.models import load_model
+    from cnnviz.models.own import is_own_model
 
-    loaded = load_model(name or args.model, weights=args.weights, device=args.device)
+    model = name or args.model
+    weights = args.weights
+    if structure_only and weights is None and not is_own_model(model):
+        weights = "random"
+        logger.info("architecture only: pretrained weights not loaded (the structure needs none)")
+    loaded = load_model(
+        model,
+        weights=weights,
+        device=args.device,
+        class_names=getattr(args, "class_names", None),
+        preprocessing=preprocessing_overrides(args) or None,
+        model_args=parse_key_values(
+            getattr(args, "model_arg", None) or [], "--model-arg", example="num_classes=10"
+        ),
+    )
     if data and any(t.is_meta for t in loaded.module.parameters()):
         raise UsageError(
             f"--device {args.device} holds shapes but no values; it works for `cnnviz layers` "
             "and `cnnviz summary` only. Use --device cpu or cuda."
         )
     return loaded
+
+
+def preprocessing_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The preprocessing fields set by ``--input-size``, ``--resize``, ``--crop``, ``--mean``,
+    ``--std`` and ``--interpolation`` (each already parsed by the argument parser)."""
+    fields = {
+        "input_size": getattr(args, "input_size", None),
+        "resize": getattr(args, "resize", None),
+        "crop_pct": getattr(args, "crop", None),
+        "mean": getattr(args, "mean", None),
+        "std": getattr(args, "std", None),
+        "interpolation": getattr(args, "interpolation", None),
+    }
+    if fields["resize"] is not None and fields["crop_pct"] is not None:
+        raise UsageError("give --resize or --crop, not both: each sets how much is cropped.")
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def emit_json(obj: object) -> None:

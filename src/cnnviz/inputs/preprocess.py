@@ -20,8 +20,7 @@ from PIL import Image as PILImage
 if TYPE_CHECKING:
     from PIL import Image
 
-# PIL resampling filters that torchvision's InterpolationMode names.
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
+from cnnviz.options import INTERPOLATIONS as INTERPOLATIONS  # re-exported, defined once
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,12 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from cnnviz.capture.forward import model_device, model_dtype, model_state_guard
+from cnnviz.capture.forward import (
+    add_forward_hook,
+    model_device,
+    model_dtype,
+    model_state_guard,
+)
 from cnnviz.capture.hooks import ForwardError
 from cnnviz.capture.layers import alias_of, trace_layers
 from cnnviz.errors import CnnvizError
@@ -246,7 +251,7 @@ def _trace_shapes_and_mult_adds(
     handles: list[RemovableHandle] = []
     try:
         for name, module in modules:
-            handles.append(module.register_forward_hook(make_hook(name)))
+            handles.append(add_forward_hook(module, make_hook(name)))
         _forward(model, example)
     finally:
         for handle in handles:

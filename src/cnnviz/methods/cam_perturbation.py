@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 
-from cnnviz.capture.forward import input_layout, model_state_guard
+from cnnviz.capture.forward import add_forward_hook, input_layout, model_state_guard
 from cnnviz.capture.hooks import HookOwner
 from cnnviz.capture.targets import Targets
 from cnnviz.errors import LayerError, NonFiniteError
@@ -67,7 +67,7 @@ class OutputSwap(HookOwner):
         self._calls = 0
 
     def __enter__(self) -> OutputSwap:
-        self._handle = self.module.register_forward_hook(self._hook)
+        self._handle = add_forward_hook(self.module, self._hook)
         return self
 
     def remove(self) -> None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from cnnviz.capture.forward import add_forward_hook
 from cnnviz.capture.hooks import HookOwner
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import Explanation, Method, gradient_pass, register
@@ -110,8 +111,8 @@ class ReluOverride(HookOwner):
         try:
             for name, module in self.model.named_modules():
                 if isinstance(module, self.types):
-                    self._handles.append(module.register_forward_pre_hook(self._keep_input))
-                    self._handles.append(module.register_forward_hook(self._replace_output))
+                    self._handles.append(add_forward_hook(module, self._keep_input, before=True))
+                    self._handles.append(add_forward_hook(module, self._replace_output))
                     self.modules.append(name)
         except BaseException:
             self.remove()

@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -23,7 +24,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cnnviz.errors import CheckpointError, NonFiniteError, WeightsUnavailableError
+from cnnviz.errors import CheckpointError, NonFiniteError, WeightsUnavailableError, remedy
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raw = _read_safetensors(file)
     elif suffix in PICKLE_SUFFIXES:
         raw = _read_pickle(file)
+    elif (kind := zip_kind(file)) is not None:
+        raise CheckpointError(program_remedy(file, kind))
     else:
         accepted = ", ".join(PICKLE_SUFFIXES + SAFETENSORS_SUFFIXES)
         raise CheckpointError(
@@ -109,6 +112,9 @@ def _read_safetensors(file: Path) -> object:
 
 
 def _read_pickle(file: Path) -> object:
+    kind = zip_kind(file)
+    if kind is not None:  # torch.load would warn and hand it to torch.jit.load
+        raise CheckpointError(program_remedy(file, kind))
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -151,6 +157,27 @@ def _extract_state_dict(raw: object, file: Path) -> dict[str, torch.Tensor]:
         if all(str(k).startswith(prefix) for k in state):
             state = {str(k)[len(prefix) :]: v for k, v in state.items()}
     return {str(k): v for k, v in state.items()}
+
+
+def zip_kind(path: Path) -> str | None:
+    """``"torchscript"`` or ``"export"`` for such an archive, else ``None``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return None
+    if any("/code/__torch__/" in n for n in names):
+        return "torchscript"
+    if any(n.endswith("/models/model.json") for n in names):
+        return "export"
+    return None
+
+
+def program_remedy(path: Path, kind: str) -> str:
+    """How to load a program file given where a checkpoint was expected."""
+    option = remedy(f"--model {kind}:{path} (without --weights)", f'load_model("{kind}:{path}")')
+    what = "TorchScript" if kind == "torchscript" else "torch.export"
+    return f"{path} is a {what} program, not a state dict; load it with {option}"
 
 
 def check_finite_weights(

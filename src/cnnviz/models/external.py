@@ -15,14 +15,29 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnviz.errors import ModelNotFoundError, WeightsUnavailableError, close_matches
+from cnnviz.errors import (
+    ModelNotFoundError,
+    WeightsUnavailableError,
+    close_matches,
+    error_text,
+    remedy,
+)
 from cnnviz.inputs.preprocess import Preprocessing
+from cnnviz.models.adapt import (
+    CheckpointShape,
+    checkpoint_shape,
+    fitted_preprocessing,
+    log_fit,
+    replace_first_conv,
+)
 from cnnviz.models.checkpoint import (
     apply_checkpoint,
     check_finite_weights,
@@ -38,7 +53,6 @@ from cnnviz.models.loaded import (
     WeightsChoice,
     classes_for,
     describe_file,
-    head_classes,
     numbered_classes,
 )
 
@@ -50,12 +64,15 @@ _AUX_HEADS = {"googlenet": ("aux1.", "aux2."), "inception_v3": ("AuxLogits.",)}
 _OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 
 
-def load_external(name: str, weights: WeightsChoice) -> LoadedModel:
-    """Load ``torchvision:ARCH`` or ``timm:ARCH`` (``name`` keeps the prefix)."""
+def load_external(
+    name: str, weights: WeightsChoice, builder_args: Mapping[str, Any] | None = None
+) -> LoadedModel:
+    """Load ``torchvision:ARCH`` or ``timm:ARCH`` (``name`` keeps the prefix); ``builder_args``
+    are keyword arguments of torchvision's ``get_model`` / timm's ``create_model``."""
     prefix, _, arch = name.partition(":")
     if prefix == "torchvision":
-        return load_torchvision(name, arch, weights)
-    return load_timm(name, arch, weights)
+        return load_torchvision(name, arch, weights, builder_args)
+    return load_timm(name, arch, weights, builder_args)
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -118,8 +135,31 @@ def _fit_torchvision_keys(arch: str, state_dict: dict[str, torch.Tensor]) -> dic
     return kept
 
 
-def load_torchvision(name: str, arch: str, weights: WeightsChoice) -> LoadedModel:
-    """Build torchvision's ``arch`` with the ``DEFAULT`` weights, random init, or a file."""
+def _fit_torchvision(
+    arch: str, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> CheckpointShape:
+    """The checkpoint's classes and input channels, put into the builder's ``kwargs``."""
+    from torchvision.models import get_model  # lazy: torchvision takes seconds to import
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        probe = get_model(arch, weights=None, **kwargs)
+    shape = checkpoint_shape(probe, int(kwargs["num_classes"]), state_dict)
+    if shape.num_classes is not None:
+        kwargs["num_classes"] = shape.num_classes
+    if shape.in_channels is not None and "transform_input" in kwargs:
+        kwargs["transform_input"] = False  # Inception's re-normalisation is for RGB
+    return shape
+
+
+def load_torchvision(
+    name: str, arch: str, weights: WeightsChoice, builder_args: Mapping[str, Any] | None = None
+) -> LoadedModel:
+    """Build torchvision's ``arch`` with the ``DEFAULT`` weights, random init, or a file.
+
+    A file trained with another number of classes or input channels builds the architecture
+    with the file's numbers (see :mod:`cnnviz.models.adapt`). ``builder_args`` go to
+    ``torchvision.models.get_model`` as keyword arguments.
+    """
     from torchvision.models import get_model  # lazy: torchvision takes seconds to import
 
     if arch not in _torchvision_names():
@@ -129,26 +169,43 @@ def load_torchvision(name: str, arch: str, weights: WeightsChoice) -> LoadedMode
         )
     default = _default_weights(arch)
     kind = weights if isinstance(weights, str) else "file"
-    kwargs = _torchvision_kwargs(arch, default.meta, source=kind)
-    module: nn.Module = get_model(arch, weights=None, **kwargs)
-    if weights == "random":
-        description = RANDOM_INIT
-    else:
+    kwargs = _torchvision_kwargs(arch, default.meta, source=kind) | dict(builder_args or {})
+    shape, state_dict, description = CheckpointShape(), None, RANDOM_INIT
+    if weights != "random":
         if weights == "pretrained":
             path = fetch_hub_checkpoint(default.url, model_name=name)
             description = f"torchvision {default.name} ({path})"
         else:
             path, description = weights, describe_file(weights)
         state_dict = _fit_torchvision_keys(arch, load_checkpoint(path))
+        shape = _fit_torchvision(arch, kwargs, state_dict)
+    module: nn.Module = _built(lambda: get_model(arch, weights=None, **kwargs), name)
+    if shape.in_channels is not None:
+        replace_first_conv(module, shape.in_channels)
+    if state_dict is not None:
         apply_checkpoint(module, state_dict, source=str(path))
+        log_fit(shape, str(path))
+    categories = tuple(default.meta["categories"])
+    num_classes = int(kwargs["num_classes"])
     return LoadedModel(
         name=name,
         module=module,
         architecture=f"torchvision {arch}",
         weights=description,
-        class_names=tuple(default.meta["categories"]),
-        preprocessing=torchvision_preprocessing(default),
+        class_names=categories if num_classes == len(categories) else classes_for(num_classes),
+        preprocessing=fitted_preprocessing(torchvision_preprocessing(default), shape),
     )
+
+
+def _built(build: Callable[[], nn.Module], name: str) -> nn.Module:
+    """``build()``, with a builder's rejection of its arguments as one message."""
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        raise ModelNotFoundError(
+            f"cannot build {name!r} with these arguments ({error_text(e)}); check "
+            f"{remedy('--model-arg', 'model_args')}"
+        ) from e
 
 
 def torchvision_info(arch: str) -> ModelInfo:
@@ -220,7 +277,7 @@ def _timm_class_names(module: nn.Module, num_classes: int) -> tuple[str, ...]:
     return numbered_classes(num_classes)
 
 
-def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
+def _create_timm(name: str, arch: str, *, pretrained: bool, **kwargs: Any) -> nn.Module:
     import timm  # lazy: timm takes seconds to import
 
     if not is_timm_model(arch):
@@ -230,8 +287,8 @@ def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
         )
     if not pretrained:
         try:
-            created: nn.Module = timm.create_model(arch, pretrained=False)
-        except RuntimeError as e:  # e.g. an invalid pretrained tag
+            created: nn.Module = timm.create_model(arch, pretrained=False, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as e:  # an invalid tag or argument
             raise ModelNotFoundError(f"timm cannot build {arch!r}: {e}") from e
         return created
     if offline_mode():
@@ -240,7 +297,7 @@ def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
             "CNNVIZ_OFFLINE forbids it; pass --weights FILE or --weights random"
         )
     try:
-        created = timm.create_model(arch, pretrained=True)
+        created = timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as e:  # any network/hub failure becomes one actionable message
         raise WeightsUnavailableError(
             f"pretrained weights for {name!r} could not be downloaded ({type(e).__name__}: "
@@ -250,37 +307,53 @@ def _create_timm(name: str, arch: str, *, pretrained: bool) -> nn.Module:
     return created
 
 
-def load_timm(name: str, arch: str, weights: WeightsChoice) -> LoadedModel:
+def _fit_timm(
+    name: str, arch: str, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor]
+) -> CheckpointShape:
+    """The checkpoint's classes and input channels, put into ``create_model``'s ``kwargs``."""
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        probe = _create_timm(name, arch, pretrained=False, **kwargs)
+    shape = checkpoint_shape(probe, int(getattr(probe, "num_classes", 0)), state_dict)
+    if shape.num_classes is not None:
+        kwargs["num_classes"] = shape.num_classes
+    if shape.in_channels is not None:
+        kwargs["in_chans"] = shape.in_channels
+    return shape
+
+
+def load_timm(
+    name: str, arch: str, weights: WeightsChoice, builder_args: Mapping[str, Any] | None = None
+) -> LoadedModel:
     """Build timm's ``arch`` with its pretrained weights, random init, or a file.
 
-    A checkpoint whose classifier has another number of classes is accepted: the head is
-    resized first (``reset_classifier``) and the classes are numbered.
+    A file trained with another number of classes or input channels builds the model with
+    ``num_classes`` / ``in_chans`` from the file (see :mod:`cnnviz.models.adapt`); classes are
+    then numbered unless timm knows the ImageNet subset. ``builder_args`` go to
+    ``timm.create_model`` as keyword arguments.
     """
-    module = _create_timm(name, arch, pretrained=weights == "pretrained")
+    kwargs = dict(builder_args or {})
+    shape, state_dict = CheckpointShape(), None
+    if isinstance(weights, Path):
+        state_dict = load_checkpoint(weights)
+        shape = _fit_timm(name, arch, kwargs, state_dict)
+    module = _create_timm(name, arch, pretrained=weights == "pretrained", **kwargs)
     cfg = getattr(module, "pretrained_cfg", {}) or {}
     if weights == "pretrained":
         description = f"timm pretrained {cfg.get('hf_hub_id') or cfg.get('url') or arch}"
-    elif weights == "random":
+    elif state_dict is None or not isinstance(weights, Path):
         description = RANDOM_INIT
     else:
-        state_dict = load_checkpoint(weights)
-        classifier = cfg.get("classifier")
-        n = (
-            head_classes(state_dict, f"{classifier}.weight")
-            if isinstance(classifier, str)
-            else None
-        )
-        reset = getattr(module, "reset_classifier", None)
-        if n is not None and n != getattr(module, "num_classes", n) and callable(reset):
-            reset(n)
         apply_checkpoint(module, state_dict, source=str(weights))
+        log_fit(shape, str(weights))
         description = describe_file(weights)
     num_classes = int(getattr(module, "num_classes", 0))
+    prep = timm_preprocessing(module)
+    channels = int(getattr(module, "in_chans", kwargs.get("in_chans", 3)) or 3)
     return LoadedModel(
         name=name,
         module=module,
         architecture=f"timm {arch}",
         weights=description,
         class_names=_timm_class_names(module, num_classes),
-        preprocessing=timm_preprocessing(module),
+        preprocessing=fitted_preprocessing(prep, CheckpointShape(in_channels=channels)),
     )

@@ -19,9 +19,11 @@ forbids every download.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -29,18 +31,26 @@ import torch
 from torch import nn
 
 from cnnviz.data.shapes import SHAPE_CLASSES
-from cnnviz.errors import CnnvizError, ModelNotFoundError, close_matches
+from cnnviz.errors import CnnvizError, ModelNotFoundError, close_matches, remedy
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models import efficientnet_lite as lite
 from cnnviz.models import external
 from cnnviz.models import external as ext
 from cnnviz.models import shapes_vgg11 as shapes
+from cnnviz.models.adapt import (
+    CheckpointShape,
+    checkpoint_shape,
+    fitted_preprocessing,
+    log_fit,
+    module_to_file,
+)
 from cnnviz.models.checkpoint import (
     apply_checkpoint,
     fetch_hub_checkpoint,
     hub_checkpoint_path,
     load_checkpoint,
 )
+from cnnviz.models.class_names import ClassNamesSource, given_class_names, say_if_numbered
 from cnnviz.models.defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported, defined once
 from cnnviz.models.loaded import (
     RANDOM_INIT,
@@ -52,6 +62,7 @@ from cnnviz.models.loaded import (
     head_classes,
     numbered_classes,
 )
+from cnnviz.models.own import is_own_model, load_own, numbered_for
 from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
 from cnnviz.models.vgg import VGG11, torchvision_key_map
 
@@ -62,6 +73,10 @@ _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 i
 
 class DeviceError(CnnvizError, ValueError):
     """A device that does not exist here (e.g. ``cuda`` without a GPU)."""
+
+
+class PreprocessingError(CnnvizError, ValueError):
+    """Preprocessing settings that do not make sense (an unknown field, a bad value)."""
 
 
 # ----------------------------------------------------------------------------- built-in models
@@ -106,7 +121,7 @@ def _vgg_architecture(batch_norm: bool) -> str:
 
 
 def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedModel:
-    num_classes = 1000
+    shape = CheckpointShape()
     if weights == "random":
         module, source = VGG11(batch_norm=batch_norm), RANDOM_INIT
     else:
@@ -117,19 +132,26 @@ def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedMode
         else:
             path, source = weights, describe_file(weights)
         state_dict = load_checkpoint(path)
-        num_classes = head_classes(state_dict, "classifier.6.weight") or num_classes
-        with torch.device("meta"):  # every tensor comes from the file: skip 132M inits
-            module = VGG11(num_classes=num_classes, batch_norm=batch_norm)
         torchvision_format = any(k.startswith("features.") for k in state_dict)
         key_map = torchvision_key_map(batch_norm=batch_norm) if torchvision_format else None
+        with torch.device("meta"):  # every tensor comes from the file: skip 132M inits
+            shape = checkpoint_shape(
+                VGG11(batch_norm=batch_norm), 1000, state_dict, key_map=module_to_file(key_map)
+            )
+            module = VGG11(
+                num_classes=shape.num_classes or 1000,
+                batch_norm=batch_norm,
+                in_channels=shape.in_channels or 3,
+            )
         apply_checkpoint(module, state_dict, key_map=key_map, source=str(path), assign=True)
+        log_fit(shape, str(path))
     return LoadedModel(
         name=name,
         module=module,
         architecture=_vgg_architecture(batch_norm),
         weights=source,
-        class_names=classes_for(num_classes),
-        preprocessing=_IMAGENET_PREPROCESSING,
+        class_names=classes_for(shape.num_classes or 1000),
+        preprocessing=fitted_preprocessing(_IMAGENET_PREPROCESSING, shape),
     )
 
 
@@ -246,29 +268,49 @@ def _unknown_model(name: str) -> ModelNotFoundError:
     )
 
 
+PreprocessingChoice: TypeAlias = Preprocessing | Mapping[str, Any] | None
+"""What ``preprocessing=`` takes: a whole :class:`Preprocessing`, or some of its fields
+(``{"input_size": (96, 96), "mean": (0.5,), "std": (0.5,)}``) over the model's own."""
+
+
 def load_model(
     name: str,
     *,
     weights: str | os.PathLike[str] | None = None,
     device: str | torch.device = "cpu",
+    class_names: ClassNamesSource | None = None,
+    preprocessing: PreprocessingChoice = None,
+    model_args: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Build the model called ``name`` with its weights, in eval mode, on ``device``.
 
     Args:
-        name: a built-in name (see :func:`list_models`), ``"torchvision:NAME"`` or
-            ``"timm:NAME"``.
+        name: a built-in name (see :func:`list_models`), ``"torchvision:NAME"``,
+            ``"timm:NAME"``, your own class as ``"path/to/file.py:Class"`` or
+            ``"package.module:Class"`` (a factory function works too), or a program saved with
+            its weights as ``"torchscript:FILE"`` or ``"export:FILE.pt2"``.
         weights: ``None`` for the pretrained weights, ``"random"`` for random initialisation,
-            or the path of a checkpoint (``.pth``/``.pt``/``.bin``/``.safetensors``).
+            or the path of a checkpoint (``.pth``/``.pt``/``.bin``/``.safetensors``). A
+            checkpoint fine-tuned with another number of classes or input channels builds the
+            architecture with the checkpoint's numbers.
         device: where to put the module.
+        class_names: the classes' names, or the path of a file of them (one per line, a JSON
+            list, or a CSV of index,name); default: the weights' own, else numbered.
+        preprocessing: a :class:`Preprocessing`, or a mapping of some of its fields that
+            override the model's defaults.
+        model_args: keyword arguments for building the model: your class's constructor,
+            torchvision's ``get_model`` or timm's ``create_model``.
 
     Raises:
         ModelNotFoundError: an unknown name (the message lists close matches).
         WeightsUnavailableError: pretrained weights that are not cached and cannot be fetched.
         CheckpointError, NonFiniteError: a checkpoint that is unsafe, damaged or does not fit.
+        ClassNamesError: class names that cannot be read or do not match the classes.
 
     Example::
 
-        loaded = load_model("efficientnet_lite0")
+        loaded = load_model("torchvision:resnet18", weights="fine_tuned.pth",
+                            class_names="classes.txt")
         x = preprocess_image(image, loaded.preprocessing)
         logits = loaded.module(x[None])
     """
@@ -278,9 +320,16 @@ def load_model(
     target = _resolve_device(device)
     entry = _REGISTRY.get(name)
     if entry is not None:
+        if model_args:
+            raise ModelNotFoundError(
+                f"{name!r} is built in and takes no {remedy('--model-arg', 'model_args')}; "
+                "use torchvision:NAME, timm:NAME or your own file.py:Class to pass arguments"
+            )
         loaded = entry[1](name, choice)
     elif name.startswith(EXTERNAL_PREFIXES):
-        loaded = external.load_external(name, choice)
+        loaded = external.load_external(name, choice, model_args)
+    elif is_own_model(name):
+        loaded = load_own(name, choice, model_args)
     else:
         raise _unknown_model(name)
     try:
@@ -288,8 +337,80 @@ def load_model(
     except (RuntimeError, AssertionError) as e:  # torch raises AssertionError without CUDA
         raise DeviceError(f"cannot move {name!r} to {target} ({e}); use --device cpu") from e
     loaded.module.eval()
+    loaded = _with_choices(loaded, class_names, preprocessing, target)
     logger.info("loaded %s (%s) with %s on %s", name, loaded.architecture, loaded.weights, target)
     return loaded
+
+
+def _with_choices(
+    loaded: LoadedModel,
+    class_names: ClassNamesSource | None,
+    preprocessing: PreprocessingChoice,
+    device: torch.device,
+) -> LoadedModel:
+    """``loaded`` with the caller's preprocessing and class names (numbered ones said once)."""
+    prep = _chosen_preprocessing(loaded.preprocessing, preprocessing)
+    names = loaded.class_names
+    if not names and not any(t.is_meta for t in loaded.module.parameters()):
+        names = numbered_for(loaded.module, prep, device)  # a model of the user's own
+    if class_names is not None:
+        names = given_class_names(class_names, len(names) or None)
+    else:
+        say_if_numbered(names)
+    return replace(loaded, class_names=names, preprocessing=prep)
+
+
+def _chosen_preprocessing(own: Preprocessing, chosen: PreprocessingChoice) -> Preprocessing:
+    """``chosen`` over the model's ``own`` preprocessing (see :data:`PreprocessingChoice`).
+
+    A mapping may also hold ``resize`` (the shorter side before the centre crop, which sets
+    ``crop_pct``); one ``mean`` / ``std`` value stands for every input channel.
+    """
+    if chosen is None:
+        return own
+    if isinstance(chosen, Preprocessing):
+        return _channels_checked(chosen, own.channels)
+    if not isinstance(chosen, Mapping):
+        raise TypeError(
+            "preprocessing must be a Preprocessing or a mapping of its fields, "
+            f"got {type(chosen).__name__}"
+        )
+    fields = dict(chosen)
+    resize = fields.pop("resize", None)
+    for key in ("mean", "std"):
+        if key in fields and len(fields[key]) == 1 and own.channels > 1:
+            fields[key] = tuple(fields[key]) * own.channels
+    try:
+        prep = replace(own, **fields)
+        if resize is not None:
+            prep = replace(prep, crop_pct=_crop_for(prep, resize))
+    except TypeError as e:  # an unknown field name
+        names = ", ".join(f.name for f in dataclasses.fields(Preprocessing))
+        raise PreprocessingError(
+            f"preprocessing takes the fields {names} (and resize); got {chosen!r:.80}"
+        ) from e
+    except ValueError as e:
+        raise PreprocessingError(str(e)) from e
+    return _channels_checked(prep, own.channels)
+
+
+def _crop_for(prep: Preprocessing, resize: int) -> float:
+    smaller = min(prep.input_size)
+    if not isinstance(resize, int) or resize < smaller:
+        raise PreprocessingError(
+            f"resize {resize!r} is smaller than the input size {prep.input_size}; resize the "
+            "shorter side to at least the input size (it is then centre-cropped)"
+        )
+    return smaller / resize
+
+
+def _channels_checked(prep: Preprocessing, channels: int) -> Preprocessing:
+    if prep.channels != channels:
+        raise PreprocessingError(
+            f"the mean and std have {prep.channels} value(s) but the model takes {channels} "
+            "input channel(s); give one value per channel (or one for all)"
+        )
+    return prep
 
 
 def from_module(
