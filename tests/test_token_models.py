@@ -97,6 +97,32 @@ def test_saliency_still_explains_a_vit() -> None:
     assert e.maps.abs().sum() > 0
 
 
+@pytest.mark.slow
+def test_method_all_on_a_vit_skips_exactly_the_cam_methods(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from cnnviz.inputs.preprocess import Preprocessing
+    from cnnviz.models import from_module
+    from cnnviz.runs.explain import ExplainSettings, explain_files
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    prep = Preprocessing(input_size=(32, 32), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
+    loaded = from_module(_tiny_vit(), preprocessing=prep)
+    settings = ExplainSettings(method="all", num_workers=0)
+    manifest = explain_files(
+        loaded, [tmp_path / "a.png"], tmp_path / "o", settings, command="e", progress=False
+    )
+    skipped = manifest["extra"]["skipped_methods"]
+    assert sorted(skipped) == sorted(CAM_METHODS)
+    assert all("is the patch embedding" in reason for reason in skipped.values())
+    assert [i["method"] for i in manifest["items"]] == [
+        m for m in method_names() if m not in CAM_METHODS
+    ]
+    assert manifest["failures"] == []
+
+
 def test_the_suggested_methods_are_input_space_methods_of_the_registry() -> None:
     for name in TOKEN_MODEL_METHODS:
         assert not get_method(name).needs_layer, name
