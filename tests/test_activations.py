@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnviz.capture.hooks import ForwardError
+from cnnviz.cli import main
+from cnnviz.data.samples import bundled_samples
 from cnnviz.errors import LayerError, NonFiniteError
 from cnnviz.inspect.activations import (
     ChannelOrder,
@@ -143,3 +146,30 @@ def test_select_channels_top_and_first() -> None:
     act[2, 0, 0] = float("inf")
     with pytest.raises(NonFiniteError):
         select_channels(act, 1, ChannelOrder.TOP)
+
+
+def test_select_channels_of_a_layer_without_a_spatial_output_speaks_python() -> None:
+    with pytest.raises(ValueError, match=r"got \(1000,\)") as caught:
+        select_channels(torch.zeros(1000), 4)
+    message = str(caught.value)
+    assert message == (
+        "Expected one image's activation of shape (C, H, W), got (1000,): a layer without a "
+        "spatial output (a linear layer, a transformer's tokens) has no channels to draw; "
+        "capture a convolutional layer."
+    )
+    assert "act[0]" not in message  # the batch is already indexed: that advice would be wrong
+    assert "--layers" not in message  # a Python caller has no command-line flags
+
+
+def test_cli_activations_of_the_classifier_speaks_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    coffee = next(p for p in bundled_samples() if p.name == "coffee.jpg")
+    out = tmp_path / "out"
+    argv = ["-q", "activations", str(coffee), "--layers", "classifier", "--out", str(out)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "cnnviz: error: layer classifier outputs (1, 1000): no spatial channels to draw; pick a "
+        "conv layer from `cnnviz layers efficientnet_lite0` with --layers."
+    ]
+    assert [p for p in out.rglob("*") if p.is_file()] == []

@@ -13,6 +13,8 @@ from torch import nn
 from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.capture.targets import TargetSpec
+from cnnviz.capture.token_models import token_layer_problem
+from cnnviz.errors import NotApplicableError
 from cnnviz.methods.base import Explanation, Method, check_finite
 from cnnviz.methods.registry import get_method, make_method, method_options
 
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from cnnviz.models.loaded import LoadedModel
 
 logger = logging.getLogger(__name__)
+
+# What to use on a token model (ViT, Swin) instead of a CAM: methods that explain the input.
+TOKEN_MODEL_METHODS = ("saliency", "integrated-gradients", "smoothgrad", "occlusion", "rise")
 
 _AUTO_LAYER: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], str]] = (
     weakref.WeakKeyDictionary()
@@ -33,6 +38,31 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
     if key not in per_model:
         per_model[key] = auto_cam_layer(model, x[:1])
     return per_model[key]
+
+
+def cam_layer(
+    model: nn.Module, x: torch.Tensor, layer: LayerRef | None, *, model_name: str, title: str
+) -> str:
+    """The layer a CAM method explains: ``layer`` resolved, or the automatic choice
+    (:func:`default_layer`), refused when it is not a CNN feature map.
+
+    Every CAM method's layer is resolved here, so every CAM method refuses the layers of a
+    token model (:func:`cnnviz.capture.token_models.token_layer_problem`: a ViT's patch
+    embedding, any layer after a self-attention, a channels-last Swin map); an ordinary CNN
+    costs no forward pass for that check, a token model one per input shape.
+
+    Raises:
+        LayerError: an unknown or ambiguous layer, or no spatial layer to choose.
+        NotApplicableError: the layer is part of a token model; the message names the reason
+            and the input-space methods to use instead (:data:`TOKEN_MODEL_METHODS`).
+    """
+    resolved = resolve_layer(model, layer) if layer is not None else default_layer(model, x)
+    problem = token_layer_problem(model, resolved, x)
+    if problem is not None:
+        raise NotApplicableError(
+            problem.message(model_name, title, TOKEN_MODEL_METHODS, automatic=layer is None)
+        )
+    return resolved
 
 
 def unpack_model(model: nn.Module | LoadedModel) -> tuple[nn.Module, Sequence[str] | None]:
@@ -95,7 +125,8 @@ def explain(
     check_finite(x, "The input image batch")
     resolved: str | None = None
     if algorithm.needs_layer:
-        resolved = resolve_layer(module, layer) if layer is not None else default_layer(module, x)
+        model_name = type(module).__name__ if isinstance(model, nn.Module) else str(model.name)
+        resolved = cam_layer(module, x, layer, model_name=model_name, title=algorithm.title)
     elif layer is not None:
         logger.info("%s works on the input; layer %r ignored", algorithm.title, layer)
     return algorithm.explain(module, x, layer=resolved, target=target, class_names=class_names)

@@ -22,7 +22,7 @@ from cnnviz.cli.shared import (
     split_list,
     writing_into,
 )
-from cnnviz.errors import UsageError
+from cnnviz.errors import LayerError, UsageError
 from cnnviz.options import ChannelOrder, DeepFilterView, FilterScale
 
 
@@ -181,6 +181,17 @@ def cmd_filters(args: argparse.Namespace) -> int:
     return finish(manifest.to_dict(), out, args)
 
 
+def _check_drawable(captured: dict[str, Any], model_name: str) -> None:
+    """Refuse, in the command line's terms, a ``--layers`` layer whose output has no channels of
+    an (H, W) map to draw (a classifier's (1, 1000), a transformer's tokens)."""
+    for name, act in captured.items():
+        if act.dim() != 4:
+            raise LayerError(
+                f"layer {name} outputs {tuple(act.shape)}: no spatial channels to draw; pick a "
+                f"conv layer from `cnnviz layers {model_name}` with --layers."
+            )
+
+
 def cmd_activations(args: argparse.Namespace) -> int:
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.inputs.decode import load_inputs
@@ -197,6 +208,7 @@ def cmd_activations(args: argparse.Namespace) -> int:
     items = []
     for item in load_inputs(loaded, paths, failures):
         captured = capture_activations(loaded.module, item.tensor.unsqueeze(0), layers)
+        _check_drawable(captured, loaded.name)
         for name, act in captured.items():
             ids, chosen = select_channels(act[0], args.channels, ChannelOrder(args.order))
             stem = f"{item.stem}.{safe_stem(name)}"

@@ -66,10 +66,16 @@ def select_channels(
     order = ChannelOrder(order)
     if not isinstance(act, torch.Tensor):
         raise TypeError(f"Expected a tensor, got {type(act).__name__}")
-    if act.dim() != 3:
+    if act.dim() == 4:
         raise ValueError(
             f"Expected one image's activation of shape (C, H, W), got {tuple(act.shape)}; "
             "index the batch first (act[0])."
+        )
+    if act.dim() != 3:
+        raise ValueError(
+            f"Expected one image's activation of shape (C, H, W), got {tuple(act.shape)}: "
+            "a layer without a spatial output (a linear layer, a transformer's tokens) has no "
+            "channels to draw; capture a convolutional layer."
         )
     positive_int(n, "n (the number of channels)")
     if not torch.isfinite(act).all():
