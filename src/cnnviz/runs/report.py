@@ -9,10 +9,10 @@ embedded as ``data:`` URIs, nothing loaded from the network).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from cnnviz.capture.layers import trace_layers
 from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
 from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
-from cnnviz.errors import NotApplicableError
+from cnnviz.errors import LayerError, NotApplicableError
 from cnnviz.inputs.decode import LoadedImage, load_inputs
 from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
 from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
@@ -56,6 +56,8 @@ COMPARED_METHODS: tuple[str, ...] = (
     "guided-gradcam",
 )
 """The report's default "methods compared": those that cost a few passes, not one per channel."""
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -120,16 +122,36 @@ def demo_inputs(loaded: LoadedModel, out: Path) -> tuple[list[Path], dict[Path, 
 
 
 class _ModelParts:
-    """What every page of one report shares: summary, layer table, filters (computed once)."""
+    """What every page of one report shares: summary, layer table, filters (computed once).
+
+    A part the model cannot give (a TorchScript program takes no hooks, so no shapes) is
+    ``None`` and its reason is in :attr:`unavailable`, which the page shows in its place.
+    """
 
     def __init__(self, loaded: LoadedModel) -> None:
-        size = (3, *loaded.preprocessing.input_size)
-        self.summary = summarize(loaded.module, size, depth=2).to_dict()
-        self.layers = [row.__dict__ for row in layer_table(loaded.module, size)]
-        conv = first_conv_layer(loaded.module)
-        weight = conv_weight(loaded.module, conv)
-        fig = filters_figure(filter_tiles(weight), title=f"Filters of {conv}")
-        self.filters = {"layer": conv, "shape": tuple(weight.shape), "src": figure_data_uri(fig)}
+        size = (loaded.preprocessing.channels, *loaded.preprocessing.input_size)
+        self.unavailable: dict[str, str] = {}
+        self.summary = self._part(
+            "summary", lambda: summarize(loaded.module, size, depth=2).to_dict()
+        )
+        self.layers = self._part(
+            "layers", lambda: [row.__dict__ for row in layer_table(loaded.module, size)]
+        )
+        self.filters = self._part("filters", lambda: _filters(loaded))
+
+    def _part(self, section: str, build: Callable[[], _T]) -> _T | None:
+        try:
+            return build()
+        except LayerError as error:  # NotApplicableError, or a model without a conv
+            self.unavailable[section] = str(error)
+            return None
+
+
+def _filters(loaded: LoadedModel) -> dict[str, Any]:
+    conv = first_conv_layer(loaded.module)
+    weight = conv_weight(loaded.module, conv)
+    fig = filters_figure(filter_tiles(weight), title=f"Filters of {conv}")
+    return {"layer": conv, "shape": tuple(weight.shape), "src": figure_data_uri(fig)}
 
 
 def _predictions(loaded: LoadedModel, x: torch.Tensor, k: int = 5) -> list[dict[str, Any]]:
@@ -156,6 +178,7 @@ class _Page:
     ) -> None:
         self.loaded, self.item, self.settings, self.box = loaded, item, settings, box
         self.x = item.tensor.unsqueeze(0)
+        self.unavailable: dict[str, str] = {}
 
     def overlay_uri(self, e: Explanation, t: int = 0) -> str:
         shown = to_unit_range(e.maps, e.display, e.input_size).numpy()[0, t]
@@ -163,8 +186,14 @@ class _Page:
         picture = overlay(self.item.picture, shown, cmap=cmap, alpha=self.settings.alpha)
         return png_data_uri(draw_box(picture, self.box))
 
-    def gradcam(self) -> tuple[Explanation, list[dict[str, Any]]]:
-        cams = explain(self.loaded, self.x, "gradcam", target=TopK(self.settings.cam_classes))
+    def gradcam(self) -> tuple[Explanation | None, list[dict[str, Any]]]:
+        """Grad-CAM of the best classes; ``None`` where it does not apply (a token model, a
+        TorchScript program), with the reason in :attr:`unavailable`."""
+        try:
+            cams = explain(self.loaded, self.x, "gradcam", target=TopK(self.settings.cam_classes))
+        except NotApplicableError as error:
+            self.unavailable["grad-cam"] = str(error)
+            return None, []
         probabilities = cams.probabilities
         entries = [
             {
@@ -201,8 +230,20 @@ class _Page:
             entries.append({"label": label, "src": self.overlay_uri(e), "note": method_note(e)})
         return entries
 
+    def activation_layers(self) -> list[str]:
+        """The layers asked for, else the default ones (none where layers cannot be read)."""
+        if self.settings.layers:
+            return list(self.settings.layers)
+        try:
+            return default_activation_layers(self.loaded.module, self.x)
+        except NotApplicableError as error:
+            self.unavailable["activations"] = str(error)
+            return []
+
     def activations(self, layers: Sequence[str]) -> list[dict[str, Any]]:
-        entries = []
+        entries: list[dict[str, Any]] = []
+        if not layers:
+            return entries
         for name, act in capture_activations(self.loaded.module, self.x, layers).items():
             if act.dim() != 4:
                 continue
@@ -228,14 +269,14 @@ def _page(
     page = _Page(loaded, item, settings, box)
     cams, gradcam = page.gradcam()
     saliency = page.saliency()
-    top_class = None if cams.targets.indices is None else int(cams.targets.indices[0, 0])
-    methods = page.methods(top_class)
-    layers = list(settings.layers or default_activation_layers(loaded.module, page.x))
     predictions = _predictions(loaded, page.x)
+    methods = page.methods(predictions[0]["index"] if predictions else None)
+    layers = page.activation_layers()
+    activations = page.activations(layers)
     record = {
         "input": str(item.path),
         "model": model_record(loaded),
-        "gradcam_layer": cams.layer,
+        "gradcam_layer": cams.layer if cams is not None else None,
         "predictions": predictions,
         "gradcam_targets": [{"name": g["label"], "probability": g["probability"]} for g in gradcam],
         "saliency_target": saliency["label"],
@@ -254,14 +295,16 @@ def _page(
         "input_image": png_data_uri(draw_box(item.picture, box)),
         "box": box,
         "predictions": predictions,
-        "gradcam_layer": cams.layer,
+        "gradcam_layer": record["gradcam_layer"],
         "gradcam": gradcam,
         "saliency": saliency,
         "methods": methods,
-        "activations": page.activations(layers),
+        "activations": activations,
         "filters": parts.filters,
         "summary": parts.summary,
         "layers": parts.layers,
+        "unavailable": parts.unavailable | page.unavailable,
+        "thumb": gradcam[0]["src"] if gradcam else saliency["src"],
         "record": record,
         "manifest_json": to_json_text(record),
         "sections": [*sections, "activations", "filters", "summary", "layers", "manifest"],
@@ -310,7 +353,7 @@ def build_report(
                 {
                     "href": href,
                     "title": page["title"],
-                    "thumb": page["gradcam"][0]["src"],
+                    "thumb": page["thumb"],
                     "top": page["predictions"][0]["name"],
                     "probability": page["predictions"][0]["probability"],
                 }
