@@ -103,7 +103,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from cnnviz.inspect.tables import format_layer_table
 
     loaded = load(args, args.model_name, data=False)
-    rows = layer_table(loaded.module, (3, *loaded.preprocessing.input_size))
+    rows = layer_table(loaded.module, loaded.preprocessing.input_shape)
     if args.json:
         emit_json([row.__dict__ for row in rows])
     else:
@@ -117,7 +117,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cnnviz.inspect.tables import format_summary
 
     loaded = load(args, args.model_name, data=False)
-    summary = summarize(loaded.module, (3, *loaded.preprocessing.input_size), depth=args.depth)
+    summary = summarize(loaded.module, loaded.preprocessing.input_shape, depth=args.depth)
     if args.json:
         emit_json(summary.to_dict())
     else:

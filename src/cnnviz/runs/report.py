@@ -123,7 +123,7 @@ class _ModelParts:
     """What every page of one report shares: summary, layer table, filters (computed once)."""
 
     def __init__(self, loaded: LoadedModel) -> None:
-        size = (3, *loaded.preprocessing.input_size)
+        size = loaded.preprocessing.input_shape
         self.summary = summarize(loaded.module, size, depth=2).to_dict()
         self.layers = [row.__dict__ for row in layer_table(loaded.module, size)]
         conv = first_conv_layer(loaded.module)
