@@ -95,7 +95,9 @@ def test_a_program_given_as_weights_names_the_right_option(
     module(torch.zeros(1, 3, 8, 8))
     with pytest.warns(FutureWarning):
         torch.jit.script(module).save(str(tmp_path / "net.pt"))
-    line = _error(["summary", "torchvision:resnet18", "--weights", str(tmp_path / "net.pt")], capsys)
+    line = _error(
+        ["summary", "torchvision:resnet18", "--weights", str(tmp_path / "net.pt")], capsys
+    )
     assert "is a TorchScript program, not a state dict" in line
     assert f"--model torchscript:{tmp_path / 'net.pt'} (without --weights)" in line
     with pytest.raises(CnnvizError, match=r'load_model\("torchscript:'):
@@ -138,7 +140,9 @@ def test_user_classes_factories_and_instances(tmp_path: Path) -> None:
 def test_user_model_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "net.py").write_text(NET)
     (tmp_path / "broken.py").write_text("x = 1 / 0\n")
-    (tmp_path / "picky.py").write_text(NET.replace("self.conv = nn.Conv2d(3, 4, 3)", "self.conv = nn.Conv2d(3, 4, 300)"))
+    (tmp_path / "picky.py").write_text(
+        NET.replace("self.conv = nn.Conv2d(3, 4, 3)", "self.conv = nn.Conv2d(3, 4, 300)")
+    )
     net, image = str(tmp_path / "net.py"), _coffee()
     out = ["--out", str(tmp_path / "o")]
     line = _error(["gradcam", image, "--model", f"{net}:Nett", *out], capsys)
@@ -169,9 +173,7 @@ def test_programs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     torch.export.save(fixed, str(tmp_path / "fixed.pt2"))
     with pytest.raises(CnnvizError, match=r"exported for batches of exactly 1 image\(s\)"):
         load_model(f"export:{tmp_path / 'fixed.pt2'}")
-    line = _error(
-        ["summary", f"export:{tmp_path / 'fixed.pt2'}", "--weights", "random"], capsys
-    )
+    line = _error(["summary", f"export:{tmp_path / 'fixed.pt2'}", "--weights", "random"], capsys)
     assert "carries its own weights and arguments; drop --weights and --model-arg" in line
     with pytest.raises(CnnvizError, match="as an exported program"):
         load_model(f"export:{tmp_path / 'fixed.pt2'}x")
@@ -206,9 +208,7 @@ def test_class_names_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     ]:
         with pytest.raises(CnnvizError, match=message):
             read_class_names(tmp_path / file)
-    line = _error(
-        ["layers", "shapes_vgg11", "--class-names", str(tmp_path / "two.txt")], capsys
-    )
+    line = _error(["layers", "shapes_vgg11", "--class-names", str(tmp_path / "two.txt")], capsys)
     assert "has 2 names but the model has 6 classes" in line
     loaded = load_model("shapes_vgg11", weights="random", class_names=[str(i) for i in "abcdef"])
     assert loaded.class_names == tuple("abcdef")

@@ -94,8 +94,14 @@ def _torchvision_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "torchvision-mobilenet-v3-small-5-classes",
-            ["--model", "torchvision:mobilenet_v3_small", "--input-size", "96"]
-            + ["--weights", _saved(mobile, folder / "mobile.pth")],
+            [
+                "--model",
+                "torchvision:mobilenet_v3_small",
+                "--input-size",
+                "96",
+                "--weights",
+                _saved(mobile, folder / "mobile.pth"),
+            ],
             {
                 "name": "torchvision:mobilenet_v3_small",
                 "weights": folder / "mobile.pth",
@@ -106,8 +112,14 @@ def _torchvision_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "ddp-prefixed-checkpoint",
-            ["--model", "torchvision:resnet18", "--input-size", "64"]
-            + ["--weights", _saved(ddp, folder / "ddp.pth", prefix="module.")],
+            [
+                "--model",
+                "torchvision:resnet18",
+                "--input-size",
+                "64",
+                "--weights",
+                _saved(ddp, folder / "ddp.pth", prefix="module."),
+            ],
             {
                 "name": "torchvision:resnet18",
                 "weights": folder / "ddp.pth",
@@ -126,8 +138,14 @@ def _seed_and_timm_cases(folder: Path) -> list[OwnCase]:
     return [
         OwnCase(
             "seed-vgg11-10-classes",
-            ["--model", "vgg11", "--input-size", "64", "--weights"]
-            + [_saved(vgg, folder / "vgg.pth")],
+            [
+                "--model",
+                "vgg11",
+                "--input-size",
+                "64",
+                "--weights",
+                _saved(vgg, folder / "vgg.pth"),
+            ],
             {
                 "name": "vgg11",
                 "weights": folder / "vgg.pth",
@@ -138,8 +156,14 @@ def _seed_and_timm_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "timm-resnet18-grey",
-            ["--model", "timm:resnet18", "--input-size", "64", "--weights"]
-            + [_saved(grey, folder / "grey.pth")],
+            [
+                "--model",
+                "timm:resnet18",
+                "--input-size",
+                "64",
+                "--weights",
+                _saved(grey, folder / "grey.pth"),
+            ],
             {
                 "name": "timm:resnet18",
                 "weights": folder / "grey.pth",
@@ -164,9 +188,17 @@ def _user_cases(folder: Path) -> list[OwnCase]:
     return [
         OwnCase(
             "four-channel-cnn",
-            ["--model", f"{net_py}:Net", "--model-arg", "in_ch=4", "--model-arg", "classes=3"]
-            + size
-            + ["--weights", _saved(four, folder / "four.pth")],
+            [
+                "--model",
+                f"{net_py}:Net",
+                "--model-arg",
+                "in_ch=4",
+                "--model-arg",
+                "classes=3",
+                *size,
+                "--weights",
+                _saved(four, folder / "four.pth"),
+            ],
             {
                 "name": f"{net_py}:Net",
                 "model_args": {"in_ch": 4, "classes": 3},
@@ -178,9 +210,17 @@ def _user_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "user-class-with-arguments",
-            ["--model", f"{net_py}:Net", "--model-arg", "classes=7", "--model-arg", "width=12"]
-            + size
-            + ["--weights", _saved(args, folder / "args.pth")],
+            [
+                "--model",
+                f"{net_py}:Net",
+                "--model-arg",
+                "classes=7",
+                "--model-arg",
+                "width=12",
+                *size,
+                "--weights",
+                _saved(args, folder / "args.pth"),
+            ],
             {
                 "name": f"{net_py}:Net",
                 "model_args": {"classes": 7, "width": 12},
@@ -192,9 +232,15 @@ def _user_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "dict-output-model",
-            ["--model", f"{net_py}:Net", "--model-arg", "as_dict=true"]
-            + size
-            + ["--weights", _saved(as_dict, folder / "dict.pth")],
+            [
+                "--model",
+                f"{net_py}:Net",
+                "--model-arg",
+                "as_dict=true",
+                *size,
+                "--weights",
+                _saved(as_dict, folder / "dict.pth"),
+            ],
             {
                 "name": f"{net_py}:Net",
                 "model_args": {"as_dict": True},
@@ -207,10 +253,17 @@ def _user_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "class-names-file",
-            ["--model", f"{net_py}:Net", "--model-arg", "classes=3"]
-            + size
-            + ["--class-names", str(folder / "classes.csv")]
-            + ["--weights", _saved(names, folder / "names.pth")],
+            [
+                "--model",
+                f"{net_py}:Net",
+                "--model-arg",
+                "classes=3",
+                *size,
+                "--class-names",
+                str(folder / "classes.csv"),
+                "--weights",
+                _saved(names, folder / "names.pth"),
+            ],
             {
                 "name": f"{net_py}:Net",
                 "model_args": {"classes": 3},
@@ -223,9 +276,22 @@ def _user_cases(folder: Path) -> list[OwnCase]:
         ),
         OwnCase(
             "input-96-with-own-mean-std",
-            ["--model", f"{net_py}:Net", "--model-arg", "classes=2", "--input-size", "96"]
-            + ["--resize", "110", "--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3"]
-            + ["--weights", _saved(small, folder / "small.pth")],
+            [
+                "--model",
+                f"{net_py}:Net",
+                "--model-arg",
+                "classes=2",
+                "--input-size",
+                "96",
+                "--resize",
+                "110",
+                "--mean",
+                "0.5,0.4,0.3",
+                "--std",
+                "0.2,0.25,0.3",
+                "--weights",
+                _saved(small, folder / "small.pth"),
+            ],
             {
                 "name": f"{net_py}:Net",
                 "model_args": {"classes": 2},

@@ -137,7 +137,9 @@ def test_batch_stacks_in_order_and_converts_grey(samples_dir: Path) -> None:
         ({"interpolation": "cubic"}, "interpolation must be one of"),
         ({"input_size": (224, 0)}, "input_size"),
         ({"std": (1.0, 0.0, 1.0)}, "std must be"),
-        ({"mean": (0.5, 0.5)}, "3 values"),
+        ({"mean": (0.5, 0.5)}, "got 2 mean and 3 std values"),
+        ({"mean": (), "std": ()}, "got 0 mean and 0 std values"),
+        ({"mean": (0.5,), "std": (0.2, 0.2)}, "one value per input channel"),
     ],
 )
 def test_invalid_settings_are_rejected(kwargs: dict[str, object], message: str) -> None:
@@ -153,3 +155,72 @@ def test_to_dict_is_json_ready() -> None:
         "mean": [0.485, 0.456, 0.406],
         "std": [0.229, 0.224, 0.225],
     }
+
+
+def test_one_channel_preprocessing_reads_grey() -> None:
+    prep = Preprocessing(input_size=(4, 4), crop_pct=1.0, mean=(0.5,), std=(0.5,))
+    assert prep.channels == 1 and prep.input_shape == (1, 4, 4)
+    assert prep.to_dict()["mean"] == [0.5] and prep.to_dict()["std"] == [0.5]
+    colour = Image.new("RGB", (4, 4), (200, 100, 50))
+    assert resize_and_crop(colour, prep).mode == "L"
+    x = preprocess_image(colour, prep)
+    luma = colour.convert("L").getpixel((0, 0))  # 200·0.299 + 100·0.587 + 50·0.114 = 124.2
+    assert luma == 124
+    assert x.shape == (1, 4, 4)
+    torch.testing.assert_close(x, torch.full((1, 4, 4), (124 / 255 - 0.5) / 0.5))
+    torch.testing.assert_close(denormalize(x, prep), torch.full((1, 4, 4), 124 / 255))
+    batch = preprocess_images([colour, colour], prep)
+    assert batch.shape == (2, 1, 4, 4)
+    with pytest.raises(ValueError, match=r"\(1, H, W\) or \(N, 1, H, W\).*got shape \(3, 4, 4\)"):
+        denormalize(torch.zeros(3, 4, 4), prep)
+
+
+def test_four_channel_preprocessing_keeps_alpha() -> None:
+    prep = Preprocessing(input_size=(2, 2), crop_pct=1.0).with_channels(4)
+    image = Image.new("RGBA", (2, 2), (255, 0, 0, 51))
+    x = preprocess_image(image, prep)
+    assert x.shape == (4, 2, 2)
+    alpha_mean, alpha_std = prep.mean[3], prep.std[3]
+    torch.testing.assert_close(x[3], torch.full((2, 2), (51 / 255 - alpha_mean) / alpha_std))
+    torch.testing.assert_close(x[0], torch.full((2, 2), (1.0 - 0.485) / 0.229))
+
+
+def test_mean_and_std_are_stored_as_float_tuples() -> None:
+    prep = Preprocessing(mean=[0, 1], std=[1, 2])  # type: ignore[arg-type]
+    assert prep.mean == (0.0, 1.0) and prep.std == (1.0, 2.0)
+    assert isinstance(prep.mean, tuple) and hash(prep) == hash(prep)
+    with pytest.raises(TypeError, match="sequence of numbers"):
+        Preprocessing(mean="abc", std=(1.0, 1.0, 1.0))  # type: ignore[arg-type]
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.mark.parametrize(
+    ("n", "mean", "std"),
+    [
+        (1, (0.449,), (0.226,)),  # the average of the three
+        (2, (0.485, 0.456), (0.229, 0.224)),  # the first two
+        (4, (0.485, 0.456, 0.406, 0.449), (0.229, 0.224, 0.225, 0.226)),  # + the average
+        (5, (0.485, 0.456, 0.406, 0.449, 0.449), (0.229, 0.224, 0.225, 0.226, 0.226)),
+    ],
+)
+def test_with_channels_follows_the_rule(
+    n: int, mean: tuple[float, ...], std: tuple[float, ...]
+) -> None:
+    prep = Preprocessing(input_size=(48, 64), crop_pct=0.9, interpolation="bicubic")
+    fitted = prep.with_channels(n)
+    assert fitted.channels == n
+    assert fitted.mean == pytest.approx(mean, abs=1e-12)
+    assert fitted.std == pytest.approx(std, abs=1e-12)
+    assert (fitted.input_size, fitted.crop_pct, fitted.interpolation) == ((48, 64), 0.9, "bicubic")
+    assert prep.with_channels(3) is prep
+
+
+def test_with_channels_from_one_channel_repeats_it() -> None:
+    grey = Preprocessing(mean=(0.5,), std=(0.25,))
+    assert grey.with_channels(1) is grey
+    assert grey.with_channels(3).mean == (0.5, 0.5, 0.5)
+    assert grey.with_channels(3).std == (0.25, 0.25, 0.25)
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        grey.with_channels(0)

@@ -104,9 +104,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from cnnviz.inspect.tables import format_layer_table
 
     loaded = load(args, args.model_name, data=False, structure_only=True)
-    rows = layer_table(
-        loaded.module, (loaded.preprocessing.channels, *loaded.preprocessing.input_size)
-    )
+    rows = layer_table(loaded.module, loaded.preprocessing.input_shape)
     if args.json:
         emit_json([row.__dict__ for row in rows])
     else:
@@ -120,8 +118,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from cnnviz.inspect.tables import format_summary
 
     loaded = load(args, args.model_name, data=False, structure_only=True)
-    prep = loaded.preprocessing
-    summary = summarize(loaded.module, (prep.channels, *prep.input_size), depth=args.depth)
+    summary = summarize(loaded.module, loaded.preprocessing.input_shape, depth=args.depth)
     if args.json:
         emit_json(summary.to_dict())
     else:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from cnnviz.errors import CnnvizError
-from cnnviz.inputs.images import load_image_with_notes
-from cnnviz.inputs.preprocess import Preprocessing, resize_and_crop
+from cnnviz.inputs.images import image_mode, load_image_for, rgb_picture
+from cnnviz.inputs.preprocess import Preprocessing, normalize_pixels, resize_and_crop
 from cnnviz.outputs.files import unique_stems
 
 if TYPE_CHECKING:
@@ -34,30 +34,40 @@ class LoadedImage:
     index: int  # position in the list of inputs
     path: Path
     stem: str
-    picture: np.ndarray  # (H, W, 3) uint8, resized and cropped like the model input
-    tensor: torch.Tensor  # (3, H, W) preprocessed
+    picture: np.ndarray  # (H, W, 3) uint8 RGB to draw on, resized and cropped like the model input
+    tensor: torch.Tensor  # (C, H, W) preprocessed, C = the preprocessing's channels
     notes: tuple[str, ...]
 
 
-def model_tensor(picture: np.ndarray, prep: Preprocessing) -> torch.Tensor:
-    """The normalised ``(3, H, W)`` float32 tensor of a resized and cropped picture.
+def model_tensor(pixels: np.ndarray, prep: Preprocessing) -> torch.Tensor:
+    """The normalised ``(C, H, W)`` float32 tensor of resized and cropped uint8 pixels, given as
+    ``(H, W)`` (one channel) or ``(H, W, C)``, with ``C == prep.channels``.
 
     The same arithmetic as :func:`cnnviz.inputs.preprocess.preprocess_image` (bit for bit), starting
     from the resized and cropped pixels, so each image is resized once.
     """
-    pixels = torch.from_numpy(np.ascontiguousarray(picture)).permute(2, 0, 1).contiguous()
-    scaled = pixels.to(torch.float32) / 255.0
-    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
-    return (scaled - mean) / std
+    array = np.array(pixels)  # a writable, contiguous copy for torch.from_numpy
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3:
+        raise ValueError(f"expected (H, W) or (H, W, C) pixels, got shape {array.shape}")
+    tensor = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+    return normalize_pixels(tensor, prep)
 
 
 def decode_input(path: Path, prep: Preprocessing) -> tuple[np.ndarray, torch.Tensor, list[str]]:
-    """Picture (resized and cropped, uint8), model tensor and loading notes of one image file
-    (raises :class:`~cnnviz.errors.ImageLoadError` for a file that cannot be decoded)."""
-    image, notes = load_image_with_notes(path)
-    picture = np.array(resize_and_crop(image, prep), dtype=np.uint8)  # writable copy
-    return picture, model_tensor(picture, prep), notes
+    """Picture, model tensor and loading notes of one image file.
+
+    The file is read in the mode of ``prep.channels`` (:func:`~cnnviz.inputs.images.load_image_for`)
+    and resized and cropped once; the picture is that image as ``(H, W, 3)`` uint8 RGB to draw
+    on (grey replicated, alpha composited on white), the tensor its ``(C, H, W)`` normalisation.
+
+    Raises:
+        ImageLoadError: a file that cannot be decoded, or a channel count no image file has.
+    """
+    image, notes = load_image_for(path, prep.channels)
+    shown = resize_and_crop(image, prep)
+    return rgb_picture(shown), model_tensor(np.array(shown), prep), notes
 
 
 def failure_record(path: Path, error: BaseException, tag: str) -> dict[str, Any]:
@@ -73,7 +83,13 @@ def failure_record(path: Path, error: BaseException, tag: str) -> dict[str, Any]
 def load_inputs(
     loaded: LoadedModel, paths: Sequence[Path], failures: list[dict[str, Any]]
 ) -> Iterator[LoadedImage]:
-    """Decode and preprocess each path in this process; a failure is logged, recorded, skipped."""
+    """Decode and preprocess each path in this process; a failure is logged, recorded, skipped.
+
+    Raises:
+        ImageLoadError: at once, for a model whose channel count no image file has (not one
+            failure per file).
+    """
+    image_mode(loaded.preprocessing.channels)
     for index, (path, stem) in enumerate(zip(paths, unique_stems(list(paths)), strict=True)):
         try:
             picture, tensor, notes = decode_input(path, loaded.preprocessing)

@@ -1,10 +1,12 @@
-"""Decoding image files to upright 8-bit RGB, and the tensor ⇄ NumPy layout helpers.
+"""Decoding image files to upright 8-bit RGB (or RGBA), and the tensor ⇄ NumPy layout helpers.
 
 :func:`load_image` is the only way cnnviz reads an image file. Whatever the file holds, it returns
 an 8-bit RGB :class:`PIL.Image.Image` as the file is meant to be *displayed*:
 
 * EXIF orientation is applied (a phone photo stored sideways comes out upright);
-* transparency (RGBA, LA, PA, a palette or grey level marked transparent) is composited onto white;
+* transparency (RGBA, LA, PA, a palette or grey level marked transparent) is composited onto white
+  (``keep_alpha=True`` of :func:`load_image_with_notes` keeps it instead: 8-bit RGBA, alpha 255
+  where the file has none);
 * 16-bit grey levels are scaled, not clipped: ``v ↦ round(v · 255 / 65535)``;
 * 32-bit integer (``I``) images are read as 16-bit when their values fit 0…65535, else min-max
   scaled; float (``F``) images are read as 0…1 when they fit it, as 0…255 when they fit that,
@@ -20,6 +22,12 @@ Pillow or ``OSError`` traceback escapes. Pillow's global settings are never chan
 limit is checked from the header before any pixel is decoded, and truncated files are refused
 as long as ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` keeps its default ``False`` (a warning is
 logged if your program has set it).
+
+A model's input channel count decides the mode a file is read in (:data:`CHANNEL_MODES`,
+:func:`load_image_for`): 1 → ``"L"`` (the RGB image above as Pillow's ITU-R 601-2 luma),
+2 → ``"LA"`` and 4 → ``"RGBA"`` (the file's alpha kept), 3 → ``"RGB"``; any other count is
+refused with :class:`~cnnviz.errors.ImageLoadError` (such a model takes tensors from Python).
+:func:`rgb_picture` is what is drawn on: always RGB, alpha composited on white.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -44,6 +54,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 )
 """File suffixes (lower case) that :func:`find_images` picks up in a directory."""
+
+CHANNEL_MODES: Mapping[int, str] = MappingProxyType({1: "L", 2: "LA", 3: "RGB", 4: "RGBA"})
+"""The Pillow mode an image file is read in for a model with that many input channels."""
 
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
@@ -66,12 +79,47 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     return image
 
 
-def load_image_with_notes(path: str | os.PathLike[str]) -> tuple[Image.Image, list[str]]:
+def image_mode(channels: int) -> str:
+    """The Pillow mode of :data:`CHANNEL_MODES` for a model with ``channels`` input channels.
+
+    Raises:
+        ImageLoadError: a count other than 1, 2, 3 or 4 (no image file has such pixels).
+    """
+    mode = CHANNEL_MODES.get(channels)
+    if mode is None:
+        raise ImageLoadError(
+            f"the model takes {channels} input channels; cnnviz reads image files as 1 (grey), "
+            "2 (grey+alpha), 3 (RGB) or 4 (RGBA) channels; pass a tensor from Python: "
+            "cnnviz.explain(model, x)"
+        )
+    return mode
+
+
+def load_image_for(path: str | os.PathLike[str], channels: int) -> tuple[Image.Image, list[str]]:
+    """The image file at ``path`` in the mode :func:`image_mode` gives for ``channels``, and notes.
+
+    ``"L"`` is the RGB image of :func:`load_image` (alpha composited on white) converted to
+    Pillow's luma ``L = R·299/1000 + G·587/1000 + B·114/1000``; ``"LA"`` and ``"RGBA"`` keep the
+    file's alpha (255 where it has none), ``"LA"`` taking the luma of the colour part.
+
+    Raises:
+        ImageLoadError: an unsupported channel count (before the file is opened), or a file
+            that cannot be decoded.
+    """
+    mode = image_mode(channels)
+    image, notes = load_image_with_notes(path, keep_alpha=mode.endswith("A"))
+    return (image if image.mode == mode else image.convert(mode)), notes
+
+
+def load_image_with_notes(
+    path: str | os.PathLike[str], *, keep_alpha: bool = False
+) -> tuple[Image.Image, list[str]]:
     """Like :func:`load_image`, also returning notes on what was done to the file's pixels.
 
     Notes are short phrases such as ``"animated GIF: first of 12 frames used"``,
     ``"EXIF orientation 6 applied"`` or ``"alpha composited on white"``; an ordinary RGB file
-    gives no notes. Each note is also logged at INFO level.
+    gives no notes. Each note is also logged at INFO level. With ``keep_alpha`` the image is
+    8-bit RGBA: the file's alpha as it is (not composited), 255 for a file without alpha.
     """
     file = _checked_file(path)
     if ImageFile.LOAD_TRUNCATED_IMAGES:
@@ -85,7 +133,7 @@ def load_image_with_notes(path: str | os.PathLike[str]) -> tuple[Image.Image, li
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(file) as opened:
-                image = _decode(opened, file, notes)
+                image = _decode(opened, file, notes, keep_alpha=keep_alpha)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -131,8 +179,8 @@ def _checked_file(path: str | os.PathLike[str]) -> Path:
     return file
 
 
-def _decode(opened: Image.Image, file: Path, notes: list[str]) -> Image.Image:
-    """Frame selection, size check, decode, orientation and conversion to RGB (may raise)."""
+def _decode(opened: Image.Image, file: Path, notes: list[str], *, keep_alpha: bool) -> Image.Image:
+    """Frame selection, size check, decode, orientation and conversion to RGB(A) (may raise)."""
     width, height = opened.size
     if width * height > MAX_IMAGE_PIXELS:  # from the header: nothing decoded yet
         raise _too_large(file, (width, height))
@@ -147,11 +195,43 @@ def _decode(opened: Image.Image, file: Path, notes: list[str]) -> Image.Image:
     image = ImageOps.exif_transpose(opened)
     if orientation in range(2, 9):  # the values exif_transpose acts on
         notes.append(f"EXIF orientation {orientation} applied")
-    return _to_rgb(image, notes)
+    return _to_rgb_or_rgba(image, notes, keep_alpha=keep_alpha)
+
+
+def _to_rgb_or_rgba(image: Image.Image, notes: list[str], *, keep_alpha: bool) -> Image.Image:
+    """8-bit RGB (transparency composited on white), or RGBA with the file's alpha kept."""
+    has_transparency = image.mode in _ALPHA_MODES or (
+        image.info.get("transparency") is not None and image.mode in ("P", "L", "RGB", "1")
+    )
+    if has_transparency:
+        rgba = image.convert("RGBA")
+        if keep_alpha:
+            return rgba
+        if int(np.asarray(rgba.getchannel("A")).min(initial=255)) < 255:
+            notes.append("alpha composited on white")
+        return _on_white(rgba)
+    rgb = _to_rgb(image, notes)
+    return rgb.convert("RGBA") if keep_alpha else rgb
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """An RGBA image composited onto opaque white, as RGB."""
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def rgb_picture(image: Image.Image) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB to draw on: grey replicated, an alpha channel composited on white.
+
+    Accepts the modes of :data:`CHANNEL_MODES` (and any other Pillow converts to RGB).
+    """
+    if image.mode in _ALPHA_MODES:
+        return np.array(_on_white(image.convert("RGBA")), dtype=np.uint8)
+    return np.array(image.convert("RGB"), dtype=np.uint8)
 
 
 def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
-    """An 8-bit RGB copy of a decoded image of any Pillow mode."""
+    """An 8-bit RGB copy of a decoded image of any Pillow mode without transparency."""
     mode = image.mode
     if mode in _SIXTEEN_BIT_MODES:
         array = np.asarray(image).astype(np.float64)
@@ -164,15 +244,6 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
         return _grey_to_rgb(array * (255.0 / _MAX_16))
     if mode == "F":
         return _grey_to_rgb(_float_levels(np.asarray(image).astype(np.float64), notes))
-    has_transparency = mode in _ALPHA_MODES or (
-        image.info.get("transparency") is not None and mode in ("P", "L", "RGB", "1")
-    )
-    if has_transparency:
-        rgba = image.convert("RGBA")
-        if int(np.asarray(rgba.getchannel("A")).min(initial=255)) < 255:
-            notes.append("alpha composited on white")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
     if mode == "CMYK":
         notes.append("CMYK converted to RGB")
     return image.convert("RGB")
@@ -251,15 +322,15 @@ def find_images(path: str | os.PathLike[str]) -> list[Path]:
 def tensor_to_numpy(image: torch.Tensor) -> np.ndarray:
     """A (C, H, W) or (N, C, H, W) image tensor as an (H, W, C) / (N, H, W, C) float NumPy copy.
 
-    C must be 1, 3 or 4. float16/32/64 tensors keep their dtype (values unchanged); other dtypes
-    (integer, bool, bfloat16) become float32. The tensor is detached and copied to the CPU; it
-    is not modified.
+    C must be 1, 2, 3 or 4 (an image's channels, :data:`CHANNEL_MODES`). float16/32/64 tensors
+    keep their dtype (values unchanged); other dtypes (integer, bool, bfloat16) become float32.
+    The tensor is detached and copied to the CPU; it is not modified.
     """
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"Expected a torch.Tensor, got {type(image).__name__}")
-    if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3, 4):
+    if image.dim() not in (3, 4) or image.shape[-3] not in CHANNEL_MODES:
         raise ValueError(
-            f"Expected an image tensor of shape (C, H, W) or (N, C, H, W) with C in 1, 3, 4, "
+            f"Expected an image tensor of shape (C, H, W) or (N, C, H, W) with C in 1, 2, 3, 4, "
             f"got shape {tuple(image.shape)}"
         )
     tensor = image.detach().cpu()
@@ -277,9 +348,9 @@ def numpy_to_tensor(image: np.ndarray) -> torch.Tensor:
     """
     if not isinstance(image, np.ndarray):
         raise TypeError(f"Expected a numpy.ndarray, got {type(image).__name__}")
-    if image.ndim not in (3, 4) or image.shape[-1] not in (1, 3, 4):
+    if image.ndim not in (3, 4) or image.shape[-1] not in CHANNEL_MODES:
         raise ValueError(
-            f"Expected an image array of shape (H, W, C) or (N, H, W, C) with C in 1, 3, 4, "
+            f"Expected an image array of shape (H, W, C) or (N, H, W, C) with C in 1, 2, 3, 4, "
             f"got shape {image.shape}"
         )
     array = image if np.issubdtype(image.dtype, np.floating) else image.astype(np.float32)

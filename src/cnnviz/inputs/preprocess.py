@@ -1,13 +1,18 @@
-"""Model preprocessing: how an RGB image becomes the tensor a model expects.
+"""Model preprocessing: how an image becomes the tensor a model expects.
 
 The pipeline is timm's evaluation transform, written out: resize (shorter side, or both sides for
 a non-square input), centre-crop to ``input_size``, scale to ``[0, 1]``, normalise per channel.
 :func:`resize_and_crop` stops before the scaling, so overlays are drawn on exactly the pixels the
 model saw; :func:`denormalize` undoes the normalisation of a tensor.
+
+A model with ``C`` input channels has ``C`` means and stds; the image is resized in the Pillow
+mode of that count (:data:`cnnviz.inputs.images.CHANNEL_MODES`: 1 grey, 2 grey+alpha, 3 RGB,
+4 RGBA), so the tensor has ``C`` channels.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +21,9 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from PIL import Image as PILImage
+
+from cnnviz.errors import positive_int
+from cnnviz.inputs.images import image_mode
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -30,14 +38,16 @@ class Preprocessing:
     The image is resized so its shorter side is ``floor(input_size / crop_pct)`` with
     ``interpolation`` (timm's rule; both sides are resized to ``floor(side / crop_pct)`` when
     ``input_size`` is not square), centre-cropped to ``input_size`` (height, width) and
-    normalised with ``mean``/``std``.
+    normalised with ``mean``/``std``: one value per input channel (ImageNet's R, G, B by
+    default), so ``len(mean) == len(std)`` is the model's channel count, :attr:`channels`.
+    Sequences are stored as tuples of floats.
     """
 
     input_size: tuple[int, int] = (224, 224)
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
 
     def __post_init__(self) -> None:
         if len(self.input_size) != 2 or any(
@@ -53,9 +63,21 @@ class Preprocessing:
                 f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
                 f"got {self.interpolation!r}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3:
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            try:
+                if isinstance(values, (str, bytes)):
+                    raise TypeError(name)
+                object.__setattr__(self, name, tuple(float(v) for v in values))
+            except (TypeError, ValueError):
+                raise TypeError(
+                    f"{name} must be a sequence of numbers (one per channel), got {values!r}"
+                ) from None
+        if len(self.mean) != len(self.std) or not self.mean:
             raise ValueError(
-                f"mean and std need 3 values (R, G, B), got {self.mean!r} and {self.std!r}"
+                "mean and std need one value per input channel, as many of each (at least 1); "
+                f"got {len(self.mean)} mean and {len(self.std)} std values: "
+                f"{self.mean!r} and {self.std!r}"
             )
         if any(not math.isfinite(s) or s <= 0 for s in self.std) or not all(
             math.isfinite(m) for m in self.mean
@@ -63,6 +85,29 @@ class Preprocessing:
             raise ValueError(
                 f"std must be finite and positive, mean finite; got {self.mean!r}, {self.std!r}"
             )
+
+    @property
+    def channels(self) -> int:
+        """The number of input channels: ``len(mean)`` (``== len(std)``)."""
+        return len(self.mean)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """One model input without the batch dimension: ``(channels, height, width)``."""
+        return (self.channels, *self.input_size)
+
+    def with_channels(self, n: int) -> Preprocessing:
+        """A copy for a model with ``n`` input channels (everything but mean and std kept).
+
+        The rule, applied to ``mean`` and to ``std`` alike: ``n == channels`` gives ``self``;
+        ``n == 1`` the average of the values (ImageNet's RGB means become their grey mean);
+        otherwise ``n < channels`` the first ``n`` values and ``n > channels`` the values followed,
+        for each extra channel, by their average (RGB → RGBA appends the average for alpha).
+        """
+        positive_int(n, "n (the number of channels)")
+        if n == self.channels:
+            return self
+        return dataclasses.replace(self, mean=_fitted(self.mean, n), std=_fitted(self.std, n))
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form for manifests."""
@@ -86,6 +131,16 @@ class Preprocessing:
         return (sides[0],) if height == width else (sides[0], sides[1])
 
 
+def _fitted(values: tuple[float, ...], n: int) -> tuple[float, ...]:
+    """``values`` fitted to ``n`` channels by the rule of :meth:`Preprocessing.with_channels`."""
+    average = math.fsum(values) / len(values)
+    if n == 1:
+        return (average,)
+    if n <= len(values):
+        return values[:n]
+    return values + (average,) * (n - len(values))
+
+
 def _scaled(side: int, crop_pct: float) -> int:
     exact = side / crop_pct
     nearest = round(exact)
@@ -93,10 +148,16 @@ def _scaled(side: int, crop_pct: float) -> int:
 
 
 def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
-    """The resized and centre-cropped RGB image: the pixels the model sees, before scaling.
+    """The resized and centre-cropped image: the pixels the model sees, before scaling.
 
     Its size is ``prep.input_size`` (height, width), the size of the model input, so maps
-    upsampled to the input can be drawn on it directly. Non-RGB images are converted to RGB.
+    upsampled to the input can be drawn on it directly. It is resized in the mode of
+    ``prep.channels`` (``"L"``, ``"LA"``, ``"RGB"``, ``"RGBA"``); an image in another mode is
+    first converted with Pillow's ``convert`` (which drops an alpha channel rather than
+    compositing it: :func:`cnnviz.inputs.images.load_image_for` reads files the cnnviz way).
+
+    Raises:
+        ImageLoadError: ``prep`` has a channel count no image mode has (not 1, 2, 3 or 4).
     """
     # lazy: torchvision takes seconds to import
     from torchvision.transforms.v2 import InterpolationMode
@@ -104,8 +165,9 @@ def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
 
     if not isinstance(image, PILImage.Image):
         raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}")
-    if image.mode != "RGB":
-        image = image.convert("RGB")
+    target_mode = image_mode(prep.channels)
+    if image.mode != target_mode:
+        image = image.convert(target_mode)
     mode = InterpolationMode(prep.interpolation)
     resized = TF.resize(image, list(prep.resize_size), interpolation=mode, antialias=True)
     cropped = TF.center_crop(resized, list(prep.input_size))
@@ -114,10 +176,28 @@ def resize_and_crop(image: Image.Image, prep: Preprocessing) -> Image.Image:
     return cropped
 
 
-def preprocess_image(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """The normalised ``(3, H, W)`` float32 tensor for ``image`` (``H, W = prep.input_size``).
+def normalize_pixels(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """``(pixels / 255 − mean) / std`` in float32 for uint8 ``(C, H, W)`` pixels, per channel.
 
-    Equal, to float rounding, to timm's ``create_transform(**resolve_data_config(...))``.
+    Raises:
+        ValueError: ``C`` is not ``prep.channels``.
+    """
+    if pixels.dim() != 3 or pixels.shape[0] != prep.channels:
+        raise ValueError(
+            f"expected ({prep.channels}, H, W) pixels for a preprocessing with "
+            f"{prep.channels} channel(s), got shape {tuple(pixels.shape)}"
+        )
+    scaled = pixels.to(torch.float32) / 255.0
+    mean = torch.tensor(prep.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(prep.std, dtype=torch.float32).view(-1, 1, 1)
+    return (scaled - mean) / std
+
+
+def preprocess_image(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    """The normalised ``(C, H, W)`` float32 tensor for ``image`` (``C = prep.channels``,
+    ``H, W = prep.input_size``).
+
+    Equal, to float rounding, to timm's ``create_transform(**resolve_data_config(...))`` for RGB.
 
     Example::
 
@@ -127,27 +207,29 @@ def preprocess_image(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     from torchvision.transforms.v2 import functional as TF  # lazy: torchvision is slow to import
 
     pixels: torch.Tensor = TF.pil_to_tensor(resize_and_crop(image, prep))
-    pixels = pixels.to(torch.float32) / 255.0
-    mean = torch.tensor(prep.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=torch.float32).view(3, 1, 1)
-    return (pixels - mean) / std
+    return normalize_pixels(pixels, prep)
 
 
 def preprocess_images(images: Sequence[Image.Image], prep: Preprocessing) -> torch.Tensor:
-    """A ``(N, 3, H, W)`` batch: :func:`preprocess_image` of each image, stacked in order."""
+    """A ``(N, C, H, W)`` batch: :func:`preprocess_image` of each image, stacked in order."""
     if len(images) == 0:
         raise ValueError("preprocess_images needs at least one image, got an empty sequence")
     return torch.stack([preprocess_image(image, prep) for image in images])
 
 
 def denormalize(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
-    """Undo the normalisation of a ``(3, H, W)`` or ``(N, 3, H, W)`` tensor, clamped to [0, 1]."""
+    """Undo the normalisation of a ``(C, H, W)`` or ``(N, C, H, W)`` tensor, clamped to [0, 1]
+    (``C == prep.channels``)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() not in (3, 4) or x.shape[-3] != 3:
-        raise ValueError(f"expected a (3, H, W) or (N, 3, H, W) tensor, got shape {tuple(x.shape)}")
-    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    c = prep.channels
+    if x.dim() not in (3, 4) or x.shape[-3] != c:
+        raise ValueError(
+            f"expected a ({c}, H, W) or (N, {c}, H, W) tensor for a preprocessing with "
+            f"{c} channel(s), got shape {tuple(x.shape)}"
+        )
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
     return (x * std + mean).clamp(0.0, 1.0)
 
 

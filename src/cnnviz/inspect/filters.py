@@ -1,8 +1,10 @@
 """Convolution filters as pictures (the seed exercise's step 2, "plot conv1 filters").
 
-A first-layer filter looks at the three colour channels, so it can be shown as a small RGB image.
-Deeper filters have many input channels; they are shown in gray, either averaged over the input
-channels (one tile per filter) or one tile per (filter, input channel).
+A first-layer filter of an RGB model looks at the three colour channels, so it can be shown as a
+small RGB image; only a weight with exactly 3 input channels is drawn so. A filter of a grey
+(1-channel) model is drawn in grey as it is. Filters with any other number of input channels
+(2, 4, …, and deeper layers) are shown in gray, either averaged over the input channels (one
+tile per filter) or one tile per (filter, input channel).
 
 Scaling: a filter's weights are signed, so they are mapped linearly to ``[0, 255]``, either per
 filter (``(w − min_f) / (max_f − min_f)``, which shows each filter's pattern best) or with one
@@ -164,7 +166,9 @@ def filter_tiles(
     """Tiles for any conv weight: RGB ``(K, kh, kw, 3)`` when it has 3 input channels, else gray.
 
     ``rgb=None`` decides from the weight's shape; pass ``rgb=False`` for a layer whose three
-    input channels are not colours (e.g. a grouped convolution deep in the network).
+    input channels are not colours (e.g. a grouped convolution deep in the network). A gray
+    weight goes through :func:`deep_filter_tiles` with ``view``: one input channel gives each
+    filter as it is under either view (the mean of one channel is that channel).
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         raise ValueError("Expected a conv weight tensor of shape (C_out, C_in, kh, kw)")

@@ -91,6 +91,27 @@ class PathBaseline(enum.Enum):
     else over each image's own value range [min x, max x]."""
 
 
+def channel_normalisation(
+    prep: Preprocessing | None, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``prep``'s mean and std as ``(1, C, 1, 1)`` tensors like ``x`` (``None`` without ``prep``).
+
+    Raises:
+        ValueError: ``prep`` has another channel count than ``x`` (``(N, C, H, W)``).
+    """
+    if prep is None:
+        return None
+    if prep.channels != x.shape[1]:
+        raise ValueError(
+            f"The preprocessing has {prep.channels} channel(s) (mean {prep.mean}) but the input "
+            f"has {x.shape[1]}; give a Preprocessing with one mean and std per input channel "
+            "(Preprocessing.with_channels adapts one)."
+        )
+    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return mean, std
+
+
 @register
 class IntegratedGradients(Method):
     """Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep
@@ -208,21 +229,19 @@ class IntegratedGradients(Method):
                 ) from e
         if not isinstance(b, PathBaseline):
             return torch.full_like(x, float(b))
-        prep = self.preprocessing
-        mean = std = None
-        if prep is not None:
-            mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
         if b is PathBaseline.BLURRED:
             sigma = self.blur_sigma or 0.05 * max(x.shape[-2:])
             return gaussian_blur(x, sigma)
+        normalisation = channel_normalisation(self.preprocessing, x)
         if b is PathBaseline.BLACK:
-            if mean is None or std is None:
+            if normalisation is None:
                 return torch.zeros_like(x)
+            mean, std = normalisation
             return (-mean / std).expand_as(x).clone()
         u = torch.rand(x.shape, generator=make_generator(self.seed, x.device), device=x.device)
         u = u.to(x.dtype)
-        if mean is not None and std is not None:
+        if normalisation is not None:
+            mean, std = normalisation
             return (u - mean) / std
         low = x.amin(dim=(1, 2, 3), keepdim=True)
         return low + u * (x.amax(dim=(1, 2, 3), keepdim=True) - low)

@@ -210,8 +210,8 @@ class GroundTruth:
         """The mask resized and centre-cropped like the image (nearest), at the model input."""
 
         picture = Image.fromarray(self.mask(size).numpy().astype(np.uint8) * 255, mode="L")
-        nearest = dataclasses.replace(preprocessing, interpolation="nearest")
-        shown = np.asarray(resize_and_crop(picture, nearest))[..., 0]
+        nearest = dataclasses.replace(preprocessing, interpolation="nearest").with_channels(1)
+        shown = np.asarray(resize_and_crop(picture, nearest))  # (H, W): one channel, "L"
         return torch.from_numpy(shown >= 128)
 
 

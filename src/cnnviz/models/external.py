@@ -106,8 +106,8 @@ def torchvision_preprocessing(weights: Any) -> Preprocessing:
         input_size=(crop, crop),
         crop_pct=crop / resize,
         interpolation=str(transform.interpolation.value),
-        mean=tuple(float(m) for m in transform.mean),  # type: ignore[arg-type]  # 3 values
-        std=tuple(float(s) for s in transform.std),  # type: ignore[arg-type]  # 3 values
+        mean=tuple(float(m) for m in transform.mean),
+        std=tuple(float(s) for s in transform.std),
     )
 
 
@@ -251,8 +251,8 @@ def timm_preprocessing(module: nn.Module) -> Preprocessing:
         input_size=(int(height), int(width)),
         crop_pct=float(cfg["crop_pct"]),
         interpolation=str(cfg["interpolation"]),
-        mean=tuple(float(m) for m in cfg["mean"]),  # type: ignore[arg-type]  # 3 values
-        std=tuple(float(s) for s in cfg["std"]),  # type: ignore[arg-type]  # 3 values
+        mean=tuple(float(m) for m in cfg["mean"]),
+        std=tuple(float(s) for s in cfg["std"]),
     )
 
 

@@ -57,7 +57,7 @@ def load_torchscript(path: Path) -> LoadedProgram:
     try:
         with warnings.catch_warnings():  # torch.jit.load's own deprecation notice
             warnings.simplefilter("ignore", FutureWarning)
-            module = torch.jit.load(str(file), map_location="cpu")
+            module = torch.jit.load(str(file), map_location="cpu")  # type: ignore[no-untyped-call]  # untyped in torch
     except (RuntimeError, ValueError, OSError) as e:
         kind = zip_kind(file)
         hint = f"; {program_remedy(file, kind)}" if kind == "export" else ""
@@ -78,7 +78,7 @@ def load_exported(path: Path) -> LoadedProgram:
     """
     file = _checked(path)
     try:
-        program = torch.export.load(str(file))  # type: ignore[no-untyped-call]  # untyped in torch
+        program = torch.export.load(str(file))
     except Exception as e:  # torch raises many types for a file that is not a program
         kind = zip_kind(file)
         hint = f"; {program_remedy(file, kind)}" if kind == "torchscript" else ""

@@ -427,7 +427,9 @@ def from_module(
 
     Without ``class_names`` the classes are numbered ``"0"``, ``"1"``, … up to the output size
     of the last ``nn.Linear`` (none when the module has no ``nn.Linear``). Without
-    ``preprocessing`` ImageNet's is used (bilinear, 256 → 224, ImageNet mean/std).
+    ``preprocessing`` ImageNet's is used (bilinear, 256 → 224, ImageNet mean/std), fitted to
+    the input channels of the first ``nn.Conv2d`` by :meth:`Preprocessing.with_channels` (one
+    channel: the average mean 0.449 and std 0.226).
 
     Example::
 
@@ -453,8 +455,17 @@ def from_module(
         architecture=type(module).__name__,
         weights="user module",
         class_names=names,
-        preprocessing=preprocessing or _IMAGENET_PREPROCESSING,
+        preprocessing=preprocessing or _default_preprocessing(module),
     )
+
+
+def _default_preprocessing(module: nn.Module) -> Preprocessing:
+    """ImageNet's preprocessing fitted (:meth:`Preprocessing.with_channels`) to the input channels
+    of the module's first ``nn.Conv2d`` (ImageNet's as it is when it has none)."""
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        return _IMAGENET_PREPROCESSING
+    return _IMAGENET_PREPROCESSING.with_channels(convs[0].in_channels)
 
 
 def list_models(*, external: bool = False) -> list[ModelInfo]:

@@ -48,6 +48,7 @@ from cnnviz.errors import (
     positive_int,
 )
 from cnnviz.inputs.decode import decode_input, failure_record
+from cnnviz.inputs.images import image_mode
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.registry import get_method, method_names
 from cnnviz.models.loaded import LoadedModel
@@ -108,7 +109,7 @@ class _Decoded:
 class _Batch:
     indices: list[int]  # decoded images, in input order
     pictures: torch.Tensor | None  # (n, H, W, 3) uint8 (a tensor: shared memory between processes)
-    tensors: torch.Tensor | None  # (n, 3, H, W)
+    tensors: torch.Tensor | None  # (n, C, H, W), C = the model's input channels
     notes: list[tuple[str, ...]]
     failures: list[tuple[int, dict[str, Any]]]
 
@@ -178,6 +179,7 @@ def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> Non
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
     colormap_lut(settings.cmap)
+    image_mode(loaded.preprocessing.channels)  # a model whose inputs no image file holds
     if isinstance(settings.target, list) and len(settings.target) != count:
         raise TargetError(
             f"{len(settings.target)} targets given for {count} images; give one target "

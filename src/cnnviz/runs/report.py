@@ -129,7 +129,7 @@ class _ModelParts:
     """
 
     def __init__(self, loaded: LoadedModel) -> None:
-        size = (loaded.preprocessing.channels, *loaded.preprocessing.input_size)
+        size = loaded.preprocessing.input_shape
         self.unavailable: dict[str, str] = {}
         self.summary = self._part(
             "summary", lambda: summarize(loaded.module, size, depth=2).to_dict()
