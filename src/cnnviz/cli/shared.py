@@ -70,14 +70,14 @@ def load(
     from cnnviz.models.own import is_own_model
 
     model = name or args.model
-    weights = args.weights
+    weights, device = args.weights, args.device
     if structure_only and weights is None and not is_own_model(model):
-        weights = "random"
+        weights, device = "random", "meta"  # shapes without values: no initialisation either
         logger.info("architecture only: pretrained weights not loaded (the structure needs none)")
     loaded = load_model(
         model,
         weights=weights,
-        device=args.device,
+        device=device,
         class_names=getattr(args, "class_names", None),
         preprocessing=preprocessing_overrides(args) or None,
         model_args=parse_key_values(

@@ -190,7 +190,8 @@ class _Page:
         """Grad-CAM of the best classes; ``None`` where it does not apply (a token model, a
         TorchScript program), with the reason in :attr:`unavailable`."""
         try:
-            cams = explain(self.loaded, self.x, "gradcam", target=TopK(self.settings.cam_classes))
+            k = min(self.settings.cam_classes, len(self.loaded.class_names) or 1)
+            cams = explain(self.loaded, self.x, "gradcam", target=TopK(k))
         except NotApplicableError as error:
             self.unavailable["grad-cam"] = str(error)
             return None, []
