@@ -68,7 +68,9 @@ def cmd_models(args: argparse.Namespace) -> int:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     print(
         "\nAlso: torchvision:NAME (any torchvision classifier), timm:NAME (any timm model), "
-        "--weights FILE for your own checkpoint."
+        "your own class as path/file.py:Class or package.module:Class (--model-arg KEY=VALUE), "
+        "torchscript:FILE, export:FILE.pt2; --weights FILE for your checkpoint (a new head or "
+        "stem is read from it), --class-names FILE for its classes."
     )
     return ExitCode.OK
 
