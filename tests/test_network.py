@@ -143,3 +143,30 @@ def test_torchvision_weights_without_network_fail_at_once(
     assert time.perf_counter() - start < 1.0
     assert "download.pytorch.org cannot be reached" in str(error.value)
     assert calls == [("download.pytorch.org", 443)]
+
+
+def test_timm_pretrained_without_network_loads_cached_weights(
+    monkeypatch: pytest.MonkeyPatch, hub_online: logging.Logger, tmp_path: Path
+) -> None:
+    """Weights in the Hugging Face cache (its documented layout: refs/main names the snapshot)
+    load without a network, after the one probe."""
+    import huggingface_hub.constants as hub_constants
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    planted = timm.create_model("resnet18", pretrained=False)
+    repo = tmp_path / "models--timm--resnet18.a1_in1k"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    state = {k: v.contiguous() for k, v in planted.state_dict().items()}
+    save_file(state, str(repo / "snapshots" / commit / "model.safetensors"))
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path))
+    calls = _no_network(monkeypatch)
+    loaded = load_model("timm:resnet18")
+    assert "pretrained" in loaded.weights
+    assert torch.equal(loaded.module.fc.weight, planted.fc.weight)
+    assert calls == [("huggingface.co", 443)]
