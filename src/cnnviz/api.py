@@ -13,6 +13,7 @@ from torch import nn
 from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.capture.targets import TargetSpec
+from cnnviz.errors import LayerError
 from cnnviz.methods.base import Explanation, Method, check_finite
 from cnnviz.methods.registry import get_method, make_method, method_options
 
@@ -33,6 +34,21 @@ def default_layer(model: nn.Module, x: torch.Tensor) -> str:
     if key not in per_model:
         per_model[key] = auto_cam_layer(model, x[:1])
     return per_model[key]
+
+
+def announce_default_layer(loaded: LoadedModel) -> str | None:
+    """Choose (and log) :func:`default_layer` for ``loaded``'s input size now; ``None`` when the
+    model has no spatial layer (the CAM method that needs one then says so itself).
+
+    A run calls this before its progress bar starts, so the "Automatic CAM layer" line comes
+    first; :func:`explain` then finds the choice remembered.
+    """
+    module = loaded.module
+    example = torch.zeros(1, 3, *loaded.preprocessing.input_size)
+    try:
+        return default_layer(module, as_model_input(module, example))
+    except LayerError:
+        return None
 
 
 def unpack_model(model: nn.Module | LoadedModel) -> tuple[nn.Module, Sequence[str] | None]:
