@@ -227,6 +227,8 @@ def test_failed_download_becomes_one_clear_error(
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("CNNVIZ_OFFLINE")
+    # The host answers the probe (no real connection is made): the download itself fails.
+    monkeypatch.setattr("cnnviz.models.checkpoint.network_reachable", lambda *a, **k: True)
     calls: list[tuple[str, str, object]] = []
 
     def refuse(url: str, dst: str, hash_prefix: object = None, **_: object) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -229,3 +231,34 @@ def test_a_model_that_fails_channels_last_runs_in_the_standard_layout() -> None:
         with torch.no_grad():
             torch.testing.assert_close(run(model), model(x))
         assert not channels_last_suits(model, x)  # remembered: no second failed attempt
+
+
+def test_a_model_in_training_mode_is_told_once_and_left_in_its_modes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two explanations of a model in training mode (one module kept in eval): one warning, the
+    maps of eval mode (a dropout of 0.9 would change them), and every module's flag as it was.
+    A model in eval mode is not told; nor is a model told before."""
+    from cnnviz.api import explain
+
+    model = nn.Sequential(nn.Dropout(p=0.9), TinyNet()).train()
+    model[1].fc.eval()
+    with caplog.at_level(logging.INFO, logger="cnnviz.capture.forward"):
+        saliency = explain(model, _x(), "saliency", target=0)
+        gradcam = explain(model, _x(), "gradcam", layer="1.conv", target=0)
+    notices = [r for r in caplog.records if "training mode" in r.getMessage()]
+    assert [r.levelno for r in notices] == [logging.WARNING]
+    assert notices[0].getMessage() == (
+        "the model (Sequential) was in training mode; cnnviz explains it in eval mode (dropout "
+        "off, BatchNorm running statistics) and restores its modes afterwards"
+    )
+    # By hand, score 0 = mean(relu(x)) + 2·mean(relu(-x)): |∂/∂x| is 1/4 where x > 0, 1/2 where
+    # x < 0; Grad-CAM weights the conv channels (x, -x) by 3/16 and 1/8: 1/16 · x.
+    assert torch.equal(saliency.maps[0, 0], torch.tensor([[0.25, 0.5], [0.25, 0.25]]))
+    assert torch.allclose(gradcam.maps[0, 0], _x()[0, 0] / 16)
+    assert [m.training for m in model.modules()] == [True, True, True, True, True, False]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="cnnviz.capture.forward"):
+        explain(TinyNet().eval(), _x(), "saliency", target=0)
+        explain(model, _x(), "saliency", target=0)  # told already
+    assert not [r for r in caplog.records if "training mode" in r.getMessage()]

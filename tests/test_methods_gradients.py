@@ -373,7 +373,7 @@ def test_adaptive_integrated_gradients_in_memory_groups_equal_one_group(
     model.rows.clear()
     with caplog.at_level(logging.WARNING, logger="cnnviz.methods.integrated"):
         apart = explain(model, x, "integrated-gradients", target=TopK(2), steps=64, batch_size=16)
-    (record,) = caplog.records
+    (record,) = [r for r in caplog.records if r.name == "cnnviz.methods.integrated"]
     assert "6 MiB per image (64 steps × 2 targets)" in record.getMessage()
     assert "gausslegendre" in record.getMessage()
     assert model.rows[1:9] == [16, 1, 8, 8, 8, 8, 8, 7]  # image 0: 17 nodes, 6 rounds
@@ -399,7 +399,7 @@ def smooth_vgg() -> VGG11:
         if isinstance(module, nn.ReLU):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent), child, nn.Softplus(beta=2.0))
-    return model
+    return model.eval()  # the new Softplus modules start in training mode
 
 
 def test_integrated_gradients_converges_to_completeness_on_a_non_homogeneous_model() -> None:

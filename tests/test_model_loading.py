@@ -176,7 +176,7 @@ def test_programs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = _error(["summary", f"export:{tmp_path / 'fixed.pt2'}", "--weights", "random"], capsys)
     assert "carries its own weights and arguments; drop --weights and --model-arg" in line
     torch.save(module.state_dict(), tmp_path / "weights.pt2")
-    with pytest.raises(CnnvizError, match="cannot load .* as an exported program"):
+    with pytest.raises(CnnvizError, match=r"cannot load .* as an exported program"):
         load_model(f"export:{tmp_path / 'weights.pt2'}")
     with pytest.raises(CnnvizError, match="does not exist"):
         load_model(f"export:{tmp_path / 'nothing.pt2'}")

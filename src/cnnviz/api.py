@@ -14,7 +14,7 @@ from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.capture.token_models import token_layer_problem
-from cnnviz.errors import NotApplicableError
+from cnnviz.errors import LayerError, NotApplicableError
 from cnnviz.methods.base import Explanation, Method, check_finite
 from cnnviz.methods.registry import get_method, make_method, method_options
 
@@ -63,6 +63,21 @@ def cam_layer(
             problem.message(model_name, title, TOKEN_MODEL_METHODS, automatic=layer is None)
         )
     return resolved
+
+
+def announce_default_layer(loaded: LoadedModel) -> str | None:
+    """Choose (and log) :func:`default_layer` for ``loaded``'s input size now; ``None`` when the
+    model has no spatial layer (the CAM method that needs one then says so itself).
+
+    A run calls this before its progress bar starts, so the "Automatic CAM layer" line comes
+    first; :func:`explain` then finds the choice remembered.
+    """
+    module = loaded.module
+    example = torch.zeros(1, *loaded.preprocessing.input_shape)
+    try:
+        return default_layer(module, as_model_input(module, example))
+    except LayerError:
+        return None
 
 
 def unpack_model(model: nn.Module | LoadedModel) -> tuple[nn.Module, Sequence[str] | None]:

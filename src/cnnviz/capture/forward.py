@@ -22,16 +22,29 @@ logger = logging.getLogger(__name__)
 _CHANNELS_LAST: weakref.WeakKeyDictionary[nn.Module, bool] = weakref.WeakKeyDictionary()
 
 
+# Models already told that they were explained in eval mode (said once per model object).
+_TOLD_EVAL: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+TRAINING_NOTICE = (
+    "the model ({}) was in training mode; cnnviz explains it in eval mode (dropout off, "
+    "BatchNorm running statistics) and restores its modes afterwards"
+)
+
+
 @contextmanager
 def model_state_guard(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
     """Put ``model`` in eval mode for the block and restore every module's own ``training`` flag.
 
     Restoring module by module (not ``model.train(was_training)``) keeps mixed states intact,
-    e.g. a frozen BatchNorm kept in eval inside a model in training mode.
+    e.g. a frozen BatchNorm kept in eval inside a model in training mode. The first time a model
+    with any module in training mode is put in eval mode, a warning says so (once per model
+    object, remembered in a weak set: nothing is stored on the model).
     """
     flags = [(module, module.training) for module in model.modules()]
     try:
         if eval_mode and any(training for _, training in flags):
+            if model not in _TOLD_EVAL:
+                _TOLD_EVAL.add(model)
+                logger.warning(TRAINING_NOTICE.format(type(model).__name__))
             model.eval()
         yield model
     finally:

@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from cnnviz.cli.console import image_line, print_line
 from cnnviz.cli.exit_codes import ExitCode
 from cnnviz.cli.shared import (
     emit_json,
@@ -286,9 +287,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
         resume=args.resume,
     )
     out = out_path(args)
+
+    def say_image(items: list[dict[str, Any]]) -> None:
+        print_line(image_line(items, out))
+
+    # One line per image on stdout; not with -q, nor with --json (stdout holds the JSON only,
+    # which lists the same items).
+    quiet = args.quiet or args.json
     with writing_into(out):
         manifest = explain_files(
-            loaded, paths, out, settings, command=args.command, progress=not args.quiet
+            loaded,
+            paths,
+            out,
+            settings,
+            command=args.command,
+            progress=not args.quiet,
+            on_image=None if quiet else say_image,
         )
     return finish(manifest, out, args)
 

@@ -12,12 +12,12 @@ Exit codes (:class:`~cnnviz.cli.exit_codes.ExitCode`, also in the README), by in
   already written is complete, and ``--resume`` carries on where the run stopped.
 
 Every message is one line on stderr starting with ``cnnviz:``; control characters in names
-(a newline in a file name) are shown escaped, so one problem is always one line.
+(a newline in a file name) are shown escaped, so one problem is always one line. Log records are
+written around a live progress bar, never inside it (:mod:`cnnviz.cli.console`).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -25,27 +25,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from cnnviz.cli.console import cli_logging
 from cnnviz.cli.exit_codes import ExitCode
 from cnnviz.cli.parser import build_parser
 from cnnviz.cli.shared import say
-from cnnviz.errors import CnnvizError, UsageError, one_line, speaking_cli
+from cnnviz.errors import CnnvizError, UsageError, speaking_cli
 
 __all__ = ["build_parser", "main", "run"]
-
-logger = logging.getLogger("cnnviz")
-
-
-class _OneLineFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return "cnnviz: " + one_line(record.getMessage())
-
-
-def _configure_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_OneLineFormatter())
-    logger.handlers[:] = [handler]
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,9 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else ExitCode.OK
     except UsageError as e:
         return _report_error(e, debug=False)
-    _configure_logging(args.quiet)
     try:
-        with _sigterm_as_interrupt(), speaking_cli():
+        with cli_logging(args.quiet), _sigterm_as_interrupt(), speaking_cli():
             return int(args.func(args))
     except _Terminated:
         say("terminated (SIGTERM); files written so far are complete, --resume continues")

@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from cnnviz.errors import CheckpointError, NonFiniteError, WeightsUnavailableError, remedy
+from cnnviz.models.network import network_reachable
+from cnnviz.models.network import offline_mode as offline_mode  # re-exported for the loaders
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +43,6 @@ _FEW = 5
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """A checkpoint path that does not exist or is not a file."""
-
-
-def offline_mode() -> bool:
-    """Whether ``CNNVIZ_OFFLINE`` forbids every download (``1``, ``true``, ``yes`` or ``on``)."""
-    return os.environ.get("CNNVIZ_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def _few(items: list[str]) -> str:
@@ -277,8 +274,10 @@ def fetch_hub_checkpoint(url: str, *, model_name: str) -> Path:
     """The cached file for ``url``, downloaded first if absent and downloads are allowed.
 
     Raises:
-        WeightsUnavailableError: the file is not cached and ``CNNVIZ_OFFLINE`` is set, or the
-            download failed; the one-line message says how to get the weights.
+        WeightsUnavailableError: the file is not cached and ``CNNVIZ_OFFLINE`` is set, the
+            host cannot be reached (:func:`~cnnviz.models.network.network_reachable`, asked
+            once per process), or the download failed; the one-line message says how to get
+            the weights.
     """
     target = hub_checkpoint_path(url)
     if target.is_file():
@@ -291,6 +290,13 @@ def fetch_hub_checkpoint(url: str, *, model_name: str) -> Path:
         raise WeightsUnavailableError(
             f"pretrained weights for {model_name!r} are not cached at {target} and "
             f"CNNVIZ_OFFLINE forbids downloading them; {remedy}"
+        )
+    parsed = urlparse(url)
+    host, port = parsed.hostname or "", parsed.port or (80 if parsed.scheme == "http" else 443)
+    if not network_reachable(host, port):
+        raise WeightsUnavailableError(
+            f"no network: pretrained weights for {model_name!r} are not cached at {target} and "
+            f"{host} cannot be reached; {remedy}"
         )
     match = _HASH_IN_NAME.search(target.name)
     logger.info("downloading pretrained weights for %s from %s to %s", model_name, url, target)

@@ -55,6 +55,7 @@ from cnnviz.models.loaded import (
     describe_file,
     numbered_classes,
 )
+from cnnviz.models.network import HUB_HOST, hub_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -296,9 +297,15 @@ def _create_timm(name: str, arch: str, *, pretrained: bool, **kwargs: Any) -> nn
             f"pretrained weights for {name!r} must be downloaded from the Hugging Face hub and "
             "CNNVIZ_OFFLINE forbids it; pass --weights FILE or --weights random"
         )
+    online = hub_reachable()  # if not, the hub client answers from its cache, without retries
     try:
         created = timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as e:  # any network/hub failure becomes one actionable message
+        if not online:
+            raise WeightsUnavailableError(
+                f"no network: pretrained weights for {name!r} are not in the Hugging Face cache "
+                f"and {HUB_HOST} cannot be reached; pass --weights FILE or --weights random"
+            ) from e
         raise WeightsUnavailableError(
             f"pretrained weights for {name!r} could not be downloaded ({type(e).__name__}: "
             f"{e}); run with network access, or pass --weights FILE or --weights random"

@@ -35,7 +35,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cnnviz.api import explain
+from cnnviz.api import announce_default_layer, explain
 from cnnviz.errors import CnnvizError, ImageLoadError
 from cnnviz.inputs.decode import load_inputs
 from cnnviz.methods.registry import get_method
@@ -302,6 +302,10 @@ def evaluate_files(
     truth = load_ground_truth(truth_file) if truth_file is not None else None
     run = _Run(loaded, settings, methods, truth, root)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.layer is None and any(
+        m not in REFERENCE_MAPS and get_method(m).needs_layer for m in methods
+    ):
+        announce_default_layer(loaded)  # its log line before the bar
     sanity_inputs: list[tuple[Any, int]] = []
     bar = tqdm(
         total=len(paths), desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True

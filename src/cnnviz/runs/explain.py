@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fork (see _ImageFiles)
-from cnnviz.api import explain
+from cnnviz.api import announce_default_layer, explain
 from cnnviz.capture.layers import resolve_layer
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import (
@@ -76,6 +76,9 @@ logger = logging.getLogger(__name__)
 
 ALL_METHODS = "all"
 _WRITERS = 2  # threads that render, encode and write while the model runs
+
+ImageDone = Callable[[list[dict[str, Any]]], None]
+"""Called in the run's thread with an image's manifest items once its files are written."""
 
 
 @dataclass(frozen=True)
@@ -191,9 +194,15 @@ class _Run:
     """The state of one :func:`explain_files` call."""
 
     def __init__(
-        self, loaded: LoadedModel, paths: list[Path], out: Path, settings: ExplainSettings
+        self,
+        loaded: LoadedModel,
+        paths: list[Path],
+        out: Path,
+        settings: ExplainSettings,
+        on_image: ImageDone | None = None,
     ) -> None:
         self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
+        self.on_image = on_image
         self.methods = _methods_of(settings)
         self.all = settings.method.strip().lower() == ALL_METHODS
         self.tag = ALL_METHODS if self.all else self.methods[0]
@@ -340,10 +349,13 @@ class _Run:
         def collect() -> None:
             index, future = in_flight.popleft()
             try:
-                future.result()
+                items = future.result()
                 self.written += 1
             except (CnnvizError, OSError) as e:
                 self.fail(failure_record(self.paths[index], e, self.tag))
+            else:
+                if self.on_image is not None:
+                    self.on_image(items)
             bar.update(1)
 
         batches = iter(self.loader(chunks))
@@ -400,6 +412,7 @@ def explain_files(
     *,
     command: str,
     progress: bool = True,
+    on_image: ImageDone | None = None,
 ) -> dict[str, Any]:
     """Explain every image in ``paths`` into ``out_dir``; returns the manifest as a dict.
 
@@ -408,7 +421,9 @@ def explain_files(
     input), plus ``<stem>.grid.png`` with ``method="all"``; then ``records/<stem>.<tag>.json``.
     ``manifest.json`` lists every item in the folder and this run's failures. A bad image is a
     failure, never an exception; an interrupted run (``KeyboardInterrupt``) still writes the
-    manifest of what is complete before re-raising.
+    manifest of what is complete before re-raising. ``on_image`` is called with each image's
+    items (those of the manifest) as soon as its files are written; the automatic CAM layer is
+    chosen, and logged, before the progress bar starts.
 
     Raises:
         MethodNotFoundError, LayerError, TargetError, NonFiniteError, ...: for settings that
@@ -417,12 +432,15 @@ def explain_files(
     """
     path_list = [Path(p) for p in paths]
     _validate(loaded, settings, len(path_list))
-    run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings)
+    run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings, on_image)
     remove_stale_temp_files(run.out)
     run.find_complete()
     done = len(path_list) - sum(run.pending)
     if done:
         logger.info("%d of %d image(s) already complete; resuming", done, len(path_list))
+    needs_layer = any(get_method(m).needs_layer for m in run.methods)
+    if settings.layer is None and needs_layer and any(run.pending):
+        announce_default_layer(loaded)
     try:
         run.process(progress)
     except KeyboardInterrupt:

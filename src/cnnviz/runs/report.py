@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cnnviz.api import default_layer, explain
+from cnnviz.api import announce_default_layer, default_layer, explain
 from cnnviz.capture.layers import trace_layers
 from cnnviz.capture.targets import TopK
 from cnnviz.data.samples import bundled_samples
@@ -340,6 +340,7 @@ def build_report(
     boxes = boxes or {}
     out.mkdir(parents=True, exist_ok=True)
     parts = _ModelParts(loaded)
+    announce_default_layer(loaded)  # its log line before the bar: every page draws Grad-CAM
     failures: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
