@@ -378,8 +378,8 @@ def test_adaptive_integrated_gradients_in_memory_groups_equal_one_group(
     assert "gausslegendre" in record.getMessage()
     assert model.rows[1:9] == [16, 1, 8, 8, 8, 8, 8, 7]  # image 0: 17 nodes, 6 rounds
     # Same nodes and weights; other batch sizes round differently in float32 (measured: up to
-    # 1.6e-5 of the largest value on an Intel Xeon), so equal to 1e-4 of it.
-    close(apart.attributions, together.attributions)
+    # 1.6e-5 of the largest value on an Intel Xeon, 1.5e-4 on an AMD EPYC), so to 5e-4 of it.
+    close(apart.attributions, together.attributions, 5e-4)
 
 
 def smooth_vgg() -> VGG11:

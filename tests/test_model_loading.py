@@ -287,4 +287,4 @@ def test_summary_json_of_a_grey_model(tmp_path: Path, capsys: pytest.CaptureFixt
     args = ["summary", "torchvision:resnet18", "--weights", str(tmp_path / "grey.pth"), "--json"]
     assert main([*args, "--input-size", "64"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["input_shape"][0] == 1
+    assert summary["input_size"][0] == 1

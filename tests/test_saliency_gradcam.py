@@ -79,7 +79,9 @@ def test_gradcam_matches_captum_on_random_vgg11_bn(vgg_bn: VGG11) -> None:
         x, target=targets, relu_attributions=True
     )
     assert relu(e.maps).shape == ref.shape == (3, 1, 14, 14)
-    torch.testing.assert_close(relu(e.maps), ref.detach(), rtol=1e-5, atol=1e-9)
+    # 1e-5 of the map's range: convolutions round differently on other CPUs (oneDNN kernels)
+    scale = float(ref.detach().abs().max())
+    torch.testing.assert_close(relu(e.maps), ref.detach(), rtol=1e-5, atol=1e-5 * scale)
     assert hooked_modules(vgg_bn) == []
 
 
