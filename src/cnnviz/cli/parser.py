@@ -471,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"cnnviz {__version__}")
-    parser.add_argument("--quiet", "-q", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="only warnings and errors: no progress bars, no per-image lines",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (

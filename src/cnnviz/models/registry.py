@@ -19,7 +19,6 @@ forbids every download.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +50,7 @@ from cnnviz.models.checkpoint import (
     hub_checkpoint_path,
     load_checkpoint,
 )
+from cnnviz.models.choices import PreprocessingChoice, chosen_preprocessing
 from cnnviz.models.class_names import ClassNamesSource, given_class_names, say_if_numbered
 from cnnviz.models.defaults import DEFAULT_MODEL as DEFAULT_MODEL  # re-exported, defined once
 from cnnviz.models.loaded import (
@@ -74,10 +74,6 @@ _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 i
 
 class DeviceError(CnnvizError, ValueError):
     """A device that does not exist here (e.g. ``cuda`` without a GPU)."""
-
-
-class PreprocessingError(CnnvizError, ValueError):
-    """Preprocessing settings that do not make sense (an unknown field, a bad value)."""
 
 
 # ----------------------------------------------------------------------------- built-in models
@@ -269,11 +265,6 @@ def _unknown_model(name: str) -> ModelNotFoundError:
     )
 
 
-PreprocessingChoice: TypeAlias = Preprocessing | Mapping[str, Any] | None
-"""What ``preprocessing=`` takes: a whole :class:`Preprocessing`, or some of its fields
-(``{"input_size": (96, 96), "mean": (0.5,), "std": (0.5,)}``) over the model's own."""
-
-
 def load_model(
     name: str,
     *,
@@ -360,7 +351,7 @@ def _with_choices(
     device: torch.device,
 ) -> LoadedModel:
     """``loaded`` with the caller's preprocessing and class names (numbered ones said once)."""
-    prep = _chosen_preprocessing(loaded.preprocessing, preprocessing)
+    prep = chosen_preprocessing(loaded.preprocessing, preprocessing)
     names = loaded.class_names
     if not names and not any(t.is_meta for t in loaded.module.parameters()):
         names = numbered_for(loaded.module, prep, device)  # a model of the user's own
@@ -369,62 +360,6 @@ def _with_choices(
     else:
         say_if_numbered(names)
     return replace(loaded, class_names=names, preprocessing=prep)
-
-
-def _chosen_preprocessing(own: Preprocessing, chosen: PreprocessingChoice) -> Preprocessing:
-    """``chosen`` over the model's ``own`` preprocessing (see :data:`PreprocessingChoice`).
-
-    A mapping may also hold ``resize`` (the shorter side before the centre crop, which sets
-    ``crop_pct``); one ``mean`` / ``std`` value stands for every input channel.
-    """
-    if chosen is None:
-        return own
-    if isinstance(chosen, Preprocessing):
-        _channels_checked(chosen.channels, own.channels)
-        return chosen
-    if not isinstance(chosen, Mapping):
-        raise TypeError(
-            "preprocessing must be a Preprocessing or a mapping of its fields, "
-            f"got {type(chosen).__name__}"
-        )
-    fields = dict(chosen)
-    resize = fields.pop("resize", None)
-    for key in ("mean", "std"):
-        if key not in fields:
-            continue
-        if len(fields[key]) == 1 and own.channels > 1:
-            fields[key] = tuple(fields[key]) * own.channels
-        _channels_checked(len(fields[key]), own.channels)
-    try:
-        prep = replace(own, **fields)
-        if resize is not None:
-            prep = replace(prep, crop_pct=_crop_for(prep, resize))
-    except TypeError as e:  # an unknown field name
-        names = ", ".join(f.name for f in dataclasses.fields(Preprocessing))
-        raise PreprocessingError(
-            f"preprocessing takes the fields {names} (and resize); got {chosen!r:.80}"
-        ) from e
-    except ValueError as e:
-        raise PreprocessingError(str(e)) from e
-    return prep
-
-
-def _crop_for(prep: Preprocessing, resize: int) -> float:
-    smaller = min(prep.input_size)
-    if not isinstance(resize, int) or resize < smaller:
-        raise PreprocessingError(
-            f"resize {resize!r} is smaller than the input size {prep.input_size}; resize the "
-            "shorter side to at least the input size (it is then centre-cropped)"
-        )
-    return smaller / resize
-
-
-def _channels_checked(given: int, channels: int) -> None:
-    if given != channels:
-        raise PreprocessingError(
-            f"the mean and std have {given} value(s) but the model takes {channels} "
-            "input channel(s); give one value per channel (or one for all)"
-        )
 
 
 def from_module(
