@@ -145,6 +145,15 @@ def add_forward_hook(
     """``module.register_forward_hook(hook)`` (``before=True``: a forward pre-hook), or a
     :class:`~cnnviz.errors.NotApplicableError` for a TorchScript module, which takes no Python
     hooks: every hook cnnviz sets goes through here, so that refusal is said one way."""
+    require_hooks(module)
+    if before:
+        return module.register_forward_pre_hook(hook)
+    return module.register_forward_hook(hook)
+
+
+def require_hooks(module: nn.Module) -> None:
+    """A :class:`~cnnviz.errors.NotApplicableError` for a TorchScript module (it takes no Python
+    hooks, and none of its submodules is an ``nn.ReLU`` to override), naming what works instead."""
     if isinstance(module, torch.jit.ScriptModule):
         python_class = remedy(
             "--model file.py:Class --weights FILE", 'load_model("file.py:Class", weights=FILE)'
@@ -157,6 +166,3 @@ def add_forward_hook(
             "integrated-gradients, smoothgrad, occlusion, rise), or load the Python class "
             f"({python_class}) or an exported program ({program})"
         )
-    if before:
-        return module.register_forward_pre_hook(hook)
-    return module.register_forward_hook(hook)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from cnnviz.capture.forward import add_forward_hook
+from cnnviz.capture.forward import add_forward_hook, require_hooks
 from cnnviz.capture.hooks import HookOwner
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import Explanation, Method, gradient_pass, register
@@ -108,6 +108,9 @@ class ReluOverride(HookOwner):
         self._inputs: dict[nn.Module, torch.Tensor] = {}
 
     def __enter__(self) -> ReluOverride:
+        require_hooks(
+            self.model
+        )  # a TorchScript model has no nn.ReLU: it would be a plain gradient
         try:
             for name, module in self.model.named_modules():
                 if isinstance(module, self.types):

@@ -216,8 +216,10 @@ class _Page:
         }
 
     def methods(self, top_class: int | None) -> list[dict[str, Any]]:
-        """The "methods compared" section: each method for the top class (or skipped, logged)."""
+        """The "methods compared" section: each method for the top class; the ones that do not
+        apply are skipped and logged, once per reason."""
         entries = []
+        skipped: dict[str, list[str]] = {}
         for name in self.settings.methods:
             # The page states completeness under the picture (method_note), not as a warning.
             quiet = "warn_incomplete" in method_options(get_method(name))
@@ -225,10 +227,13 @@ class _Page:
             try:
                 e = explain(self.loaded, self.x, name, target=top_class, **options)
             except NotApplicableError as error:  # e.g. CAM on a model without a GAP + linear head
-                logger.warning("method %s skipped: %s", name, error)
+                skipped.setdefault(str(error), []).append(name)
                 continue
             label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")
             entries.append({"label": label, "src": self.overlay_uri(e), "note": method_note(e)})
+        for reason, names in skipped.items():
+            s = "s" if len(names) > 1 else ""
+            logger.warning("method%s %s skipped: %s", s, ", ".join(names), reason)
         return entries
 
     def activation_layers(self) -> list[str]:
@@ -304,12 +309,22 @@ def _page(
         "filters": parts.filters,
         "summary": parts.summary,
         "layers": parts.layers,
-        "unavailable": parts.unavailable | page.unavailable,
+        "unavailable": _said_once(page.unavailable | parts.unavailable),
         "thumb": gradcam[0]["src"] if gradcam else saliency["src"],
         "record": record,
         "manifest_json": to_json_text(record),
         "sections": [*sections, "activations", "filters", "summary", "layers", "manifest"],
     }
+
+
+def _said_once(reasons: dict[str, str]) -> dict[str, str]:
+    """Each section's reason, in full the first time; a repeat points back to it."""
+    first: dict[str, str] = {}
+    said: dict[str, str] = {}
+    for section, reason in reasons.items():
+        said[section] = reason if reason not in first else f"as for {first[reason]}, above."
+        first.setdefault(reason, section)
+    return said
 
 
 def method_note(e: Explanation) -> str | None:
