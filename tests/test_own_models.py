@@ -79,232 +79,109 @@ def _saved(module: nn.Module, path: Path, *, prefix: str = "") -> str:
     return str(path)
 
 
-def _torchvision_cases(folder: Path) -> list[OwnCase]:
+def _checkpoint_case(
+    case_id: str,
+    folder: Path,
+    name: str,
+    module: nn.Module,
+    size: int | None,
+    layer: str,
+    prefix: str = "",
+) -> OwnCase:
+    """A zoo architecture with the user's checkpoint (keys under ``prefix``), at ``size``."""
+    weights = folder / f"{case_id}.pth"
+    options = ["--model", name, "--weights", _saved(module, weights, prefix=prefix)]
+    python: dict[str, Any] = {"name": name, "weights": weights}
+    if size is not None:
+        options += ["--input-size", str(size)]
+        python["preprocessing"] = {"input_size": (size, size)}
+    return OwnCase(case_id, options, python, module, layer)
+
+
+def _checkpoint_cases(folder: Path) -> list[OwnCase]:
     torch.manual_seed(0)
     r18 = torchvision.models.resnet18(num_classes=10).eval()
     mobile = torchvision.models.mobilenet_v3_small(num_classes=5).eval()
     ddp = torchvision.models.resnet18(num_classes=3).eval()
-    return [
-        OwnCase(
-            "torchvision-resnet18-10-classes",
-            ["--model", "torchvision:resnet18", "--weights", _saved(r18, folder / "r18.pth")],
-            {"name": "torchvision:resnet18", "weights": folder / "r18.pth"},
-            r18,
-            "layer4",
-        ),
-        OwnCase(
-            "torchvision-mobilenet-v3-small-5-classes",
-            [
-                "--model",
-                "torchvision:mobilenet_v3_small",
-                "--input-size",
-                "96",
-                "--weights",
-                _saved(mobile, folder / "mobile.pth"),
-            ],
-            {
-                "name": "torchvision:mobilenet_v3_small",
-                "weights": folder / "mobile.pth",
-                "preprocessing": {"input_size": (96, 96)},
-            },
-            mobile,
-            "features",
-        ),
-        OwnCase(
-            "ddp-prefixed-checkpoint",
-            [
-                "--model",
-                "torchvision:resnet18",
-                "--input-size",
-                "64",
-                "--weights",
-                _saved(ddp, folder / "ddp.pth", prefix="module."),
-            ],
-            {
-                "name": "torchvision:resnet18",
-                "weights": folder / "ddp.pth",
-                "preprocessing": {"input_size": (64, 64)},
-            },
-            ddp,
-            "layer4",
-        ),
-    ]
-
-
-def _seed_and_timm_cases(folder: Path) -> list[OwnCase]:
-    torch.manual_seed(1)
     vgg = VGG11(num_classes=10).eval()  # the seed's VGG-11, 10-class head (129M parameters)
     grey = timm.create_model("resnet18", pretrained=False, in_chans=1, num_classes=6).eval()
+    resnet18, mobilenet = "torchvision:resnet18", "torchvision:mobilenet_v3_small"
     return [
-        OwnCase(
-            "seed-vgg11-10-classes",
-            [
-                "--model",
-                "vgg11",
-                "--input-size",
-                "64",
-                "--weights",
-                _saved(vgg, folder / "vgg.pth"),
-            ],
-            {
-                "name": "vgg11",
-                "weights": folder / "vgg.pth",
-                "preprocessing": {"input_size": (64, 64)},
-            },
-            vgg,
-            "backbone.conv5_2",
+        _checkpoint_case("torchvision-resnet18-10-classes", folder, resnet18, r18, None, "layer4"),
+        _checkpoint_case(
+            "torchvision-mobilenet-v3-small-5-classes", folder, mobilenet, mobile, 96, "features"
         ),
-        OwnCase(
-            "timm-resnet18-grey",
-            [
-                "--model",
-                "timm:resnet18",
-                "--input-size",
-                "64",
-                "--weights",
-                _saved(grey, folder / "grey.pth"),
-            ],
-            {
-                "name": "timm:resnet18",
-                "weights": folder / "grey.pth",
-                "preprocessing": {"input_size": (64, 64)},
-            },
-            grey,
-            "layer4",
+        _checkpoint_case(
+            "ddp-prefixed-checkpoint", folder, resnet18, ddp, 64, "layer4", prefix="module."
         ),
+        _checkpoint_case("seed-vgg11-10-classes", folder, "vgg11", vgg, 64, "backbone.conv5_2"),
+        _checkpoint_case("timm-resnet18-grey", folder, "timm:resnet18", grey, 64, "layer4"),
     ]
+
+
+def _net_case(
+    case_id: str,
+    folder: Path,
+    model_args: dict[str, Any],
+    options: list[str] | None = None,
+    python: dict[str, Any] | None = None,
+) -> OwnCase:
+    """A case of the class in net.py, built with ``model_args``, its weights saved by the
+    user; ``options`` / ``python`` add to the 48×48 input every such case is given."""
+    module = _user_net(folder, **model_args)
+    weights = folder / f"{case_id}.pth"
+    arg_options = [
+        part
+        for key, value in model_args.items()
+        for part in ("--model-arg", f"{key}={str(value).lower()}")
+    ]
+    spec = f"{folder / 'net.py'}:Net"
+    return OwnCase(
+        case_id,
+        ["--model", spec, *arg_options, "--weights", _saved(module, weights)]
+        + (options or ["--input-size", "48"]),
+        {
+            "name": spec,
+            "model_args": model_args,
+            "weights": weights,
+            "preprocessing": {"input_size": (48, 48)},
+        }
+        | (python or {}),
+        module,
+        "features",
+        logits=(lambda out: out["logits"]) if model_args.get("as_dict") else (lambda out: out),
+    )
 
 
 def _user_cases(folder: Path) -> list[OwnCase]:
     (folder / "net.py").write_text(NET_PY)
-    net_py = str(folder / "net.py")
-    four = _user_net(folder, in_ch=4, classes=3)
-    args = _user_net(folder, classes=7, width=12)
-    as_dict = _user_net(folder, classes=4, as_dict=True)
-    names = _user_net(folder, classes=3)
     (folder / "classes.csv").write_text("index,name\n0,ant\n1,bee\n2,wasp\n")
-    small = _user_net(folder, classes=2)
-    size = ["--input-size", "48"]
+    own_preprocessing = ["--input-size", "96", "--resize", "110"]
+    own_preprocessing += ["--mean", "0.5,0.4,0.3", "--std", "0.2,0.25,0.3"]
     return [
-        OwnCase(
-            "four-channel-cnn",
-            [
-                "--model",
-                f"{net_py}:Net",
-                "--model-arg",
-                "in_ch=4",
-                "--model-arg",
-                "classes=3",
-                *size,
-                "--weights",
-                _saved(four, folder / "four.pth"),
-            ],
-            {
-                "name": f"{net_py}:Net",
-                "model_args": {"in_ch": 4, "classes": 3},
-                "weights": folder / "four.pth",
-                "preprocessing": {"input_size": (48, 48)},
-            },
-            four,
-            "features",
-        ),
-        OwnCase(
-            "user-class-with-arguments",
-            [
-                "--model",
-                f"{net_py}:Net",
-                "--model-arg",
-                "classes=7",
-                "--model-arg",
-                "width=12",
-                *size,
-                "--weights",
-                _saved(args, folder / "args.pth"),
-            ],
-            {
-                "name": f"{net_py}:Net",
-                "model_args": {"classes": 7, "width": 12},
-                "weights": folder / "args.pth",
-                "preprocessing": {"input_size": (48, 48)},
-            },
-            args,
-            "features",
-        ),
-        OwnCase(
-            "dict-output-model",
-            [
-                "--model",
-                f"{net_py}:Net",
-                "--model-arg",
-                "as_dict=true",
-                *size,
-                "--weights",
-                _saved(as_dict, folder / "dict.pth"),
-            ],
-            {
-                "name": f"{net_py}:Net",
-                "model_args": {"as_dict": True},
-                "weights": folder / "dict.pth",
-                "preprocessing": {"input_size": (48, 48)},
-            },
-            as_dict,
-            "features",
-            logits=lambda out: out["logits"],
-        ),
-        OwnCase(
+        _net_case("four-channel-cnn", folder, {"in_ch": 4, "classes": 3}),
+        _net_case("user-class-with-arguments", folder, {"classes": 7, "width": 12}),
+        _net_case("dict-output-model", folder, {"classes": 4, "as_dict": True}),
+        _net_case(
             "class-names-file",
-            [
-                "--model",
-                f"{net_py}:Net",
-                "--model-arg",
-                "classes=3",
-                *size,
-                "--class-names",
-                str(folder / "classes.csv"),
-                "--weights",
-                _saved(names, folder / "names.pth"),
-            ],
-            {
-                "name": f"{net_py}:Net",
-                "model_args": {"classes": 3},
-                "weights": folder / "names.pth",
-                "class_names": folder / "classes.csv",
-                "preprocessing": {"input_size": (48, 48)},
-            },
-            names,
-            "features",
+            folder,
+            {"classes": 3},
+            ["--input-size", "48", "--class-names", str(folder / "classes.csv")],
+            {"class_names": folder / "classes.csv"},
         ),
-        OwnCase(
+        _net_case(
             "input-96-with-own-mean-std",
-            [
-                "--model",
-                f"{net_py}:Net",
-                "--model-arg",
-                "classes=2",
-                "--input-size",
-                "96",
-                "--resize",
-                "110",
-                "--mean",
-                "0.5,0.4,0.3",
-                "--std",
-                "0.2,0.25,0.3",
-                "--weights",
-                _saved(small, folder / "small.pth"),
-            ],
+            folder,
+            {"classes": 2},
+            own_preprocessing,
             {
-                "name": f"{net_py}:Net",
-                "model_args": {"classes": 2},
-                "weights": folder / "small.pth",
                 "preprocessing": {
                     "input_size": (96, 96),
                     "resize": 110,
                     "mean": (0.5, 0.4, 0.3),
                     "std": (0.2, 0.25, 0.3),
-                },
+                }
             },
-            small,
-            "features",
         ),
     ]
 
@@ -346,12 +223,7 @@ def _program_cases(folder: Path) -> list[OwnCase]:
 @pytest.fixture(scope="module")
 def own_cases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, OwnCase]:
     folder = tmp_path_factory.mktemp("own_models")
-    cases = (
-        _torchvision_cases(folder)
-        + _seed_and_timm_cases(folder)
-        + _user_cases(folder)
-        + _program_cases(folder)
-    )
+    cases = _checkpoint_cases(folder) + _user_cases(folder) + _program_cases(folder)
     return {case.id: case for case in cases}
 
 
@@ -438,9 +310,11 @@ def test_own_model_end_to_end(
     item = json.loads((tmp_path / "sal" / "manifest.json").read_text())["items"][0]
     assert item["score"] == pytest.approx(float(plain_logits[0, target]), rel=1e-5, abs=1e-5)
 
-    methods = "gradcam,saliency" if case.cam else "saliency"
-    # the report always draws Grad-CAM (where it applies) and saliency: compare no more methods
+    methods = "gradcam" if case.cam else "saliency"  # saliency's numbers are checked above
+    # the report always draws Grad-CAM (where it applies) and saliency: compare no more methods,
+    # and draw the activations of one layer (each is a figure; their layers are not in question)
     report = ["report", image, *case.options, "--methods", "none", "--out", str(tmp_path / "r")]
+    report += ["--layers", case.layer] if case.cam else []
     code, err = _cli(report, capsys)
     assert code == 0, err
     page = (tmp_path / "r" / "index.html").read_text()
