@@ -217,7 +217,7 @@ def test_offline_without_cache_raises_and_never_downloads(
     message = str(info.value)
     assert "CNNVIZ_OFFLINE" in message
     assert str(hub_checkpoint_path(URL)) in message
-    assert "--weights FILE or --weights random" in message
+    assert 'weights="FILE" or weights="random"' in message
     assert "\n" not in message
     assert calls == []
 

@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
+from cnnviz.cli.main import main
 from cnnviz.errors import CheckpointError, ModelNotFoundError, WeightsUnavailableError
 from cnnviz.inputs.preprocess import Preprocessing, preprocess_image
 from cnnviz.models import (
@@ -180,7 +181,7 @@ def test_vgg11_offline_without_cache_is_one_clear_error(monkeypatch: pytest.Monk
     path = hub_checkpoint_path(torchvision.models.VGG11_BN_Weights.IMAGENET1K_V1.url)
     assert str(path) in message
     assert "run once with network access" in message
-    assert "--weights FILE or --weights random" in message
+    assert 'weights="FILE" or weights="random"' in message  # Python speaks arguments
     assert "\n" not in message
     assert attempts == []
     assert {i.name: i.offline for i in list_models()}["vgg11_bn"] is False
@@ -253,9 +254,14 @@ def test_timm_random_and_fine_tuned_file(tmp_path: Path) -> None:
     _same_logits(from_file.module, tuned, torch.randn(2, 3, 64, 64))
 
 
-def test_timm_pretrained_offline_says_what_to_pass() -> None:
-    with pytest.raises(WeightsUnavailableError, match="--weights FILE or --weights random"):
+def test_timm_pretrained_offline_says_what_to_pass(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(WeightsUnavailableError, match='weights="FILE" or weights="random"'):
         load_model("timm:resnet18")
+    # the command line speaks flags
+    assert main(["filters", "timm:resnet18", "--out", str(tmp_path / "out")]) == 3
+    assert "pass --weights FILE or --weights random" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -131,3 +131,9 @@ def remedy(cli: str, python: str) -> str:
         f"the classes are numbered; name them with {remedy('--class-names FILE', 'class_names=')}"
     """
     return cli if _SPEAKING.get() == "cli" else python
+
+
+def weights_remedy() -> str:
+    """How to do without pretrained weights, said to the caller: ``--weights FILE or --weights
+    random`` on the command line, ``weights="FILE" or weights="random"`` in Python."""
+    return remedy("--weights FILE or --weights random", 'weights="FILE" or weights="random"')

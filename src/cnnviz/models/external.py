@@ -29,6 +29,7 @@ from cnnviz.errors import (
     close_matches,
     error_text,
     remedy,
+    weights_remedy,
 )
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.adapt import (
@@ -295,7 +296,7 @@ def _create_timm(name: str, arch: str, *, pretrained: bool, **kwargs: Any) -> nn
     if offline_mode():
         raise WeightsUnavailableError(
             f"pretrained weights for {name!r} must be downloaded from the Hugging Face hub and "
-            "CNNVIZ_OFFLINE forbids it; pass --weights FILE or --weights random"
+            f"CNNVIZ_OFFLINE forbids it; pass {weights_remedy()}"
         )
     online = hub_reachable()  # if not, the hub client answers from its cache, without retries
     try:
@@ -304,11 +305,11 @@ def _create_timm(name: str, arch: str, *, pretrained: bool, **kwargs: Any) -> nn
         if not online:
             raise WeightsUnavailableError(
                 f"no network: pretrained weights for {name!r} are not in the Hugging Face cache "
-                f"and {HUB_HOST} cannot be reached; pass --weights FILE or --weights random"
+                f"and {HUB_HOST} cannot be reached; pass {weights_remedy()}"
             ) from e
         raise WeightsUnavailableError(
             f"pretrained weights for {name!r} could not be downloaded ({type(e).__name__}: "
-            f"{e}); run with network access, or pass --weights FILE or --weights random"
+            f"{e}); run with network access, or pass {weights_remedy()}"
         ) from e
     check_finite_weights(created.state_dict(), source=f"timm pretrained {arch}")
     return created

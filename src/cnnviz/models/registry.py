@@ -329,7 +329,8 @@ def load_model(
     try:
         loaded.module.to(target)
     except (RuntimeError, AssertionError) as e:  # torch raises AssertionError without CUDA
-        raise DeviceError(f"cannot move {name!r} to {target} ({e}); use --device cpu") from e
+        cpu = remedy("--device cpu", 'device="cpu"')
+        raise DeviceError(f"cannot move {name!r} to {target} ({e}); use {cpu}") from e
     loaded.module.eval()
     loaded = _with_choices(loaded, class_names, preprocessing, target)
     logger.info("loaded %s (%s) with %s on %s", name, loaded.architecture, loaded.weights, target)
