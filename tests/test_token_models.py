@@ -260,3 +260,4 @@ def test_cli_gradcam_on_vit_b_16_exits_2_with_the_reason(
         "saliency, integrated-gradients, smoothgrad, occlusion or rise (CAMs of token maps are "
         "not supported yet)."
     ]
+    assert not (tmp_path / "out").exists()  # refused before any folder is made

@@ -37,7 +37,8 @@ import torch
 from tqdm import tqdm
 
 import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fork (see _ImageFiles)
-from cnnviz.api import announce_default_layer, explain
+from cnnviz.api import announce_default_layer, cam_layer, explain
+from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import resolve_layer
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import (
@@ -404,6 +405,18 @@ class _Run:
         )
 
 
+def _check_cam_layer(loaded: LoadedModel, settings: ExplainSettings) -> None:
+    """Refuse, before any folder is made, the layer of a single CAM method that cannot work
+    (a ViT's patch embedding, a TorchScript program); the automatic choice is made and said."""
+    if settings.method.strip().lower() == ALL_METHODS:
+        return
+    method = get_method(settings.method)
+    if method.needs_layer:
+        module = loaded.module
+        example = as_model_input(module, torch.zeros(1, *loaded.preprocessing.input_shape))
+        cam_layer(module, example, settings.layer, model_name=loaded.name, title=method.title)
+
+
 def explain_files(
     loaded: LoadedModel,
     paths: Sequence[Path],
@@ -432,6 +445,7 @@ def explain_files(
     """
     path_list = [Path(p) for p in paths]
     _validate(loaded, settings, len(path_list))
+    _check_cam_layer(loaded, settings)
     run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings, on_image)
     remove_stale_temp_files(run.out)
     run.find_complete()
