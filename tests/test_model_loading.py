@@ -137,6 +137,22 @@ def test_user_classes_factories_and_instances(tmp_path: Path) -> None:
     torch.testing.assert_close(again.module.fc.weight, mine.fc.weight)
 
 
+def test_a_class_in_an_importable_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "mynets"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "models.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    loaded = load_model("mynets.models:Net", model_args={"classes": 4})
+    assert loaded.architecture == "Net" and len(loaded.class_names) == 4
+    args = ["layers", "mynets.models:make", "--model-arg", "classes=6", "--json"]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[-1]["name"] == "fc" and rows[-1]["output_shape"] == [1, 6]
+
+
 def test_user_model_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "net.py").write_text(NET)
     (tmp_path / "broken.py").write_text("x = 1 / 0\n")
