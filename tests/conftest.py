@@ -6,8 +6,9 @@ Set at import, before any test module imports cnnviz, torch, timm, matplotlib or
 * ``CNNVIZ_CACHE``: the session's cnnviz cache, where ``shapes_vgg11`` is trained once (about
   95–255 s on one core) and reused by later runs: ``<checkout>/build/test-cache`` (``build/``
   is git-ignored), unless the caller already set the variable (CI or a developer sharing one
-  cache), in which case theirs is kept. Never ``~/.cache/cnnviz``. A test that needs an empty cache passes its own
-  ``tmp_path`` (``load_shapes_vgg11(cache_dir=...)`` or ``monkeypatch.setenv``).
+  cache), in which case theirs is kept. Never ``~/.cache/cnnviz``. A test that needs an empty
+  cache passes its own ``tmp_path`` (``load_shapes_vgg11(cache_dir=...)`` or
+  ``monkeypatch.setenv``).
 * ``MPLCONFIGDIR``: matplotlib's font cache goes to ``<session cache>/matplotlib`` rather than
   ``~/.cache/matplotlib`` (again, a caller's own setting is kept).
 
