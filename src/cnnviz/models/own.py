@@ -64,10 +64,17 @@ def load_own(
     else:
         apply_checkpoint(module, load_checkpoint(weights), source=str(weights))
         description = describe_file(weights)
+    return LoadedModel(
+        name, module, type(module).__name__, description, (), imagenet_preprocessing_for(module)
+    )
+
+
+def imagenet_preprocessing_for(module: nn.Module) -> Preprocessing:
+    """ImageNet's preprocessing with one mean and std per input channel of ``module``'s first
+    conv (ImageNet's own when it has none): the default for a model that names none."""
     stem = first_conv(module)
     channels = stem[1].in_channels if stem else None
-    prep = fitted_preprocessing(IMAGENET, CheckpointShape(in_channels=channels))
-    return LoadedModel(name, module, type(module).__name__, description, (), prep)
+    return fitted_preprocessing(IMAGENET, CheckpointShape(in_channels=channels))
 
 
 def count_outputs(module: nn.Module, prep: Preprocessing, device: torch.device) -> int:

@@ -63,12 +63,18 @@ from cnnviz.models.loaded import (
     head_classes,
     numbered_classes,
 )
-from cnnviz.models.own import is_own_model, load_own, numbered_for
+from cnnviz.models.own import (
+    IMAGENET,
+    imagenet_preprocessing_for,
+    is_own_model,
+    load_own,
+    numbered_for,
+)
 from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING
 from cnnviz.models.vgg import VGG11, torchvision_key_map
 
 logger = logging.getLogger(__name__)
-_IMAGENET_PREPROCESSING = Preprocessing()  # bilinear, 256 → 224, ImageNet mean/std
+_IMAGENET_PREPROCESSING = IMAGENET  # bilinear, 256 → 224, ImageNet mean/std
 _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
 
 
@@ -405,17 +411,8 @@ def from_module(
         architecture=type(module).__name__,
         weights="user module",
         class_names=names,
-        preprocessing=preprocessing or _default_preprocessing(module),
+        preprocessing=preprocessing or imagenet_preprocessing_for(module),
     )
-
-
-def _default_preprocessing(module: nn.Module) -> Preprocessing:
-    """ImageNet's preprocessing fitted (:meth:`Preprocessing.with_channels`) to the input channels
-    of the module's first ``nn.Conv2d`` (ImageNet's as it is when it has none)."""
-    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        return _IMAGENET_PREPROCESSING
-    return _IMAGENET_PREPROCESSING.with_channels(convs[0].in_channels)
 
 
 def list_models(*, external: bool = False) -> list[ModelInfo]:

@@ -452,8 +452,9 @@ def explain_files(
     done = len(path_list) - sum(run.pending)
     if done:
         logger.info("%d of %d image(s) already complete; resuming", done, len(path_list))
+    every_method = settings.method.strip().lower() == ALL_METHODS  # one method: checked above
     needs_layer = any(get_method(m).needs_layer for m in run.methods)
-    if settings.layer is None and needs_layer and any(run.pending):
+    if every_method and settings.layer is None and needs_layer and any(run.pending):
         announce_default_layer(loaded)
     try:
         run.process(progress)
