@@ -302,19 +302,22 @@ def test_structure_commands_need_no_weights(
 
     Without ``CNNVIZ_OFFLINE`` this machine has no route to the hubs (tests never reach them):
     ``timm:resnet18`` is the model whose hub client used to retry for a minute. Nearly all of
-    the time is importing torch, torchvision and timm (about 7–9 s on 2 cores), so a run over
-    10 s is timed once more, with the operating system's file cache warm.
+    the time is importing torch, torchvision and timm (about 7–10 s on 2 cores), so the bound
+    is 10 s or those imports plus 3 s, whichever is larger.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("CNNVIZ_OFFLINE", "HF_HUB_OFFLINE")}
     env["TORCH_HOME"] = env["HF_HOME"] = str(tmp_path)  # nothing cached
     if offline_variable:
         env["CNNVIZ_OFFLINE"] = "1"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch, torchvision.models, timm"], check=True)
+    imports = time.perf_counter() - start  # what any program using these libraries pays
     for command in commands:
         run, elapsed = _timed_run(command, env)
-        if elapsed >= 10:
-            elapsed = min(elapsed, _timed_run(command, env)[1])
         assert run.returncode == 0, run.stderr
-        assert elapsed < 10, f"{command} took {elapsed:.1f} s"
+        # 10 s is the goal; on a loaded 2-core machine the imports alone take 7–10 s, so what
+        # cnnviz adds on top of them (the build, one meta forward, no hub) must stay under 3 s
+        assert elapsed < max(10.0, imports + 3.0), f"{command} took {elapsed:.1f} s"
         assert "architecture only: pretrained weights not loaded" in run.stderr
         assert "retry" not in run.stderr.lower() and "Traceback" not in run.stderr
         assert "conv" in run.stdout.lower()
