@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import weakref
 from collections.abc import Sequence
@@ -144,4 +145,5 @@ def explain(
         resolved = cam_layer(module, x, layer, model_name=model_name, title=algorithm.title)
     elif layer is not None:
         logger.info("%s works on the input; layer %r ignored", algorithm.title, layer)
-    return algorithm.explain(module, x, layer=resolved, target=target, class_names=class_names)
+    result = algorithm.explain(module, x, layer=resolved, target=target, class_names=class_names)
+    return dataclasses.replace(result, outlier_percent=algorithm.outlier_percent)

@@ -13,10 +13,12 @@ import enum
 __all__ = [
     "INTERPOLATIONS",
     "SANITY_MODES",
+    "SIGNS",
     "ChannelOrder",
     "DeepFilterView",
     "DeletionBaseline",
     "FilterScale",
+    "MapStyle",
     "SanityMode",
     "values",
 ]
@@ -24,6 +26,25 @@ __all__ = [
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 """The resampling filters of preprocessing (torchvision's ``InterpolationMode`` names)."""
+
+
+SIGNS = ("auto", "positive", "negative", "absolute", "all")
+"""Which evidence a picture shows (``--sign``): the method's own default, the evidence for the
+target, against it, its magnitude, or both signs in a diverging colour map."""
+
+
+class MapStyle(enum.Enum):
+    """How a map is drawn with its image (``--style``)."""
+
+    OVERLAY = "overlay"
+    """The colourised map blended over the image at a fixed ``alpha``."""
+    HEATMAP = "heatmap"
+    """The colourised map alone."""
+    MASKED = "masked"
+    """The image darkened where the map is low: ``image × map``."""
+    ALPHA = "alpha"
+    """The colourised map over the image with its opacity scaled by the map: ``alpha × map``,
+    so the image stays clear where there is no evidence."""
 
 
 class FilterScale(enum.Enum):

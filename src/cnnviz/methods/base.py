@@ -12,7 +12,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from cnnviz.capture.forward import autograd_enabled
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_and_score
 from cnnviz.errors import LayerError, NonFiniteError
-from cnnviz.methods.postprocess import Display, upsample
+from cnnviz.methods.postprocess import Display, parse_sign, to_unit_range, upsample
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,11 @@ class Explanation:
         display: how the raw map is drawn by default (:class:`cnnviz.methods.postprocess.Display`).
         attributions: ``(N, T, C, H, W)`` per-channel input attributions for input-space methods.
         extras: method-specific tensors (e.g. Integrated Gradients' completeness gap).
+        outlier_percent: the share (%) of each map's brightest pixels that saturate its picture
+            (:func:`~cnnviz.methods.postprocess.percentile_normalize`); set from the method's
+            :attr:`Method.outlier_percent` by :func:`cnnviz.explain`.
+        pictures: ``(N, H, W, 3)`` uint8, the images as the model saw them (resized, cropped,
+            un-normalised), for drawing; set by :func:`cnnviz.explain`, ``None`` when unknown.
     """
 
     method: str
@@ -52,10 +57,40 @@ class Explanation:
     display: Display
     attributions: torch.Tensor | None = None
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    outlier_percent: float | None = None
+    pictures: torch.Tensor | None = field(default=None, repr=False)
 
     def upsampled(self) -> torch.Tensor:
         """Raw maps bilinearly resized to the input resolution, ``(N, T, H, W)``."""
         return upsample(self.maps, self.input_size)
+
+    def shown(
+        self,
+        *,
+        sign: Display | str | None = None,
+        outlier_percent: float | Literal["auto"] | None = "auto",
+        size: tuple[int, int] | Literal["input"] | None = "input",
+    ) -> torch.Tensor:
+        """The maps as pictures show them: ``(N, T, H, W)`` float32 in [0, 1] on the CPU.
+
+        Args:
+            sign: which evidence to show: ``"positive"``, ``"negative"``, ``"absolute"`` or
+                ``"all"`` (a :class:`Display`); default: the method's own (:attr:`display`).
+            outlier_percent: share (%) of the brightest pixels that saturate; ``"auto"``: the
+                method's default (:attr:`outlier_percent`: 2 for gradient maps, none for CAMs).
+            size: ``"input"`` (default) upsamples to :attr:`input_size`; ``None`` keeps the
+                maps' own resolution.
+
+        Signed maps (``sign="all"``) come as ``(s + 1) / 2``: 0.5 is no evidence.
+        """
+        display = self.display if sign is None else parse_sign(sign)
+        percent = self.outlier_percent if outlier_percent == "auto" else outlier_percent
+        return to_unit_range(
+            self.maps,
+            display,
+            self.input_size if size == "input" else size,
+            outlier_percent=percent,
+        )
 
 
 class Method(abc.ABC):
@@ -71,6 +106,9 @@ class Method(abc.ABC):
     summary: ClassVar[str]
     needs_layer: ClassVar[bool] = False
     display: Display = Display.POSITIVE  # an instance may change it (e.g. signed saliency)
+    outlier_percent: ClassVar[float | None] = None
+    """Share (%) of a map's brightest pixels its picture saturates by default (gradient maps:
+    :data:`~cnnviz.methods.postprocess.GRADIENT_OUTLIER_PERCENT`)."""
 
     @abc.abstractmethod
     def explain(

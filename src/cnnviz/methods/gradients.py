@@ -33,7 +33,7 @@ from cnnviz.methods.base import (
     gradient_pass,
     register,
 )
-from cnnviz.methods.postprocess import Display
+from cnnviz.methods.postprocess import GRADIENT_OUTLIER_PERCENT, Display
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,7 @@ class Saliency(Method):
     paper = "Simonyan et al., ICLR-W 2014"
     summary = "Gradient of the class score w.r.t. the input pixels, max |·| over colour."
     display = Display.ABSOLUTE
+    outlier_percent = GRADIENT_OUTLIER_PERCENT
 
     def __init__(self, *, signed: bool = False) -> None:
         self.reduction = ChannelReduction.SIGNED_MAX if signed else ChannelReduction.MAX_ABS
@@ -260,6 +261,7 @@ class GradientXInput(Method):
     paper = "Shrikumar et al., arXiv 2016"
     summary = "Input times the gradient of the class score, summed over colour (signed)."
     display = Display.SIGNED
+    outlier_percent = GRADIENT_OUTLIER_PERCENT
 
     def __init__(self, *, reduction: str | ChannelReduction = ChannelReduction.SUM) -> None:
         self.reduction = parse_reduction(reduction)
@@ -301,6 +303,7 @@ class NoisyGradients(Method):
     """
 
     display = Display.ABSOLUTE
+    outlier_percent = GRADIENT_OUTLIER_PERCENT
 
     def __init__(
         self,

@@ -34,7 +34,7 @@ from cnnviz.methods.gradients import (
     input_space_result,
     parse_reduction,
 )
-from cnnviz.methods.postprocess import Display, relu, upsample
+from cnnviz.methods.postprocess import GRADIENT_OUTLIER_PERCENT, Display, relu, upsample
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ class ModifiedReluGradient(Method):
 
     rule: ReluRule
     display = Display.ABSOLUTE
+    outlier_percent = GRADIENT_OUTLIER_PERCENT
 
     def __init__(
         self,
@@ -260,6 +261,7 @@ class GuidedGradCAM(Method):
     summary = "Guided Backprop masked by the upsampled Grad-CAM of a layer."
     needs_layer = True
     display = Display.ABSOLUTE
+    outlier_percent = GRADIENT_OUTLIER_PERCENT
 
     def __init__(
         self,

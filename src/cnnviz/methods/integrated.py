@@ -29,7 +29,7 @@ from cnnviz.methods.gradients import (
     repeated_rows,
 )
 from cnnviz.methods.path_quadrature import adaptive_trapezoid
-from cnnviz.methods.postprocess import Display
+from cnnviz.methods.postprocess import GRADIENT_OUTLIER_PERCENT, Display
 
 logger = logging.getLogger(__name__)
 
@@ -159,6 +159,7 @@ class IntegratedGradients(Method):
     paper = "Sundararajan et al., ICML 2017"
     summary = "Gradients integrated along the straight path from a baseline image (signed)."
     display = Display.SIGNED
+    outlier_percent = GRADIENT_OUTLIER_PERCENT
 
     def __init__(
         self,

@@ -9,19 +9,16 @@ uses a 256-entry lookup table taken once from matplotlib's colormap, so :func:`c
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from cnnviz.errors import CnnvizError, NonFiniteError, close_matches
 from cnnviz.methods.postprocess import Display
+from cnnviz.options import MapStyle
 
 Box = tuple[int, int, int, int]
 """A pixel box ``(x0, y0, x1, y1)``, ``x1``/``y1`` exclusive."""
-
-if TYPE_CHECKING:
-    pass
 
 # Values this far outside [0, 1] are float rounding from normalisation and are clipped silently.
 _UNIT_TOLERANCE = 1e-5
@@ -165,6 +162,45 @@ def overlay(
     colour = colorize(values, cmap)
     blended = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colour.astype(np.float64)
     return np.floor(blended + 0.5).astype(np.uint8)
+
+
+def compose(
+    image: np.ndarray | Image.Image,
+    map01: np.ndarray,
+    *,
+    style: MapStyle | str = MapStyle.OVERLAY,
+    cmap: str = "jet",
+    alpha: float = 0.5,
+    signed: bool = False,
+) -> np.ndarray:
+    """The map drawn with its image in one of the :class:`~cnnviz.options.MapStyle` styles,
+    ``(H, W, 3)`` uint8 at the image's size.
+
+    - ``overlay``: :func:`overlay`, ``(1 − alpha)·image + alpha·colour(map)``;
+    - ``heatmap``: ``colour(map)``;
+    - ``masked``: ``image·map`` (for a ``signed`` map, whose zero is 0.5: ``image·|2·map − 1|``);
+    - ``alpha``: ``(1 − a)·image + a·colour(map)`` with ``a = alpha·map`` per pixel (signed:
+      ``a = alpha·|2·map − 1|``), so the image stays clear where there is no evidence.
+    """
+    style = MapStyle(style) if isinstance(style, str) else style
+    if style is MapStyle.OVERLAY:
+        return overlay(image, map01, cmap=cmap, alpha=alpha)
+    rgb = as_rgb_uint8(image)
+    values = check_unit_range(map01, "The map")
+    if values.ndim != 2:
+        raise ValueError(f"Expected a 2-D map (H, W), got shape {values.shape}")
+    values = np.clip(resize_map(values, rgb.shape[:2]), 0.0, 1.0)
+    if style is MapStyle.HEATMAP:
+        heat: np.ndarray = colorize(values, cmap)
+        return heat
+    strength = np.abs(2.0 * values - 1.0) if signed else values
+    if style is MapStyle.MASKED:
+        blended = rgb.astype(np.float64) * strength[:, :, None]
+    else:
+        weight = float(alpha) * strength[:, :, None]
+        blended = (1.0 - weight) * rgb + weight * colorize(values, cmap).astype(np.float64)
+    composed: np.ndarray = np.floor(blended + 0.5).astype(np.uint8)
+    return composed
 
 
 DIVERGING_CMAP = "bwr"
