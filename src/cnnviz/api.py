@@ -16,8 +16,11 @@ from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.capture.token_models import token_layer_problem
 from cnnviz.errors import LayerError, NotApplicableError
+from cnnviz.inputs.given import ImagesLike, as_batch
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import Explanation, Method, check_finite
 from cnnviz.methods.registry import get_method, make_method, method_options
+from cnnviz.models.own import imagenet_preprocessing_for
 
 if TYPE_CHECKING:
     from cnnviz.models.loaded import LoadedModel
@@ -93,9 +96,18 @@ def unpack_model(model: nn.Module | LoadedModel) -> tuple[nn.Module, Sequence[st
     return module, getattr(model, "class_names", None)
 
 
+def model_preprocessing(model: nn.Module | LoadedModel, module: nn.Module) -> Preprocessing:
+    """The preprocessing images get for ``model``: a LoadedModel's own, else ImageNet's with one
+    mean and std per input channel of the module's first conv (as :func:`cnnviz.from_module`)."""
+    prep = getattr(model, "preprocessing", None)
+    if isinstance(prep, Preprocessing):
+        return prep
+    return imagenet_preprocessing_for(module)
+
+
 def explain(
     model: nn.Module | LoadedModel,
-    images: torch.Tensor,
+    images: ImagesLike,
     method: str | Method = "gradcam",
     *,
     layer: LayerRef | None = None,
@@ -107,8 +119,10 @@ def explain(
 
     Args:
         model: an ``nn.Module`` or a :class:`~cnnviz.models.LoadedModel` (which brings class names).
-        images: ``(N, C, H, W)`` or ``(C, H, W)``, already preprocessed; moved to the model's
-            device and dtype (float64 for a ``model.double()``).
+        images: an image file path, a list of paths, a PIL image or a NumPy array ``(H, W[, C])``
+            (each read in the model's channel mode and preprocessed with the model's own
+            preprocessing: a LoadedModel's, else ImageNet's), or a tensor ``(N, C, H, W)`` /
+            ``(C, H, W)`` already preprocessed; moved to the model's device and dtype.
         method: a registry name (``cnnviz methods``) or a :class:`~cnnviz.methods.base.Method`.
         layer: for CAM methods, a dotted name, unique suffix or module; default: the last
             spatial layer (:func:`~cnnviz.capture.layers.auto_cam_layer`, logged).
@@ -120,7 +134,14 @@ def explain(
             unless one is given.
 
     Returns:
-        An :class:`~cnnviz.methods.base.Explanation` with raw signed maps ``(N, T, h, w)``.
+        An :class:`~cnnviz.methods.base.Explanation` with raw signed maps ``(N, T, h, w)``; it
+        shows itself in a notebook, and ``.plot()``, ``.show()``, ``.to_pil()``, ``.save()``
+        draw it over the images as the model saw them.
+
+    Example::
+
+        >>> e = cnnviz.explain(cnnviz.load_model("efficientnet_lite0"), "coffee.jpg", "gradcam")
+        >>> e.targets.labels, e.probabilities
 
     The model is left as found: its training flags, parameters' ``requires_grad`` and ``.grad``,
     device and hooks.
@@ -137,7 +158,8 @@ def explain(
         if prep is not None and "preprocessing" in method_options(get_method(method)):
             options.setdefault("preprocessing", prep)
         algorithm = make_method(method, **options)
-    x = as_model_input(module, images)
+    given = as_batch(images, model_preprocessing(model, module))
+    x = as_model_input(module, given.x)
     check_finite(x, "The input image batch")
     resolved: str | None = None
     if algorithm.needs_layer:
@@ -146,4 +168,6 @@ def explain(
     elif layer is not None:
         logger.info("%s works on the input; layer %r ignored", algorithm.title, layer)
     result = algorithm.explain(module, x, layer=resolved, target=target, class_names=class_names)
-    return dataclasses.replace(result, outlier_percent=algorithm.outlier_percent)
+    return dataclasses.replace(
+        result, outlier_percent=algorithm.outlier_percent, pictures=given.pictures
+    )

@@ -1,5 +1,5 @@
-"""Model summary (parameters, output shapes, mult-adds per module) and the layer table (as
-text: :mod:`cnnviz.inspect.tables`).
+"""Model summary (parameters, output shapes, mult-adds per module) and the layer table (their
+row types and how they print: :mod:`cnnviz.inspect.tables`).
 
 Ideas from torchinfo, our own code. Everything here leaves the model exactly as found: one forward
 pass on a zero input under ``torch.no_grad()`` in eval mode (each module's ``training`` flag is
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,68 +42,36 @@ from cnnviz.capture.forward import (
 from cnnviz.capture.hooks import ForwardError
 from cnnviz.capture.layers import alias_of, trace_layers
 from cnnviz.errors import CnnvizError
+from cnnviz.inspect.tables import OWN, LayerRow, LayerTable, ModelSummary, SummaryRow
+from cnnviz.models.loaded import LoadedModel, input_shape_of, module_of
 
-OWN = "<own>"
-"""Last name component of a row holding the parameters a parent registers next to its children."""
+__all__ = [
+    "OWN",
+    "LayerRow",
+    "LayerTable",
+    "ModelSummary",
+    "SummaryRow",
+    "count_parameters",
+    "count_params",
+    "layer_table",
+    "summarize",
+]
+
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _CONV_TRANSPOSE = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
-@dataclass(frozen=True)
-class SummaryRow:
-    """One row of a :class:`ModelSummary`: a module (or a parent's own parameters).
+def count_params(model: nn.Module | LoadedModel) -> int:
+    """All parameters of ``model`` (a module, a submodule or a LoadedModel), shared tensors
+    counted once: the exercise's ``get_module_params_num``, done right
+    (:func:`count_parameters` splits trainable and frozen).
 
-    ``params``/``trainable``/``frozen``/``mult_adds`` cover the whole subtree of the module.
-    ``output_shape`` is the shape of the module's first output, batch dimension (1) included;
-    ``None`` when the output is not a single tensor or the module never ran.
+    Example:
+        >>> count_params(torch.nn.Conv2d(3, 64, 3))  # 64·3·3·3 weights + 64 biases
+        1792
     """
-
-    name: str
-    type: str
-    depth: int
-    output_shape: tuple[int, ...] | None
-    params: int
-    trainable: int
-    frozen: int
-    mult_adds: int
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
-        shape = list(self.output_shape) if self.output_shape is not None else None
-        return {
-            "name": self.name,
-            "type": self.type,
-            "depth": self.depth,
-            "output_shape": shape,
-            "params": self.params,
-            "trainable": self.trainable,
-            "frozen": self.frozen,
-            "mult_adds": self.mult_adds,
-        }
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """The result of :func:`summarize`; ``input_size`` is one image, without the batch dimension."""
-
-    rows: tuple[SummaryRow, ...]
-    total_params: int
-    trainable_params: int
-    frozen_params: int
-    total_mult_adds: int
-    input_size: tuple[int, ...]
-
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form (for manifests and the report)."""
-        return {
-            "input_size": list(self.input_size),
-            "total_params": self.total_params,
-            "trainable_params": self.trainable_params,
-            "frozen_params": self.frozen_params,
-            "total_mult_adds": self.total_mult_adds,
-            "rows": [row.to_dict() for row in self.rows],
-        }
+    return sum(count_parameters(module_of(model)))
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
@@ -129,8 +96,8 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 def summarize(
-    model: nn.Module,
-    input_size: Sequence[int] = (3, 224, 224),
+    model: nn.Module | LoadedModel,
+    input_size: Sequence[int] | None = None,
     *,
     depth: int | None = None,
     device: torch.device | str | None = None,
@@ -148,8 +115,10 @@ def summarize(
     ``params``, ``trainable``, ``frozen`` and ``mult_adds`` sum exactly to the totals.
 
     Args:
-        model: the model; left exactly as found (see the module docstring).
-        input_size: the shape of one input without the batch dimension, e.g. ``(3, 224, 224)``.
+        model: the model or a LoadedModel; left exactly as found (see the module docstring).
+        input_size: the shape of one input without the batch dimension, e.g. ``(3, 224, 224)``;
+            default: a LoadedModel's input, else ``(C, 224, 224)`` with ``C`` the first conv's
+            input channels (:func:`~cnnviz.models.loaded.input_shape_of`).
         depth: deepest level shown, ``None`` for all.
         device: where to run; must be the model's device (default), which is never changed.
 
@@ -164,9 +133,8 @@ def summarize(
         ForwardError: the forward pass fails on a zero input of this size.
         ValueError: bad ``input_size``/``depth``, or ``device`` differs from the model's.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    size = _checked_size(input_size)
+    size = _checked_size(input_shape_of(model) if input_size is None else input_size)
+    model = module_of(model)
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 0):
         raise ValueError(f"depth must be None or an integer ≥ 0, got {depth!r}")
     run_on = _checked_device(model, device)
@@ -259,35 +227,20 @@ def _trace_shapes_and_mult_adds(
     return shapes, own_mult_adds
 
 
-@dataclass(frozen=True)
-class LayerRow:
-    """One module in :func:`layer_table`.
-
-    ``alias`` is the shortest unique suffix that names the layer too (``None`` when the full name
-    is already the shortest); ``output_shape`` includes the batch dimension (1) and is ``None``
-    when the output is not one tensor, the module did not run, or no input size was given;
-    ``params`` covers the module's subtree, counted as in :func:`summarize`.
-    """
-
-    name: str
-    alias: str | None
-    type: str
-    output_shape: tuple[int, ...] | None
-    params: int
-
-
-def layer_table(
-    model: nn.Module, input_size: Sequence[int] | None = (3, 224, 224)
-) -> list[LayerRow]:
+def layer_table(model: nn.Module, input_size: Sequence[int] | None = (3, 224, 224)) -> LayerTable:
     """Every named module of ``model`` (the root excluded) in definition order.
 
     Output shapes come from one forward pass on a zero input of ``input_size`` (one image,
     without the batch dimension; for a module that runs more than once, its first call);
-    ``input_size=None`` skips the forward pass and leaves every shape ``None``. The model is left
-    as found, as in :func:`summarize`.
+    ``input_size=None`` skips the forward pass and leaves every shape ``None``; ``"auto"`` takes
+    the input of :func:`summarize`'s default. The model is left as found, as in
+    :func:`summarize`.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(input_size, str):
+        if input_size != "auto":
+            raise ValueError(f"input_size must be a shape, None or 'auto', got {input_size!r}")
+        input_size = input_shape_of(model)
+    model = module_of(model)
     shapes: dict[str, tuple[int, ...] | None] = {}
     if input_size is not None:
         size = _checked_size(input_size)
@@ -304,11 +257,11 @@ def layer_table(
     names = [name for name, _ in modules]
     own = _own_parameters(modules)
     params = _subtree_sums(names, {name: t + f for name, (t, f) in own.items()})
-    return [
+    return LayerTable(
         LayerRow(name, alias_of(model, name), type(module).__name__, shapes.get(name), params[name])
         for name, module in modules
         if name
-    ]
+    )
 
 
 # -- counting ------------------------------------------------------------------------------------

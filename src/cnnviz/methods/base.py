@@ -9,10 +9,12 @@ nothing else: hooks (:class:`cnnviz.capture.hooks.LayerCapture`), targets
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -23,8 +25,16 @@ from cnnviz.capture.targets import Targets, TargetSpec, logits_of, resolve_and_s
 from cnnviz.errors import LayerError, NonFiniteError
 from cnnviz.methods.postprocess import Display, parse_sign, to_unit_range, upsample
 
+if TYPE_CHECKING:
+    import numpy as np
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+    from PIL.Image import Image as PILImage
 
-@dataclass(frozen=True)
+    from cnnviz.render.explanation import Drawing
+
+
+@dataclass(frozen=True, repr=False)
 class Explanation:
     """The immutable result of one method on one batch.
 
@@ -90,6 +100,140 @@ class Explanation:
             display,
             self.input_size if size == "input" else size,
             outlier_percent=percent,
+        )
+
+    # -- showing the result (drawing is the render stage's: imported on use, see below) -------
+
+    def drawing(
+        self, *, sign: Display | str | None = None, outlier_percent: float | str | None = "auto"
+    ) -> Drawing:
+        """What :meth:`plot` draws: the shown maps, pictures, labels and probabilities."""
+        # lazy: the render stage draws results; it imports nothing of this module back
+        from cnnviz.render.explanation import Drawing
+
+        display = self.display if sign is None else parse_sign(sign)
+        percent = self.outlier_percent if outlier_percent == "auto" else outlier_percent
+        if isinstance(percent, str):
+            raise ValueError(f"outlier_percent must be a number, None or 'auto', got {percent!r}")
+        title = getattr(_REGISTRY.get(self.method), "title", self.method)
+        return Drawing(
+            shown=self.shown(sign=display, outlier_percent=percent).numpy(),
+            pictures=None if self.pictures is None else self.pictures.cpu().numpy(),
+            labels=self.targets.labels,
+            probabilities=(
+                None if self.probabilities is None else self.probabilities.float().cpu().numpy()
+            ),
+            method_title=str(title),
+            layer=self.layer,
+            display=display,
+            outlier_percent=percent,
+        )
+
+    def plot(
+        self,
+        ax: Axes | None = None,
+        *,
+        image: int = 0,
+        target: int = 0,
+        style: str = "overlay",
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        sign: Display | str | None = None,
+        outlier_percent: float | str | None = "auto",
+        colorbar: bool = True,
+    ) -> Figure:
+        """The result as a figure: one panel per image (rows) and target (columns), each titled
+        with its class and probability, under the method and layer, with a colour bar that says
+        what the colours mean (:func:`cnnviz.render.explanation.explanation_figure`).
+
+        With ``ax``, only panel (``image``, ``target``) is drawn, into ``ax``, and ``ax``'s
+        figure returned. ``style``: ``overlay``, ``heatmap``, ``masked`` or ``alpha``; ``sign``:
+        ``positive``, ``negative``, ``absolute`` or ``all``; ``outlier_percent``: the share of
+        the brightest pixels that saturate (default: the method's, 2 % for gradient maps).
+
+        Example::
+
+            >>> e = cnnviz.explain(model, "coffee.jpg", "gradcam")
+            >>> e.plot().savefig("gradcam.png")
+        """
+        # lazy: the render stage draws results; it imports nothing of this module back
+        from cnnviz.render.explanation import draw_panel, explanation_figure
+
+        drawing = self.drawing(sign=sign, outlier_percent=outlier_percent)
+        if ax is not None:
+            draw_panel(ax, drawing, image, target, style=style, cmap=cmap, alpha=alpha)
+            return ax.figure  # type: ignore[return-value]  # a SubFigure only for subfigure axes
+        return explanation_figure(drawing, style=style, cmap=cmap, alpha=alpha, colorbar=colorbar)
+
+    def show(self, **options: Any) -> None:
+        """Show :meth:`plot` (same options): inline in a notebook, in a window in a script."""
+        self.plot(**options).show()
+
+    def to_pil(
+        self,
+        image: int = 0,
+        target: int = 0,
+        *,
+        style: str = "overlay",
+        cmap: str = "jet",
+        alpha: float = 0.5,
+        sign: Display | str | None = None,
+        outlier_percent: float | str | None = "auto",
+    ) -> PILImage:
+        """One map drawn with its image (``style`` as in :meth:`plot`) at the input's size."""
+        # lazy: the render stage draws results; it imports nothing of this module back
+        from cnnviz.render.explanation import panel_image
+
+        drawing = self.drawing(sign=sign, outlier_percent=outlier_percent)
+        return panel_image(drawing, image, target, style=style, cmap=cmap, alpha=alpha)
+
+    def to_numpy(
+        self,
+        *,
+        raw: bool = False,
+        sign: Display | str | None = None,
+        outlier_percent: float | str | None = "auto",
+    ) -> np.ndarray:
+        """The maps as NumPy: shown (``(N, T, H, W)`` in [0, 1] at the input's size, as
+        :meth:`plot` draws them), or with ``raw=True`` the raw signed maps ``(N, T, h, w)``."""
+        if raw:
+            return self.maps.detach().float().cpu().numpy()
+        return self.drawing(sign=sign, outlier_percent=outlier_percent).shown
+
+    def save(
+        self, folder: str | os.PathLike[str], *, stem: str | None = None, **options: Any
+    ) -> list[Path]:
+        """Write the figure (``<stem>.png``), one picture per image and target and the raw maps
+        (``<stem>.npy``) into ``folder``; returns the paths. ``stem`` defaults to the method."""
+        # lazy: the render stage draws results; it imports nothing of this module back
+        from cnnviz.render.explanation import save_drawing
+
+        drawn = {k: options.pop(k) for k in ("sign", "outlier_percent") if k in options}
+        return save_drawing(
+            self.drawing(**drawn),
+            self.to_numpy(raw=True),
+            Path(folder),
+            stem=stem or self.method,
+            **options,
+        )
+
+    def _repr_png_(self) -> bytes:
+        # lazy: the render stage draws results; it imports nothing of this module back
+        from cnnviz.render.canvas import figure_to_png_bytes
+
+        return figure_to_png_bytes(self.plot())
+
+    def _repr_html_(self) -> str:
+        # lazy: the render stage draws results; it imports nothing of this module back
+        from cnnviz.render.explanation import explanation_html
+
+        return explanation_html(self.drawing(), self._repr_png_())
+
+    def __repr__(self) -> str:
+        labels = ", ".join(dict.fromkeys(label for row in self.targets.labels for label in row))
+        return (
+            f"Explanation(method={self.method!r}, layer={self.layer!r}, "
+            f"maps={tuple(self.maps.shape)}, targets=[{labels[:80]}])"
         )
 
 

@@ -20,7 +20,7 @@ WeightsChoice: TypeAlias = Path | Literal["pretrained", "random"]
 RANDOM_INIT = "random init"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class LoadedModel:
     """A model ready to explain: the module and what it needs around it (built-in models come
     in eval mode; a module from :func:`from_module` is left as found)."""
@@ -34,6 +34,39 @@ class LoadedModel:
     """Where the weights came from, for people: ``"random init"``, ``"file <path>"``, …"""
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
+
+    def __repr__(self) -> str:
+        shown = ", ".join(self.class_names[:3]) + (", …" if len(self.class_names) > 3 else "")
+        return (
+            f"LoadedModel({self.name!r}: {self.architecture}; weights: {self.weights}; "
+            f"{len(self.class_names)} classes [{shown}]; input {self.preprocessing.input_shape})"
+        )
+
+
+def module_of(model: nn.Module | LoadedModel) -> nn.Module:
+    """The ``nn.Module`` of a module or a :class:`LoadedModel` (anything with a ``.module``).
+
+    Raises:
+        TypeError: neither.
+    """
+    if isinstance(model, nn.Module):
+        return model
+    module = getattr(model, "module", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module or a cnnviz LoadedModel, got {type(model).__name__}"
+        )
+    return module
+
+
+def input_shape_of(model: nn.Module | LoadedModel) -> tuple[int, int, int]:
+    """One input's ``(C, H, W)``: a LoadedModel's preprocessing's, else ``(C, 224, 224)`` with
+    ``C`` the first Conv2d's input channels (3 when there is none)."""
+    if isinstance(model, LoadedModel):
+        return model.preprocessing.input_shape
+    module = module_of(model)
+    conv = next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+    return (conv.in_channels if conv is not None else 3, 224, 224)
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,12 @@
 """Matplotlib figures: every figure cnnviz draws (filters, activations, maps, evaluation, sanity).
 
-Figures are built with the object-oriented API (``matplotlib.figure.Figure`` with an Agg canvas),
-never ``pyplot``, so no global figure state is created or leaked; matplotlib itself is imported
-only when a figure is made.
+Figures are built with the object-oriented API on :class:`~cnnviz.render.canvas.InlineFigure`
+(a ``Figure`` with its own Agg canvas that shows itself in Jupyter), never ``pyplot``, so no
+global figure state is created or leaked.
 """
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -15,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from cnnviz.errors import NonFiniteError, positive_int
+from cnnviz.render.canvas import figure_to_png_bytes as figure_to_png_bytes  # re-exported
+from cnnviz.render.canvas import new_figure
 from cnnviz.render.colours import as_rgb_uint8, colormap_lut, overlay
 from cnnviz.render.grids import describe_array, image_grid
 
@@ -22,27 +23,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from cnnviz.metrics.sanity import SanityResult
-
-
-def new_figure(width: float, height: float, dpi: int) -> Figure:
-    """A Figure with its own Agg canvas and constrained layout, outside pyplot's registry."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is heavy
-    from matplotlib.figure import Figure  # lazy: matplotlib is heavy
-
-    fig = Figure(figsize=(width, height), dpi=dpi, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def figure_to_png_bytes(fig: Figure, *, dpi: int | None = None) -> bytes:
-    """Render ``fig`` (Agg) to PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # lazy: matplotlib is heavy
-
-    if not isinstance(fig.canvas, FigureCanvasAgg):
-        FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi if dpi is not None else fig.dpi)
-    return buffer.getvalue()
 
 
 def filters_figure(

@@ -26,6 +26,7 @@ from cnnviz.data.samples import bundled_samples
 from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
 from cnnviz.errors import LayerError, NotApplicableError
 from cnnviz.inputs.decode import LoadedImage, load_inputs
+from cnnviz.inputs.images import find_images
 from cnnviz.inspect.activations import ChannelOrder, capture_activations, select_channels
 from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
 from cnnviz.inspect.summary import layer_table, summarize
@@ -35,6 +36,7 @@ from cnnviz.methods.postprocess import to_unit_range
 from cnnviz.methods.registry import get_method, method_options
 from cnnviz.metrics.faithfulness import class_logits
 from cnnviz.models.loaded import LoadedModel
+from cnnviz.models.registry import from_module
 from cnnviz.outputs.files import atomic_write_bytes, to_json_text, write_png
 from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
 from cnnviz.render.colours import Box, colormap_for, draw_box, overlay, to_uint8
@@ -339,18 +341,33 @@ def method_note(e: Explanation) -> str | None:
 
 
 def build_report(
-    loaded: LoadedModel,
-    paths: Sequence[Path],
-    out: Path,
+    model: LoadedModel | nn.Module,
+    paths: Sequence[str | Path] | str | Path,
+    out: str | Path,
     settings: ReportSettings | None = None,
     *,
     boxes: dict[Path, Box] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Write ``out/<image>.html`` per image, ``out/index.html`` and ``out/manifest.json``.
+    """Write ``out/<image>.html`` per image, ``out/index.html`` and ``out/manifest.json``: what
+    ``cnnviz report`` writes, from Python.
+
+    Args:
+        model: a LoadedModel, or your own ``nn.Module`` (wrapped by :func:`cnnviz.from_module`:
+            numbered classes, ImageNet preprocessing).
+        paths: image files, or a folder (or one file).
+        out: the folder to write.
 
     Returns the manifest as a dict, with ``index`` (path of the index page) added.
+
+    Example::
+
+        >>> cnnviz.build_report(cnnviz.load_model("shapes_vgg11"), ["a.png"], "report")["index"]
+        'report/index.html'
     """
+    loaded = model if isinstance(model, LoadedModel) else from_module(model)
+    files = find_images(paths) if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    out = Path(out)
     settings = settings or ReportSettings()
     boxes = boxes or {}
     out.mkdir(parents=True, exist_ok=True)
@@ -359,9 +376,9 @@ def build_report(
     failures: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
-    bar = tqdm(total=len(paths), desc="report", unit="img", disable=not progress or len(paths) < 2)
+    bar = tqdm(total=len(files), desc="report", unit="img", disable=not progress or len(files) < 2)
     try:
-        for item in load_inputs(loaded, list(paths), failures):
+        for item in load_inputs(loaded, files, failures):
             page = _page(loaded, item, parts, settings, boxes.get(item.path))
             href = f"{item.stem}.html"
             atomic_write_bytes(out / href, render_page("report.html.j2", page=page).encode("utf-8"))
@@ -378,12 +395,12 @@ def build_report(
             bar.update(1)
     finally:
         bar.close()
-    model = model_record(loaded)
-    index_html = render_page("index.html.j2", model=model, pages=index_entries, failures=failures)
+    record = model_record(loaded)
+    index_html = render_page("index.html.j2", model=record, pages=index_entries, failures=failures)
     atomic_write_bytes(out / "index.html", index_html.encode("utf-8"))
     manifest = Manifest(
         command="report",
-        model=model,
+        model=record,
         method="report",
         items=tuple(items),
         failures=tuple(failures),
