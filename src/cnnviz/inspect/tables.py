@@ -44,7 +44,7 @@ class SummaryRow:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class ModelSummary:
     """The result of :func:`summarize`; ``input_size`` is one image, without the batch dimension."""
 
@@ -57,6 +57,12 @@ class ModelSummary:
 
     def __str__(self) -> str:
         return format_summary(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<ModelSummary: {len(self.rows)} rows, {self.total_params:,} parameters, "
+            f"{self.total_mult_adds:,} mult-adds per image; print() it or show it in a notebook>"
+        )
 
     def _repr_html_(self) -> str:
         return summary_html(self)
