@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 DEMO_OUT ?= cnnviz-demo
 
-.PHONY: demo test lint typecheck unit install dev clean browser
+.PHONY: demo test checks lint typecheck unit test-cache install dev clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,20 @@ typecheck: $(VENV)/.dev-installed
 
 # Plain pytest, so a developer's own `pytest` runs the same suite: tests/conftest.py does all the
 # isolation (offline, empty TORCH_HOME, shapes_vgg11 cached once in build/test-cache, never ~/.cache).
+# One worker per core (pytest-xdist); each uses one torch thread (conftest).
 unit: $(VENV)/.dev-installed browser
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n auto --durations=15
+
+# The tests' shapes_vgg11 (trained once on one thread, 1.5–4 min, then cached in build/test-cache,
+# or in $$CNNVIZ_CACHE when set, as in conftest). `make test` trains it while ruff, mypy and the
+# first tests run; tests that need it wait on its lock file.
+test-cache: $(VENV)/.dev-installed
+	CNNVIZ_CACHE="$${CNNVIZ_CACHE:-$(CURDIR)/build/test-cache}" CNNVIZ_OFFLINE=1 $(BIN)/python -c \
+	  "from cnnviz.models.shapes_vgg11 import load_shapes_vgg11; load_shapes_vgg11()"
+
+checks:
+	@$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory typecheck && \
+	  $(MAKE) --no-print-directory unit
 
 # Headless Chromium for the report-rendering test (Debian's package). Best effort: when it
 # cannot be installed, that one test is skipped and says why.
@@ -48,7 +60,8 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "chromium could not be installed; the browser test will be skipped"
 
-test: lint typecheck unit
+test: $(VENV)/.dev-installed browser
+	@$(MAKE) --no-print-directory -j2 checks test-cache
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,7 @@ Set at import, before any test module imports cnnviz, torch, timm, matplotlib or
   ``monkeypatch.setenv``).
 * ``MPLCONFIGDIR``: matplotlib's font cache goes to ``<session cache>/matplotlib`` rather than
   ``~/.cache/matplotlib`` (again, a caller's own setting is kept).
+* ``OMP_NUM_THREADS=1`` in a pytest-xdist worker (``make unit`` runs one per core), unless set.
 
 ``TORCH_HOME`` and the ``XDG_*`` folders point at fresh temporary directories for the whole
 session, so no test sees weights cached on the developer's machine and the programs tests start
@@ -41,6 +42,9 @@ if not CACHE_SET_BY_CALLER:
 SESSION_CACHE = Path(os.environ["CNNVIZ_CACHE"]).expanduser()
 if not os.environ.get("MPLCONFIGDIR"):
     os.environ["MPLCONFIGDIR"] = str(SESSION_CACHE / "matplotlib")
+if os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("OMP_NUM_THREADS"):
+    # `make unit` runs one pytest worker per core: one torch thread each, not cores² in all
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 XDG_DIRS = ("XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME")
