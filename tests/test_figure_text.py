@@ -272,5 +272,8 @@ def test_wrap_text_breaks_at_spaces_then_after_dots() -> None:
     )
     assert figures.wrap_text("x" * 10, 4) == "xxxx\nxxxx\nxx"
     assert figures.wrap_text("one\ntwo three", 20) == "one\ntwo three"
+    assert figures.wrap_text("Filters of conv1 (64, 3, 3, 3): all", 20) == (
+        "Filters of conv1\n(64, 3, 3, 3): all"
+    )
     # At 12 pt and 0.64 em per glyph, 4 inches hold 37 characters.
     assert max(len(line) for line in figures.fit_text("word " * 40, 4.0).split("\n")) <= 37

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
     from cnnviz.metrics.sanity import SanityResult
 
-# Font sizes in points at matplotlib's default 10-pt font: titles ("large"), "small", "x-small".
-TITLE_PT, SMALL_PT, X_SMALL_PT = 12.0, 8.33, 6.94
+# Font sizes in points at matplotlib's default 10-pt font: "large" (titles), "medium", "small",
+# "x-small".
+TITLE_PT, MEDIUM_PT, SMALL_PT, X_SMALL_PT = 12.0, 10.0, 8.33, 6.94
 # The widest average glyph of a title in DejaVu Sans, in ems (digits 0.64, capitals up to 0.72).
 _EM_WIDTH = 0.64
 
@@ -58,8 +59,9 @@ def figure_to_png_bytes(fig: Figure, *, dpi: int | None = None) -> bytes:
 
 
 def wrap_text(text: str, width: int) -> str:
-    """``text`` wrapped greedily to lines of at most ``width`` characters, at spaces; a word
-    longer than a line is broken after a ``.``, ``_``, ``-`` or ``/`` (a layer name such as
+    """``text`` wrapped greedily to lines of at most ``width`` characters, at spaces outside
+    parentheses (a shape ``(64, 3, 3, 3)`` stays on one line); a word longer than a line is
+    broken after a ``.``, ``_``, ``-`` or ``/`` (a layer name such as
     ``features.denseblock4.denselayer16.conv2``), else anywhere. Line breaks in ``text`` stay.
 
     Example:
@@ -72,7 +74,7 @@ def wrap_text(text: str, width: int) -> str:
     lines: list[str] = []
     for paragraph in text.split("\n"):
         line = ""
-        for word in paragraph.split():
+        for word in re.findall(r"\([^()]*\)\S*|\S+", paragraph):  # a "(3, 3)" stays whole
             pieces = [word] if len(word) <= width else _word_pieces(word, width)
             for k, piece in enumerate(pieces):
                 gap = " " if k == 0 and line else ""
@@ -177,14 +179,14 @@ def filters_figure(
     cols = min(ncols if ncols is not None else math.ceil(math.sqrt(n)), n)
     grid = image_grid(list(tiles), ncols=cols, pad=1, pad_value=255)
     width = max(4.0, cols * tile_inches)
-    heading = fit_text(title, width - 0.3)
+    heading = fit_text(title, width - 0.3, MEDIUM_PT)
     lines = heading.count("\n") + 1 + (2 if caption else 0)
-    height = width * grid.shape[0] / grid.shape[1] + 0.3 + 0.22 * lines
+    height = width * grid.shape[0] / grid.shape[1] + 0.3 + 0.2 * lines
     fig = new_figure(width, height, dpi)
     ax = fig.add_subplot()
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255)
     ax.set_axis_off()
-    fig.suptitle(heading)
+    fig.suptitle(heading, fontsize="medium")
     if caption:
         ax.set_title(fit_text(caption, width - 0.3, SMALL_PT), fontsize="small")
     return fig
