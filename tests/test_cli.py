@@ -78,7 +78,18 @@ def test_filters_and_activations(tmp_path: Path) -> None:
     assert main(["-q", "filters", "--out", str(tmp_path / "f")]) == 0
     manifest = json.loads((tmp_path / "f" / "manifest.json").read_text())
     assert manifest["layer"] == "conv_stem"
-    assert manifest["items"][0]["weight_shape"] == [32, 3, 3, 3]
+    (item,) = manifest["items"]
+    assert item["weight_shape"] == [32, 3, 3, 3]
+    assert (item["filters_shown"], item["filters_total"]) == (32, 32)
+    from PIL import Image
+
+    # 32 tiles of 3×3 in 6 columns, magnified ⌈256 / 18⌉ = 15× with 2-pixel gaps (was 25×25).
+    sheet = Image.open(tmp_path / "f" / item["files"]["tiles"])
+    assert sheet.size == (2 + 6 * 47, 2 + 6 * 47)
+    argv = ["-q", "filters", "--layer", "blocks.1.0.conv_dw", "--out", str(tmp_path / "d")]
+    assert main(argv) == 0
+    (item,) = json.loads((tmp_path / "d" / "manifest.json").read_text())["items"]
+    assert (item["filters_shown"], item["filters_total"]) == (64, 96)  # "first 64 of 96"
     code = main(
         [
             "-q",
@@ -193,6 +204,7 @@ def test_method_all_draws_one_grid_and_skips_what_cannot_run(tmp_path: Path) -> 
     from cnnviz.inputs.preprocess import Preprocessing
     from cnnviz.methods.registry import method_names
     from cnnviz.models import from_module
+    from cnnviz.render.grids import grid_shape
     from cnnviz.runs.explain import ExplainSettings, explain_files
 
     prep = Preprocessing(input_size=(32, 32), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -210,16 +222,21 @@ def test_method_all_draws_one_grid_and_skips_what_cannot_run(tmp_path: Path) -> 
     grid_name = {i["files"]["grid"] for i in manifest["items"]}
     assert grid_name == {"a.grid.png"}
     grid = np.asarray(Image.open(tmp_path / "o" / "a.grid.png"))
-    # Tiles of 32×32 with 2-pixel gaps after a label column (left) and a header row (top).
-    left = grid.shape[1] - (2 + 2 * 34)
-    top = grid.shape[0] - (2 + len(methods) * 34)
-    assert left > 0
-    assert top > 0
+    # 19 methods × 2 targets, near square: each method's two tiles side by side, ⌈√(19/2)⌉ = 4
+    # methods per row, so 5 rows × 8 columns of 32×32 tiles in 36-pixel cells (was 19 × 2).
+    assert grid_shape(len(methods), 2) == (5, 8)
+    assert grid.shape[1] == 4 + 8 * 36
+    tops: dict[int, set[int]] = {}
     for item in manifest["items"]:
-        r, c = methods.index(item["method"]), item["target_rank"]
-        tile = grid[top + 2 + r * 34 : top + 34 + r * 34, left + 2 + c * 34 : left + 34 + c * 34]
+        m, t = methods.index(item["method"]), item["target_rank"]
+        left = 4 + ((m % 4) * 2 + t) * 36
         overlay = np.asarray(Image.open(tmp_path / "o" / item["files"]["overlay"]))
-        assert np.array_equal(tile, overlay), item["method"]
+        column = grid[:, left : left + 32]
+        found = [y for y in range(len(column) - 31) if np.array_equal(column[y : y + 32], overlay)]
+        assert len(found) == 1, item["method"]
+        tops.setdefault(m // 4, set()).add(found[0])
+    assert sorted(tops) == list(range(5)) and all(len(y) == 1 for y in tops.values())
+    assert sorted(min(y) for y in tops.values()) == [min(tops[r]) for r in range(5)]
 
 
 def test_unknown_method_fails_before_the_model_loads(

@@ -16,6 +16,7 @@ from cnnviz.inspect.filters import (
     filter_tiles,
     first_conv_layer,
     rgb_filter_tiles,
+    tiles_per_filter,
 )
 from cnnviz.models.vgg import VGG11
 
@@ -104,6 +105,15 @@ def test_deep_tiles_per_input_channel() -> None:
     )
     # One range [0, 4] for everything shown: 1 → 63.75 → 64, 3 → 191.25 → 191.
     assert glob[:, 0].tolist() == [[0, 255], [128, 0], [64, 64], [64, 191]]
+
+
+def test_tiles_per_filter_counts_what_filter_tiles_draws() -> None:
+    rgb, deep = _weight_2x3x2x2(), _deep_weight()
+    assert tiles_per_filter(rgb, DeepFilterView.PER_INPUT_CHANNEL) == 1  # RGB: one per filter
+    assert tiles_per_filter(deep) == 1
+    per_input = tiles_per_filter(deep, DeepFilterView.PER_INPUT_CHANNEL, max_in_channels=2)
+    tiles = filter_tiles(deep, view=DeepFilterView.PER_INPUT_CHANNEL, max_in_channels=2)
+    assert per_input == 2 and len(tiles) == deep.shape[0] * per_input
 
 
 def test_filter_tiles_dispatch() -> None:

@@ -136,7 +136,20 @@ def test_cascading_result_shapes_and_figures(cascading: dict[str, sanity.SanityR
     fig = figures.similarity_figure(cascading)
     assert len(fig.axes) == 4
     assert len(fig.axes[0].lines) == len(cascading) + 1  # one per method, plus the zero line
-    assert len(figures.sanity_maps_figure(cascading).axes) == len(cascading) * 12
+    maps = figures.sanity_maps_figure(cascading)
+    # 12 maps per method, and a colour bar per row: Grad-CAM is drawn ReLU'd, the others |map|.
+    assert len(maps.axes) == len(cascading) * 12 + len(cascading)
+    bars = [ax.get_ylabel().replace("\n", " ") for ax in maps.axes if not ax.images]
+    expected = {
+        "gradcam": "red: more evidence · blue: none",
+        "saliency": "red: more influence, for or against · blue: none",
+        "guided-backprop": "red: more influence, for or against · blue: none",
+    }
+    assert bars == [expected[name] for name in cascading]
+    shown = result.shown()  # Grad-CAM: not clipped, so the pictures as they are
+    np.testing.assert_array_equal(shown, result.pictures)
+    clipped = cascading["saliency"].shown()
+    assert (clipped >= cascading["saliency"].pictures).all() and clipped.max() == 1.0
 
 
 def test_data_randomisation_changes_the_maps(shapes: tuple[torch.nn.Module, torch.Tensor]) -> None:

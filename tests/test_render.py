@@ -10,22 +10,26 @@ import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from cnnviz.errors import NonFiniteError
+from cnnviz.errors import ArgumentError, NonFiniteError
+from cnnviz.methods.postprocess import Display
+from cnnviz.options import MapStyle
 from cnnviz.render.colours import (
     ColormapError,
     colorize,
     colormap_lut,
+    compose,
     overlay,
     resize_map,
     to_uint8,
 )
+from cnnviz.render.drawing import MapDrawing, colour_names, colour_strip, legend_text
 from cnnviz.render.figures import (
     activations_figure,
     figure_to_png_bytes,
     filters_figure,
     maps_figure,
 )
-from cnnviz.render.grids import image_grid
+from cnnviz.render.grids import comparison_grid, grid_shape, image_grid, tile_sheet
 
 
 @pytest.mark.parametrize("name", ["jet", "viridis", "gray"])
@@ -171,7 +175,7 @@ def test_filters_figure_renders_to_png_without_pyplot_figures() -> None:
     png = figure_to_png_bytes(fig)
     decoded = Image.open(io.BytesIO(png))
     width, height = fig.get_size_inches() * 50
-    assert decoded.size == (round(width), round(height))
+    assert decoded.size == (pytest.approx(width, abs=1), pytest.approx(height, abs=1))
     assert _gcf_count() == before
 
 
@@ -204,3 +208,125 @@ def test_maps_figure_shows_image_then_overlays() -> None:
         np.testing.assert_array_equal(ax.images[0].get_array(), overlay(image, m, alpha=0.4))
     with pytest.raises(ValueError, match="titles"):
         maps_figure(image, maps, ["only one"])
+
+
+# -- readable pictures: styles, legends, tile sheets, grid shapes -----------------------------
+
+
+def test_compose_styles_hand_values() -> None:
+    image = np.array([[[100, 50, 200], [100, 50, 200], [100, 50, 200]]], dtype=np.uint8)
+    m = np.array([[0.0, 0.5, 1.0]])
+    # heatmap: the colour map alone (gray LUT entry ⌊256·x⌋: 0, 128, 255)
+    heat = compose(image, m, style="heatmap", cmap="gray")
+    assert heat[0, :, 0].tolist() == [0, 128, 255]
+    # masked: image · map (signed: image · |2·map − 1|)
+    masked = compose(image, m, style=MapStyle.MASKED)
+    assert masked[0].tolist() == [[0, 0, 0], [50, 25, 100], [100, 50, 200]]
+    signed = compose(image, m, style="masked", signed=True)
+    assert signed[0].tolist() == [[100, 50, 200], [0, 0, 0], [100, 50, 200]]
+    # alpha: (1 − a)·image + a·colour with a = alpha·map: 0 → image, 1 → colour
+    blended = compose(image, m, style="alpha", cmap="gray", alpha=1.0)
+    assert blended[0].tolist() == [[100, 50, 200], [114, 89, 164], [255, 255, 255]]
+    assert np.array_equal(
+        compose(image, m, cmap="gray", alpha=0.3), overlay(image, m, cmap="gray", alpha=0.3)
+    )
+
+
+def test_colour_names_and_legend_texts() -> None:
+    assert colour_names("jet") == ("blue", "green", "red")
+    assert colour_names("gray") == ("black", "gray", "white")
+    assert colour_names("viridis") == ("purple", "cyan", "yellow")
+    assert colour_names("twilight") == ("low", "middle", "high")  # cyclic: both ends alike
+    assert (
+        legend_text(Display.POSITIVE, "espresso") == "red: more evidence for espresso · blue: none"
+    )
+    assert legend_text(Display.POSITIVE, None) == "red: more evidence · blue: none"
+    assert legend_text(Display.NEGATIVE, "cat", cmap="gray") == (
+        "white: more evidence against cat · black: none"
+    )
+    assert legend_text(Display.ABSOLUTE, "cat") == (
+        "red: more influence on cat, for or against · blue: none"
+    )
+    assert legend_text(Display.SIGNED, "espresso") == (
+        "red: for espresso · blue: against · white: neither"
+    )
+    strip = colour_strip("gray", 256, 3)
+    assert strip.shape == (3, 256, 3)
+    np.testing.assert_array_equal(strip[2], colormap_lut("gray"))  # column x: LUT entry x
+
+
+def test_map_drawing_sign_record_and_validation() -> None:
+    drawing = MapDrawing(sign="negative", style="masked", cmap="viridis", alpha=0.7)
+    assert drawing.style is MapStyle.MASKED
+    assert drawing.display_for(Display.POSITIVE) is Display.NEGATIVE
+    assert MapDrawing().display_for(Display.ABSOLUTE) is Display.ABSOLUTE  # auto: the method's
+    assert MapDrawing(sign="all").colormap(Display.SIGNED) == "bwr"
+    assert drawing.record() == {
+        "cmap": "viridis",
+        "alpha": 0.7,
+        "sign": "negative",
+        "style": "masked",
+        "outlier_percent": "auto",
+    }
+    assert MapDrawing(outlier_percent=0).percent == 0
+    for bad, match in (
+        ({"sign": "both"}, "sign must be one of auto, positive"),
+        ({"style": "blend"}, "style must be one of overlay, heatmap, masked, alpha"),
+        ({"alpha": 2}, "alpha"),
+        ({"outlier_percent": 50}, r"\[0, 50\)"),
+    ):
+        with pytest.raises(ArgumentError, match=match):
+            MapDrawing(**bad)  # type: ignore[arg-type]
+
+
+def test_tile_sheet_magnifies_each_weight_to_an_equal_block() -> None:
+    tiles = np.random.default_rng(5).integers(0, 256, size=(64, 3, 3, 3), dtype=np.uint8)
+    sheet = tile_sheet(tiles)
+    # 8 columns; factor max(⌈24/3⌉, ⌈256/(8·3)⌉) = 11: 33-pixel tiles, 2-pixel gaps.
+    assert sheet.shape == (2 + 8 * 35, 2 + 8 * 35, 3)
+    for k in (0, 9, 63):
+        top, left = 2 + (k // 8) * 35, 2 + (k % 8) * 35
+        block = sheet[top : top + 33, left : left + 33]
+        expected = tiles[k].repeat(11, axis=0).repeat(11, axis=1)
+        np.testing.assert_array_equal(block, expected)
+    assert (sheet[:2] == 255).all() and (sheet[:, 35:37] == 255).all()
+    big = tile_sheet(np.zeros((4, 11, 11), dtype=np.uint8))  # 2 columns: ⌈256/22⌉ = 12
+    assert big.shape == (2 + 2 * (132 + 2), 2 + 2 * (132 + 2))
+
+
+def _tile_boxes(grid: np.ndarray, colours: list[tuple[int, int, int]]) -> list[tuple[int, int]]:
+    """Top-left corner of each tile of a single colour."""
+    corners = []
+    for colour in colours:
+        ys, xs = np.nonzero((grid == np.array(colour, dtype=np.uint8)).all(axis=2))
+        assert ys.max() - ys.min() == 31 and xs.max() - xs.min() == 31 and len(ys) == 32 * 32
+        corners.append((int(ys.min()), int(xs.min())))
+    return corners
+
+
+def test_comparison_grid_is_near_square_with_labelled_tiles() -> None:
+    assert grid_shape(20, 1) == (4, 5)
+    assert grid_shape(3, 3) == (3, 3)
+    assert grid_shape(20, 3) == (7, 9)
+    assert grid_shape(1, 5) == (1, 5)
+    colours = [(10 * m, 250 - 10 * m, 7) for m in range(20)]
+    tiles = [[np.full((32, 32, 3), c, dtype=np.uint8)] for c in colours]
+    methods = [f"method-{m}" for m in range(20)]
+    legend = (colour_strip("jet", 120, 12), "red: more evidence for espresso · blue: none")
+    grid = comparison_grid(tiles, methods, ["espresso"], title="coffee.jpg", legends=[legend])
+    assert grid.shape[1] == 4 + 5 * 36  # five columns of 32 + 4 pixels
+    corners = _tile_boxes(grid, colours)
+    assert [x for _, x in corners] == [4 + (m % 5) * 36 for m in range(20)]
+    rows = sorted({y for y, _ in corners})
+    assert len(rows) == 4 and [rows.index(y) for y, _ in corners] == [m // 5 for m in range(20)]
+    assert grid.shape[0] < 2 * grid.shape[1]  # no longer one tall column
+    caption = grid[rows[0] - 16 : rows[0] - 1, 4:36]
+    assert (caption < 128).any()  # each tile has its label above it
+    colours = [(30 * m + 5, 20 * t + 3, 99) for m in range(3) for t in range(3)]
+    tiles = [[np.full((32, 32, 3), colours[3 * m + t], dtype=np.uint8) for t in range(3)]
+             for m in range(3)]  # fmt: skip
+    grid = comparison_grid(tiles, ["a", "b", "c"], ["cat", "dog", "fox"])
+    corners = _tile_boxes(grid, colours)
+    assert grid.shape[1] == 4 + 3 * 36
+    assert [x for _, x in corners] == [4 + t * 36 for _ in range(3) for t in range(3)]
+    assert len({y for y, _ in corners}) == 3

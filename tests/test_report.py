@@ -219,3 +219,47 @@ def test_method_note_by_hand() -> None:
     )
     assert "tighten" in str(method_note(explanation(0.5, 4.0)))
     assert method_note(explanation(0.0, 0.0)) == "attributions sum to the score change within 0.0 %"
+
+
+def test_maps_carry_legends_and_the_page_ends_without_a_manifest_dump(report_dir: Path) -> None:
+    page = next(p for p in report_dir.glob("coffee*.html")).read_text(encoding="utf-8")
+    # Grad-CAM of the best class, saliency (on the image and alone, in gray), methods compared.
+    assert page.count("red: more evidence for espresso · blue: none") >= 1
+    assert "red: more influence on espresso, for or against · blue: none" in page
+    assert "white: more influence on espresso, for or against · black: none" in page
+    assert "red: for espresso · blue: against · white: neither" in page  # gradxinput, signed
+    assert page.count('class="legend"') >= 3 + 2 + 2  # 3 Grad-CAMs, 2 saliency, 2 compared
+    assert "gradient maps with their brightest 2 % saturated" in page
+    # The manifest record is collapsed and manifest.json linked; nothing follows it.
+    tail = page[page.index('id="manifest"') :]
+    assert '<a href="manifest.json">manifest.json</a>' in tail
+    assert re.search(r"<details><summary>[^<]*</summary>\s*<pre>", tail)
+    assert "<pre>" not in page[: page.index('id="manifest"')]
+    # No figure title repeated as its caption: activations and filters have none.
+    for caption in re.findall(r"<figcaption>(.*?)</figcaption>", page, flags=re.S):
+        assert not re.match(r"(conv_stem|blocks\.|bn2)", caption), caption
+    manifest = json.loads((report_dir / "manifest.json").read_text())
+    assert manifest["extra"] == {
+        "cmap": "jet",
+        "alpha": 0.5,
+        "sign": "auto",
+        "style": "overlay",
+        "outlier_percent": "auto",
+    }
+
+
+def test_report_drawing_options_reach_the_page(tmp_path: Path) -> None:
+    from cnnviz.runs.report import ReportSettings, drawing_note
+
+    coffee = next(p for p in bundled_samples() if p.name == "coffee.jpg")
+    argv = ["-q", "report", str(coffee), "--out", str(tmp_path), "--methods", "none"]
+    argv += ["--sign", "negative", "--style", "alpha", "--outlier-percent", "5", "--cmap", "gray"]
+    assert main(argv) == 0
+    page = (tmp_path / "coffee.html").read_text(encoding="utf-8")
+    assert "white: more evidence against espresso · black: none" in page
+    settings = ReportSettings(sign="negative", style="alpha", outlier_percent=5.0, cmap="gray")
+    note = "Maps showing the negative evidence, with their brightest 5 % saturated; drawn as "
+    assert drawing_note(settings.drawing) == note + "alpha at opacity 0.5 in gray."
+    assert drawing_note(settings.drawing) in page
+    extra = json.loads((tmp_path / "manifest.json").read_text())["extra"]
+    assert (extra["sign"], extra["style"], extra["outlier_percent"]) == ("negative", "alpha", 5.0)

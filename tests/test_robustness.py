@@ -497,7 +497,9 @@ def test_nan_weights_are_refused_and_no_map_is_written(
 
 
 def test_non_finite_input_and_maps_are_refused(tmp_path: Path) -> None:
+    from cnnviz.methods.postprocess import Display
     from cnnviz.outputs.image_files import ImageJob, MethodResult, write_image_outputs
+    from cnnviz.render.drawing import MapDrawing
 
     x = _x()
     x[1, 0, 3, 3] = float("nan")
@@ -505,10 +507,10 @@ def test_non_finite_input_and_maps_are_refused(tmp_path: Path) -> None:
         explain(TinyNet().eval(), x, "saliency")
     maps = np.zeros((1, 4, 4), dtype=np.float32)
     maps[0, 1, 1] = np.nan
-    result = MethodResult("gradcam", "conv", "jet", np.zeros((1, 16, 16)), maps,
+    result = MethodResult("gradcam", "conv", Display.POSITIVE, np.zeros((1, 16, 16)), maps,
                           np.zeros((1, 16, 16), np.float32), ("a",), [0], [1.0], [0.5])  # fmt: skip
     job = ImageJob(tmp_path, tmp_path / "a.png", "a", "gradcam", "k", {}, np.zeros((16, 16, 3),
-                   np.uint8), (), [result], 0.5, False, {})  # fmt: skip
+                   np.uint8), (), [result], MapDrawing(), False, {})  # fmt: skip
     with pytest.raises(NonFiniteError, match="NaN"):
         write_image_outputs(job)
     assert list(tmp_path.rglob("*")) == []

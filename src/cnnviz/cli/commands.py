@@ -133,7 +133,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_filters(args: argparse.Namespace) -> int:
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.capture.layers import resolve_layer
-    from cnnviz.inspect.filters import conv_weight, filter_tiles
+    from cnnviz.inspect.filters import conv_weight, filter_tiles, tiles_per_filter
     from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_npy, write_png
     from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
     from cnnviz.render.figures import figure_to_png_bytes, filters_figure
@@ -152,7 +152,12 @@ def cmd_filters(args: argparse.Namespace) -> int:
     out = make_out_dir(args)
     stem = safe_stem(layer)
     title = f"Filters of {layer} {tuple(weight.shape)} — {loaded.name}"
-    fig = filters_figure(tiles, title=title, caption=f"{scale.value} scale, {view.value} view")
+    per_filter = tiles_per_filter(weight, view)
+    caption = f"{scale.value} scale" + (f", {view.value} view" if weight.shape[1] != 3 else "")
+    total = int(weight.shape[0])
+    fig = filters_figure(
+        tiles, title=title, caption=caption, total=total, tiles_per_filter=per_filter
+    )
     files = {
         "figure": f"{stem}.filters.png",
         "tiles": f"{stem}.tiles.png",
@@ -170,6 +175,8 @@ def cmd_filters(args: argparse.Namespace) -> int:
             {
                 "layer": layer,
                 "weight_shape": list(weight.shape),
+                "filters_shown": len(tiles) // per_filter,
+                "filters_total": total,
                 "files": files,
                 "scale": scale.value,
                 "view": view.value,
@@ -282,6 +289,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         options=options,
         cmap=args.cmap,
         alpha=args.alpha,
+        sign=args.sign,
+        style=args.style,
+        outlier_percent=args.outlier_percent,
         batch_size=args.batch_size,
         num_workers=args.workers,
         resume=args.resume,
@@ -332,6 +342,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         layers=split_list(args.layers, "--layers") if args.layers is not None else None,
         cmap=args.cmap,
         alpha=args.alpha,
+        sign=args.sign,
+        style=args.style,
+        outlier_percent=args.outlier_percent,
         methods=_compared_methods(args.methods),
     )
     paths = [] if args.demo else input_paths(args.images)

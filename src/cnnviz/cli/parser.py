@@ -8,8 +8,7 @@ closed option sets are read from the enums in :mod:`cnnviz.options`. A parsing e
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NoReturn, TypeAlias
 
 from cnnviz import __version__
@@ -24,15 +23,27 @@ from cnnviz.cli.commands import (
     cmd_summary,
 )
 from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
+from cnnviz.cli.values import (
+    comma_choices,
+    crop_fraction,
+    fraction,
+    input_size,
+    non_negative_int,
+    numbers,
+    outlier_percent,
+    positive_int,
+)
 from cnnviz.errors import UsageError
 from cnnviz.models.defaults import DEFAULT_MODEL
 from cnnviz.options import (
     INTERPOLATIONS,
     SANITY_MODES,
+    SIGNS,
     ChannelOrder,
     DeepFilterView,
     DeletionBaseline,
     FilterScale,
+    MapStyle,
     values,
 )
 
@@ -56,93 +67,7 @@ class CnnvizArgumentParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-# -- option values ---------------------------------------------------------------------------
-
-
-def _whole(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-
-
-def positive_int(text: str) -> int:
-    """An option value that is a whole number ≥ 1."""
-    value = _whole(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An option value that is a whole number ≥ 0."""
-    value = _whole(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """An option value that is a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
-
-
-def comma_choices(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
-    """An option value that is a comma-separated list of some of ``choices``."""
-
-    def parse(text: str) -> tuple[str, ...]:
-        items = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
-        wrong = [item for item in items if item not in choices]
-        if wrong or not items:
-            raise argparse.ArgumentTypeError(
-                f"takes one or more of {', '.join(choices)} (comma-separated), got {text!r}"
-            )
-        return items
-
-    return parse
-
-
 # -- options shared by several commands ------------------------------------------------------
-
-
-def input_size(text: str) -> tuple[int, int]:
-    """An option value that is a size in pixels: ``224`` (square) or ``HxW`` / ``H,W``."""
-    parts = [p.strip() for p in text.lower().replace("×", "x").replace(",", "x").split("x")]
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2:
-        raise argparse.ArgumentTypeError(f"expected N or HxW pixels, got {text!r}")
-    height, width = (positive_int(part) for part in parts)
-    return height, width
-
-
-def crop_fraction(text: str) -> float:
-    """An option value that is a fraction in (0, 1]: timm's ``crop_pct``."""
-    value = fraction(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 (1 keeps the whole resized image)")
-    return value
-
-
-def numbers(text: str) -> tuple[float, ...]:
-    """An option value that is a comma-separated list of finite numbers."""
-    try:
-        values_ = tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected numbers separated by commas, got {text!r}"
-        ) from None
-    if not values_ or not all(math.isfinite(v) for v in values_):
-        raise argparse.ArgumentTypeError(
-            f"expected finite numbers separated by commas, got {text!r}"
-        )
-    return values_
 
 
 def add_model_options(p: argparse.ArgumentParser, *, model_option: bool = True) -> None:
@@ -221,8 +146,35 @@ def _model_argument(p: argparse.ArgumentParser) -> None:
 
 
 def _drawing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cmap", default="jet", help="matplotlib colormap for overlays (default jet)")
-    p.add_argument("--alpha", type=fraction, default=0.5, help="overlay opacity in [0, 1]")
+    """How maps are drawn: colours, opacity, sign, style and outlier clipping."""
+    group = p.add_argument_group("drawing", "how the maps are drawn")
+    group.add_argument(
+        "--cmap", default="jet", help="matplotlib colormap for the maps (default jet; signed "
+        "maps are always drawn in the diverging bwr)"
+    )  # fmt: skip
+    group.add_argument("--alpha", type=fraction, default=0.5, help="map opacity in [0, 1]")
+    group.add_argument(
+        "--sign",
+        choices=SIGNS,
+        default="auto",
+        help="which evidence to show: the method's own (auto), for the class (positive), "
+        "against it (negative), its magnitude (absolute), or both signs (all)",
+    )
+    group.add_argument(
+        "--style",
+        choices=values(MapStyle),
+        default=MapStyle.OVERLAY.value,
+        help="the map blended over the image (overlay), alone (heatmap), the image dimmed "
+        "where the map is low (masked), or blended in proportion to the map (alpha)",
+    )
+    group.add_argument(
+        "--outlier-percent",
+        type=outlier_percent,
+        default=None,
+        metavar="P",
+        help="saturate the brightest P %% of each map (default: the method's own, 2 for "
+        "gradient maps, none for CAMs; 0: plain min-max)",
+    )
 
 
 def _targets(p: argparse.ArgumentParser, *, top_k: bool) -> None:

@@ -179,3 +179,18 @@ def filter_tiles(
     return deep_filter_tiles(
         weight, view, scale, max_filters=max_filters, max_in_channels=max_in_channels
     )
+
+
+def tiles_per_filter(
+    weight: torch.Tensor,
+    view: DeepFilterView = DeepFilterView.CHANNEL_MEAN,
+    *,
+    max_in_channels: int = 16,
+    rgb: bool | None = None,
+) -> int:
+    """How many tiles :func:`filter_tiles` draws per filter of ``weight``: one, or under
+    ``PER_INPUT_CHANNEL`` (gray weights) one per input channel, up to ``max_in_channels``."""
+    use_rgb = weight.shape[1] == 3 if rgb is None else rgb
+    if use_rgb or DeepFilterView(view) is DeepFilterView.CHANNEL_MEAN:
+        return 1
+    return min(int(weight.shape[1]), positive_int(max_in_channels, "max_in_channels"))

@@ -27,7 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from cnnviz.methods.postprocess import Display, to_unit_range
+from cnnviz.methods.postprocess import (
+    Display,
+    percentile_normalize,
+    signed_percentile_normalize,
+    to_unit_range,
+)
 from cnnviz.options import SANITY_MODES
 
 if TYPE_CHECKING:
@@ -124,7 +129,10 @@ class SanityResult:
         layer: the CAM layer explained (``None`` for input-space methods).
         steps: the group randomised at each step (cascading: the lowest one randomised so far).
         similarity: metric → ``(N, S)`` array, image × step.
-        pictures: ``(S + 1, N, H, W)`` displayed maps in [0, 1], the original first.
+        pictures: ``(S + 1, N, H, W)`` displayed maps in [0, 1], the original first (min-max,
+            as the similarities see them; :meth:`shown` for the pictures people look at).
+        display: how the method rectifies its maps (signed pictures are ``(s + 1) / 2``).
+        outlier_percent: the share (%) of each map's brightest pixels its pictures saturate.
     """
 
     method: str
@@ -133,6 +141,20 @@ class SanityResult:
     steps: tuple[str, ...]
     similarity: dict[str, np.ndarray]
     pictures: np.ndarray = field(repr=False)
+    display: Display = Display.POSITIVE
+    outlier_percent: float | None = None
+
+    def shown(self) -> np.ndarray:
+        """:attr:`pictures` as the method's pictures show them, ``(S + 1, N, H, W)`` float64 in
+        [0, 1]: the brightest :attr:`outlier_percent` % of each map saturated
+        (:func:`~cnnviz.methods.postprocess.percentile_normalize`, which gives the same picture
+        from a min-max map as from the raw one)."""
+        maps = torch.from_numpy(np.asarray(self.pictures, dtype=np.float64))
+        if self.display is Display.SIGNED:
+            clipped = (signed_percentile_normalize(2 * maps - 1, self.outlier_percent) + 1) / 2
+        else:
+            clipped = percentile_normalize(maps, self.outlier_percent)
+        return clipped.numpy()
 
     def full_depth(self, metric: str = "spearman_abs") -> np.ndarray:
         """``(N,)`` similarity at the last step (every group randomised, for cascading)."""

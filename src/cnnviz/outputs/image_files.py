@@ -18,10 +18,10 @@ import numpy as np
 
 from cnnviz.errors import NonFiniteError
 from cnnviz.methods.base import Explanation
-from cnnviz.methods.postprocess import to_unit_range
+from cnnviz.methods.postprocess import Display
 from cnnviz.outputs.files import atomic_write_bytes, encode_npy, encode_png, safe_stem
 from cnnviz.outputs.records import file_entry, write_record
-from cnnviz.render.colours import colormap_for, overlay
+from cnnviz.render.drawing import MapDrawing, colour_strip
 from cnnviz.render.grids import comparison_grid
 
 PNG_LEVEL = 1  # zlib level for overlays: ~3× faster to encode than 6, a few % larger
@@ -58,7 +58,7 @@ class MethodResult:
 
     method: str
     layer: str | None
-    cmap: str
+    display: Display  # how the maps are rectified in ``shown`` (the drawing's sign)
     shown: np.ndarray  # (T, H, W) in [0, 1]
     raw: np.ndarray  # (T, h, w)
     raw_input: np.ndarray  # (T, H, W)
@@ -66,15 +66,30 @@ class MethodResult:
     indices: list[int | None]
     scores: list[float]
     probabilities: list[float | None]
+    outlier_percent: float | None = None  # the share (%) of brightest pixels saturated in shown
 
 
-def per_image_results(explanation: Explanation, cmap: str) -> list[MethodResult]:
-    """Split a batch explanation into one :class:`MethodResult` per image (NumPy, on the CPU).
+def drawn_maps(explanation: Explanation, drawing: MapDrawing) -> tuple[Display, np.ndarray]:
+    """The display ``drawing`` gives ``explanation``'s maps (its sign, else the method's own)
+    and the maps as pictures show them: ``(N, T, H, W)`` float32 in [0, 1]
+    (:meth:`~cnnviz.methods.base.Explanation.shown`, with the drawing's outlier clipping)."""
+    display = drawing.display_for(explanation.display)
+    shown = explanation.shown(sign=display, outlier_percent=drawing.percent)
+    return display, shown.numpy()
 
-    Signed maps are drawn with the diverging colour map
-    (:func:`~cnnviz.render.colours.colormap_for`), others with ``cmap``.
-    """
-    shown = to_unit_range(explanation.maps, explanation.display, explanation.input_size).numpy()
+
+def used_percent(explanation: Explanation, drawing: MapDrawing) -> float | None:
+    """The share (%) of the brightest pixels ``drawing`` saturates in ``explanation``'s
+    pictures (``None``: plain min-max)."""
+    if drawing.outlier_percent is None:
+        return explanation.outlier_percent
+    return drawing.outlier_percent or None
+
+
+def per_image_results(explanation: Explanation, drawing: MapDrawing) -> list[MethodResult]:
+    """Split a batch explanation into one :class:`MethodResult` per image (NumPy, on the CPU),
+    its maps as ``drawing`` shows them (:func:`drawn_maps`)."""
+    display, shown = drawn_maps(explanation, drawing)
     raw = explanation.maps.detach().float().cpu().numpy()
     raw_input = explanation.upsampled().detach().float().cpu().numpy()
     count = raw.shape[1]
@@ -86,7 +101,7 @@ def per_image_results(explanation: Explanation, cmap: str) -> list[MethodResult]
         MethodResult(
             method=explanation.method,
             layer=explanation.layer,
-            cmap=colormap_for(explanation.display, cmap),
+            display=display,
             shown=shown[i],
             raw=raw[i],
             raw_input=raw_input[i],
@@ -96,6 +111,7 @@ def per_image_results(explanation: Explanation, cmap: str) -> list[MethodResult]
             probabilities=none
             if probabilities is None
             else [float(v) for v in probabilities[i].tolist()],
+            outlier_percent=used_percent(explanation, drawing),
         )
         for i in range(raw.shape[0])
     ]
@@ -114,7 +130,7 @@ class ImageJob:
     picture: np.ndarray  # (H, W, 3) uint8: the image as the model sees it, resized and cropped
     notes: tuple[str, ...]
     results: list[MethodResult]
-    alpha: float
+    drawing: MapDrawing
     grid: bool
     skipped_methods: dict[str, str]
 
@@ -147,7 +163,7 @@ def _write_target(
     """Overlay and raw maps of target ``t`` of one method; returns the overlay and its item."""
     label = result.labels[t]
     base = output_base(job.stem, result.method, t, label, ".input.npy")
-    picture = overlay(job.picture, result.shown[t], cmap=result.cmap, alpha=job.alpha)
+    picture = job.drawing.draw(job.picture, result.shown[t], result.display)
     raw, raw_input = result.raw[t], result.raw_input[t]
     item_files = {
         "overlay": files.put(f"{base}.png", encode_png(picture, compress_level=PNG_LEVEL)),
@@ -166,6 +182,8 @@ def _write_target(
         "probability": result.probabilities[t],
         "layer_shape": list(result.raw.shape[-2:]),
         "input_shape": list(result.raw_input.shape[-2:]),
+        "display": result.display.value,
+        "outlier_percent": result.outlier_percent,
         "files": item_files,
         "notes": list(job.notes),
     }
@@ -175,17 +193,41 @@ def _write_target(
 def _write_grid(
     job: ImageJob, tiles: list[list[np.ndarray]], items: list[dict[str, Any]], files: _FileSet
 ) -> None:
-    """The comparison grid of ``method="all"`` (a row per method, a column per target)."""
+    """The comparison grid of ``method="all"`` (near-square, each tile captioned), headed by
+    the image and its target, with a legend line per kind of map under it."""
     columns = list(job.results[0].labels)
     if not all(len(row) == len(columns) for row in tiles):
         return
-    picture = comparison_grid(tiles, [r.method for r in job.results], columns)
+    label = columns[0] if len(columns) == 1 else None
+    title = f"{job.path.name}" + (f": {label}" if label else f", top {len(columns)} classes")
+    picture = comparison_grid(
+        tiles,
+        [r.method for r in job.results],
+        columns,
+        title=title,
+        legends=_legends(job, label),
+    )
     name = files.put(
         f"{_fit(job.stem, _NAME_BUDGET - 9)}.grid.png",
         encode_png(picture, compress_level=PNG_LEVEL),
     )
     for item in items:
         item["files"]["grid"] = name
+
+
+def _legends(job: ImageJob, label: str | None) -> list[tuple[np.ndarray, str]]:
+    """One ``(colour strip, text)`` per kind of map in the grid, naming its methods."""
+    by_display: dict[Display, list[str]] = {}
+    for result in job.results:
+        by_display.setdefault(result.display, []).append(result.method)
+    legends = []
+    for display, methods in by_display.items():
+        more = f" and {len(methods) - 3} more" if len(methods) > 3 else ""
+        names = ", ".join(methods[:3]) + more
+        prefix = f"{names}: " if len(by_display) > 1 else ""
+        strip = colour_strip(job.drawing.colormap(display), 120, 12)
+        legends.append((strip, prefix + job.drawing.legend(display, label)))
+    return legends
 
 
 def write_image_outputs(job: ImageJob) -> list[dict[str, Any]]:

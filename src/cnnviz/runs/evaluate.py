@@ -38,6 +38,7 @@ from tqdm import tqdm
 from cnnviz.api import announce_default_layer, explain
 from cnnviz.errors import CnnvizError, ImageLoadError
 from cnnviz.inputs.decode import load_inputs
+from cnnviz.methods.postprocess import Display, percentile_normalize
 from cnnviz.methods.registry import get_method
 from cnnviz.metrics import faithfulness as fa
 from cnnviz.metrics import localisation as lo
@@ -49,7 +50,8 @@ from cnnviz.metrics.statistics import BETTER, METRIC_GROUPS, summarize_metrics
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import atomic_write_bytes, write_json
 from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
-from cnnviz.render.colours import overlay
+from cnnviz.render.colours import compose
+from cnnviz.render.drawing import legend_text
 from cnnviz.render.figures import (
     curves_figure,
     figure_to_png_bytes,
@@ -477,7 +479,7 @@ def _thumbnail_row(run: _Run, thumb: dict[str, Any]) -> dict[str, Any]:
     cells = [
         {
             "method": m,
-            "src": png_data_uri(overlay(item.picture, maps[m], cmap=run.settings.cmap))
+            "src": png_data_uri(compose(item.picture, _shown(m, maps[m]), cmap=run.settings.cmap))
             if m in maps
             else None,
         }
@@ -488,4 +490,11 @@ def _thumbnail_row(run: _Run, thumb: dict[str, Any]) -> dict[str, Any]:
         "label": thumb["label"],
         "input": png_data_uri(item.picture),
         "cells": cells,
+        "legend": legend_text(Display.POSITIVE, "the class", cmap=run.settings.cmap),
     }
+
+
+def _shown(method: str, map01: np.ndarray) -> np.ndarray:
+    """A thumbnail's map as its method's pictures show it (gradient maps' top 2 % saturated)."""
+    percent = None if method in REFERENCE_MAPS else get_method(method).outlier_percent
+    return percentile_normalize(torch.from_numpy(map01), percent).numpy()

@@ -42,7 +42,6 @@ from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import resolve_layer
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import (
-    ArgumentError,
     CnnvizError,
     NotApplicableError,
     TargetError,
@@ -72,6 +71,7 @@ from cnnviz.outputs.records import (
     valid_record,
 )
 from cnnviz.render.colours import colormap_lut
+from cnnviz.render.drawing import MapDrawing
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,9 @@ ImageDone = Callable[[list[dict[str, Any]]], None]
 
 @dataclass(frozen=True)
 class ExplainSettings:
-    """What to explain, how to draw it, and how to run (``num_workers=None``: automatic)."""
+    """What to explain, how to draw it (:class:`~cnnviz.render.drawing.MapDrawing`: ``sign``,
+    ``style``, ``cmap``, ``alpha``, ``outlier_percent``), and how to run (``num_workers=None``:
+    automatic)."""
 
     method: str = "gradcam"
     layer: str | None = None
@@ -95,6 +97,15 @@ class ExplainSettings:
     batch_size: int = 8
     num_workers: int | None = None
     resume: bool = False
+    sign: str = "auto"
+    style: str = "overlay"
+    outlier_percent: float | None = None
+
+    @property
+    def drawing(self) -> MapDrawing:
+        """How the maps are drawn (checked: an :class:`~cnnviz.errors.ArgumentError` names a
+        wrong value)."""
+        return MapDrawing(self.sign, self.style, self.cmap, self.alpha, self.outlier_percent)
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -179,10 +190,7 @@ def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> Non
     positive_int(settings.batch_size, "batch size")
     if settings.num_workers is not None:
         positive_int(settings.num_workers, "workers (0: decode in this process)", minimum=0)
-    alpha = settings.alpha
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
-        raise ArgumentError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    colormap_lut(settings.cmap)
+    colormap_lut(settings.drawing.cmap)
     image_mode(loaded.preprocessing.channels)  # a model whose inputs no image file holds
     if isinstance(settings.target, list) and len(settings.target) != count:
         raise TargetError(
@@ -216,8 +224,7 @@ class _Run:
             "methods": self.methods,
             "layer": settings.layer,
             "options": {} if self.all else settings.options,
-            "cmap": settings.cmap,
-            "alpha": settings.alpha,
+            **settings.drawing.record(),
         }
         self.keys = [
             fingerprint({**common, "target": self.target_of(i)}) for i in range(len(paths))
@@ -278,7 +285,7 @@ class _Run:
                 self.skipped[method] = " ".join(str(e).split())
                 logger.warning("method %s skipped: %s", method, self.skipped[method])
                 continue
-            results.append(per_image_results(explanation, self.settings.cmap))
+            results.append(per_image_results(explanation, self.settings.drawing))
         if not results:  # nothing can explain this model: a settings problem, not a skip
             raise first_error or NotApplicableError(
                 f"every method was skipped for this model ({', '.join(self.skipped)})"
@@ -331,7 +338,7 @@ class _Run:
             picture=picture,
             notes=notes,
             results=[results[k] for results in per_method],
-            alpha=self.settings.alpha,
+            drawing=self.settings.drawing,
             grid=self.all,
             skipped_methods=dict(self.skipped),
         )
@@ -391,8 +398,7 @@ class _Run:
             attempted=attempted,
             method_order=method_names(),
             extra={
-                "cmap": self.settings.cmap,
-                "alpha": self.settings.alpha,
+                **self.settings.drawing.record(),
                 "options": {} if self.all else self.settings.options,
                 "skipped_methods": self.skipped,
                 "run": {

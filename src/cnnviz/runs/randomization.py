@@ -236,6 +236,8 @@ def parameter_randomization(
             steps=steps,
             similarity={m: np.stack([s[m] for s in sims[n]], axis=1) for m in metrics},
             pictures=np.stack(pictures[n]),
+            display=originals[n].display,
+            outlier_percent=originals[n].outlier_percent,
         )
         for n in names
     }
@@ -320,5 +322,7 @@ def compare_models(
             ("random labels",),
             {m: v[:, None] for m, v in sims.items()},
             pictures,
+            first[n].display,
+            first[n].outlier_percent,
         )
     return results

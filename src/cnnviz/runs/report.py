@@ -32,14 +32,17 @@ from cnnviz.inspect.filters import conv_weight, filter_tiles, first_conv_layer
 from cnnviz.inspect.summary import layer_table, summarize
 from cnnviz.methods.base import Explanation
 from cnnviz.methods.integrated import COMPLETENESS_WARNING, relative_gap
-from cnnviz.methods.postprocess import to_unit_range
+from cnnviz.methods.postprocess import GRADIENT_OUTLIER_PERCENT
 from cnnviz.methods.registry import get_method, method_options
 from cnnviz.metrics.faithfulness import class_logits
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.models.registry import from_module
+from cnnviz.options import MapStyle
 from cnnviz.outputs.files import atomic_write_bytes, to_json_text, write_png
+from cnnviz.outputs.image_files import drawn_maps
 from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
-from cnnviz.render.colours import Box, colormap_for, draw_box, overlay, to_uint8
+from cnnviz.render.colours import Box, draw_box, to_uint8
+from cnnviz.render.drawing import MapDrawing, colour_strip, legend_text
 from cnnviz.render.figures import activations_figure, filters_figure
 from cnnviz.render.html import figure_data_uri, png_data_uri, render_page
 
@@ -64,7 +67,9 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class ReportSettings:
-    """What the report draws (``layers=None``: first conv, a middle block, the CAM layer)."""
+    """What the report draws (``layers=None``: first conv, a middle block, the CAM layer) and
+    how its maps are drawn (:attr:`drawing`: ``sign``, ``style``, ``cmap``, ``alpha``,
+    ``outlier_percent``)."""
 
     layers: Sequence[str] | None = None
     cmap: str = "jet"
@@ -72,6 +77,15 @@ class ReportSettings:
     cam_classes: int = 3
     channels: int = 16
     methods: Sequence[str] = COMPARED_METHODS
+    sign: str = "auto"
+    style: str = "overlay"
+    outlier_percent: float | None = None
+
+    @property
+    def drawing(self) -> MapDrawing:
+        """How the maps are drawn (checked: an :class:`~cnnviz.errors.ArgumentError` names a
+        wrong value)."""
+        return MapDrawing(self.sign, self.style, self.cmap, self.alpha, self.outlier_percent)
 
 
 def default_activation_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
@@ -152,7 +166,8 @@ class _ModelParts:
 def _filters(loaded: LoadedModel) -> dict[str, Any]:
     conv = first_conv_layer(loaded.module)
     weight = conv_weight(loaded.module, conv)
-    fig = filters_figure(filter_tiles(weight), title=f"Filters of {conv}")
+    title = f"Filters of {conv} {tuple(weight.shape)}"
+    fig = filters_figure(filter_tiles(weight), title=title, total=int(weight.shape[0]))
     return {"layer": conv, "shape": tuple(weight.shape), "src": figure_data_uri(fig)}
 
 
@@ -182,11 +197,18 @@ class _Page:
         self.x = item.tensor.unsqueeze(0)
         self.unavailable: dict[str, str] = {}
 
-    def overlay_uri(self, e: Explanation, t: int = 0) -> str:
-        shown = to_unit_range(e.maps, e.display, e.input_size).numpy()[0, t]
-        cmap = colormap_for(e.display, self.settings.cmap)
-        picture = overlay(self.item.picture, shown, cmap=cmap, alpha=self.settings.alpha)
-        return png_data_uri(draw_box(picture, self.box))
+    def picture(self, e: Explanation, t: int = 0) -> dict[str, Any]:
+        """Target ``t``'s map drawn on the image (``src``) with its legend: a colour strip
+        (``legend_src``) and what its colours mean (``legend``)."""
+        drawing = self.settings.drawing
+        display, maps = drawn_maps(e, drawing)
+        picture = drawing.draw(self.item.picture, maps[0, t], display)
+        strip = colour_strip(drawing.colormap(display), 224, 10)
+        return {
+            "src": png_data_uri(draw_box(picture, self.box)),
+            "legend_src": png_data_uri(strip),
+            "legend": drawing.legend(display, e.targets.labels[0][t]),
+        }
 
     def gradcam(self) -> tuple[Explanation | None, list[dict[str, Any]]]:
         """Grad-CAM of the best classes; ``None`` where it does not apply (a token model, a
@@ -202,7 +224,7 @@ class _Page:
             {
                 "label": cams.targets.labels[0][t],
                 "probability": float(probabilities[0, t]) if probabilities is not None else 0,
-                "src": self.overlay_uri(cams, t),
+                **self.picture(cams, t),
             }
             for t in range(cams.maps.shape[1])
         ]
@@ -210,11 +232,13 @@ class _Page:
 
     def saliency(self) -> dict[str, Any]:
         sal = explain(self.loaded, self.x, "saliency")
-        shown = to_unit_range(sal.maps, sal.display, sal.input_size).numpy()[0, 0]
+        label = sal.targets.labels[0][0]
+        display, shown = drawn_maps(sal, self.settings.drawing)
         return {
-            "label": sal.targets.labels[0][0],
-            "src": self.overlay_uri(sal),
-            "raw": png_data_uri(to_uint8(shown)),
+            "label": label,
+            **self.picture(sal),
+            "raw": png_data_uri(to_uint8(shown[0, 0])),
+            "raw_legend": legend_text(display, label, cmap="gray"),
         }
 
     def methods(self, top_class: int | None) -> list[dict[str, Any]]:
@@ -232,7 +256,7 @@ class _Page:
                 skipped.setdefault(str(error), []).append(name)
                 continue
             label = get_method(name).title + (f" @ {e.layer}" if e.layer else "")
-            entries.append({"label": label, "src": self.overlay_uri(e), "note": method_note(e)})
+            entries.append({"label": label, **self.picture(e), "note": method_note(e)})
         for reason, names in skipped.items():
             s = "s" if len(names) > 1 else ""
             logger.warning("method%s %s skipped: %s", s, ", ".join(names), reason)
@@ -301,6 +325,8 @@ def _page(
         "input_size": loaded.preprocessing.input_size,
         "notes": list(item.notes),
         "input_image": png_data_uri(draw_box(item.picture, box)),
+        "drawing_note": drawing_note(settings.drawing),
+        "channels": settings.channels,
         "box": box,
         "predictions": predictions,
         "gradcam_layer": record["gradcam_layer"],
@@ -327,6 +353,29 @@ def _said_once(reasons: dict[str, str]) -> dict[str, str]:
         said[section] = reason if reason not in first else f"as for {first[reason]}, above."
         first.setdefault(reason, section)
     return said
+
+
+def drawing_note(drawing: MapDrawing) -> str:
+    """One sentence saying how the page's maps are drawn (sign, clipping, style)."""
+    sign = (
+        "each rectified as its method defines it (ReLU for CAMs, magnitude or sign for gradients)"
+        if drawing.sign == "auto"
+        else f"showing the {drawing.sign} evidence"
+        if drawing.sign != "all"
+        else "showing both signs"
+    )
+    percent = drawing.outlier_percent
+    clip = (
+        f"gradient maps with their brightest {GRADIENT_OUTLIER_PERCENT:g} % saturated, so "
+        "the rest of the map shows"
+        if percent is None
+        else "scaled from their minimum to their maximum"
+        if percent == 0
+        else f"with their brightest {percent:g} % saturated"
+    )
+    style = MapStyle(drawing.style).value
+    alpha = f" at opacity {drawing.alpha:g}" if style in ("overlay", "alpha") else ""
+    return f"Maps {sign}, {clip}; drawn as {style}{alpha} in {drawing.cmap}."
 
 
 def method_note(e: Explanation) -> str | None:
@@ -404,7 +453,7 @@ def build_report(
         method="report",
         items=tuple(items),
         failures=tuple(failures),
-        extra={"cmap": settings.cmap, "alpha": settings.alpha},
+        extra=settings.drawing.record(),
     )
     write_manifest(out, manifest)
     result = manifest.to_dict()
