@@ -157,12 +157,19 @@ def test_explain_prints_a_line_per_image_and_logs_outside_the_bar(
         assert not (_is_bar(line) and ("cnnviz:" in line or "→" in line)), line
 
 
-def test_no_image_lines_with_quiet_and_pure_json_with_json(
+def test_image_lines_with_quiet_and_pure_json_with_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["-q", "saliency", str(COFFEE), "--out", str(tmp_path / "q")]) == 0
+    """``-q`` silences stderr (no log line, no bar) but keeps the line per image: it says what
+    was written. ``--json`` keeps stdout for the JSON alone."""
+    out = tmp_path / "q"
+    assert main(["-q", "saliency", str(COFFEE), "--out", str(out)]) == 0
     quiet = capsys.readouterr()
-    assert quiet.out == f"Wrote 1 result(s) to {tmp_path / 'q'}/ (manifest.json)\n"
+    assert quiet.out == (
+        f"coffee.jpg → espresso 95.4 % · Saliency → {out}/coffee.saliency.0-espresso.png\n"
+        f"Wrote 1 result(s) to {out}/ (manifest.json)\n"
+    )
+    assert (out / "coffee.saliency.0-espresso.png").is_file()
     assert quiet.err == ""
     assert main(["saliency", str(COFFEE), "--out", str(tmp_path / "j"), "--json"]) == 0
     printed = capsys.readouterr()

@@ -8,9 +8,10 @@ libraries' as ``cnnviz: library: message`` (WARNING and up; ERROR with ``-q``, w
 off the Hugging Face hub's progress bars). Everything is restored afterwards, so ``main(argv)``
 called in-process leaves logging as it found it.
 
-:func:`image_line` is the line an explain run prints on stdout for each image it wrote (not with
-``-q``, nor with ``--json``, whose stdout is the JSON alone): the input's name, the targets with
-their softmax probability, the method (and its layer), and the main file written::
+:func:`image_line` is the line an explain run prints on stdout for each image it wrote — also with
+``-q`` and when stderr is not a terminal, where no bar is drawn (it is what was written, not
+progress); not with ``--json``, whose stdout is the JSON alone. It names the input, the targets
+with their softmax probability, the method (and its layer), and the main file written::
 
     coffee.jpg → espresso 95.4 % · Grad-CAM @ bn2 → out/coffee.gradcam.0-espresso.png
 
