@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnnviz.api import announce_default_layer, default_layer, explain
 from cnnviz.capture.layers import trace_layers
@@ -37,6 +36,8 @@ from cnnviz.metrics.faithfulness import class_logits
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import atomic_write_bytes, to_json_text, write_png
 from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
+from cnnviz.progress import disabled
+from cnnviz.progress import progress as progress_bar
 from cnnviz.render.colours import Box, colormap_for, draw_box, overlay, to_uint8
 from cnnviz.render.figures import activations_figure, filters_figure
 from cnnviz.render.html import figure_data_uri, png_data_uri, render_page
@@ -359,8 +360,7 @@ def build_report(
     failures: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
-    bar = tqdm(total=len(paths), desc="report", unit="img", disable=not progress or len(paths) < 2)
-    try:
+    with disabled(not progress), progress_bar(len(paths), "report", "img") as bar:
         for item in load_inputs(loaded, list(paths), failures):
             page = _page(loaded, item, parts, settings, boxes.get(item.path))
             href = f"{item.stem}.html"
@@ -376,8 +376,6 @@ def build_report(
                 }
             )
             bar.update(1)
-    finally:
-        bar.close()
     model = model_record(loaded)
     index_html = render_page("index.html.j2", model=model, pages=index_entries, failures=failures)
     atomic_write_bytes(out / "index.html", index_html.encode("utf-8"))
