@@ -16,6 +16,7 @@ from tqdm import tqdm
 from cnnviz.cli import main
 from cnnviz.cli.console import THIRD_PARTY_LOGGERS, cli_logging, image_line
 from cnnviz.data.samples import bundled_samples
+from terminal import Terminal
 
 COFFEE = next(p for p in bundled_samples() if p.name == "coffee.jpg")
 
@@ -118,7 +119,7 @@ def test_log_records_are_written_around_a_live_bar_and_everything_is_restored(
 def test_explain_prints_a_line_per_image_and_logs_outside_the_bar(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """stdout and stderr into one buffer, as on a terminal: the bar (on, without -q) is drawn,
+    """stdout and stderr into one terminal: the bar (on, without -q) is drawn,
     the automatic layer is said before it starts, and the skipped file and each image's line
     stand on lines of their own."""
     folder = tmp_path / "in"
@@ -127,7 +128,7 @@ def test_explain_prints_a_line_per_image_and_logs_outside_the_bar(
         (folder / name).write_bytes(COFFEE.read_bytes())
     (folder / "b.jpg").write_text("text, not a JPEG")
     out = tmp_path / "out"
-    terminal = io.StringIO()
+    terminal = Terminal()
     monkeypatch.setattr("sys.stdout", terminal)
     monkeypatch.setattr("sys.stderr", terminal)
     argv = ["gradcam", str(folder), "--out", str(out), "--batch-size", "1", "--workers", "0"]

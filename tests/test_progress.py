@@ -17,6 +17,7 @@ import pytest
 from tqdm import tqdm
 
 import cnnviz.progress as progress_module
+from cnnviz.cli.console import cli_logging
 from cnnviz.progress import (
     Drawing,
     batch_progress,
@@ -275,3 +276,10 @@ def test_a_methods_batches_show_only_when_several_and_slow(
     assert "Occlusion:   0%|" in terminal.getvalue() and "0/2" in terminal.getvalue()
     assert screen(terminal.getvalue()) == []
 
+
+def test_quiet_command_line_logging_turns_progress_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    on_terminal(monkeypatch)
+    for quiet in (False, True):
+        with cli_logging(quiet, stream=io.StringIO()):
+            assert drawing() is (Drawing.OFF if quiet else Drawing.TERMINAL)
+    assert drawing() is Drawing.TERMINAL
