@@ -16,6 +16,7 @@ from tqdm import tqdm
 from cnnviz.cli import main
 from cnnviz.cli.console import THIRD_PARTY_LOGGERS, cli_logging, image_line
 from cnnviz.data.samples import bundled_samples
+from terminal import Terminal
 
 COFFEE = next(p for p in bundled_samples() if p.name == "coffee.jpg")
 
@@ -118,7 +119,7 @@ def test_log_records_are_written_around_a_live_bar_and_everything_is_restored(
 def test_explain_prints_a_line_per_image_and_logs_outside_the_bar(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """stdout and stderr into one buffer, as on a terminal: the bar (on, without -q) is drawn,
+    """stdout and stderr into one terminal: the bar (on, without -q) is drawn,
     the automatic layer is said before it starts, and the skipped file and each image's line
     stand on lines of their own."""
     folder = tmp_path / "in"
@@ -127,7 +128,7 @@ def test_explain_prints_a_line_per_image_and_logs_outside_the_bar(
         (folder / name).write_bytes(COFFEE.read_bytes())
     (folder / "b.jpg").write_text("text, not a JPEG")
     out = tmp_path / "out"
-    terminal = io.StringIO()
+    terminal = Terminal()
     monkeypatch.setattr("sys.stdout", terminal)
     monkeypatch.setattr("sys.stderr", terminal)
     argv = ["gradcam", str(folder), "--out", str(out), "--batch-size", "1", "--workers", "0"]
@@ -157,12 +158,19 @@ def test_explain_prints_a_line_per_image_and_logs_outside_the_bar(
         assert not (_is_bar(line) and ("cnnviz:" in line or "→" in line)), line
 
 
-def test_no_image_lines_with_quiet_and_pure_json_with_json(
+def test_image_lines_with_quiet_and_pure_json_with_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["-q", "saliency", str(COFFEE), "--out", str(tmp_path / "q")]) == 0
+    """``-q`` silences stderr (no log line, no bar) but keeps the line per image: it says what
+    was written. ``--json`` keeps stdout for the JSON alone."""
+    out = tmp_path / "q"
+    assert main(["-q", "saliency", str(COFFEE), "--out", str(out)]) == 0
     quiet = capsys.readouterr()
-    assert quiet.out == f"Wrote 1 result(s) to {tmp_path / 'q'}/ (manifest.json)\n"
+    assert quiet.out == (
+        f"coffee.jpg → espresso 95.4 % · Saliency → {out}/coffee.saliency.0-espresso.png\n"
+        f"Wrote 1 result(s) to {out}/ (manifest.json)\n"
+    )
+    assert (out / "coffee.saliency.0-espresso.png").is_file()
     assert quiet.err == ""
     assert main(["saliency", str(COFFEE), "--out", str(tmp_path / "j"), "--json"]) == 0
     printed = capsys.readouterr()

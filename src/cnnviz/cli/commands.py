@@ -301,9 +301,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     def say_image(items: list[dict[str, Any]]) -> None:
         print_line(image_line(items, out))
 
-    # One line per image on stdout; not with -q, nor with --json (stdout holds the JSON only,
-    # which lists the same items).
-    quiet = args.quiet or args.json
+    # One line per image on stdout, with -q too (what was written, not progress); not with
+    # --json (stdout holds the JSON only, which lists the same items).
     with writing_into(out):
         manifest = explain_files(
             loaded,
@@ -312,7 +311,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             settings,
             command=args.command,
             progress=not args.quiet,
-            on_image=None if quiet else say_image,
+            on_image=None if args.json else say_image,
         )
     return finish(manifest, out, args)
 

@@ -5,12 +5,13 @@ draws them on stderr with tqdm) is cleared, the line written, and the bar redraw
 message never lands inside a bar. :func:`cli_logging` routes logging that way for the length of a
 command: ``cnnviz``'s own records as ``cnnviz: message`` (INFO and up, WARNING with ``-q``), other
 libraries' as ``cnnviz: library: message`` (WARNING and up; ERROR with ``-q``, which also turns
-off the Hugging Face hub's progress bars). Everything is restored afterwards, so ``main(argv)``
-called in-process leaves logging as it found it.
+off the Hugging Face hub's progress bars and cnnviz's own, :mod:`cnnviz.progress`). Everything is
+restored afterwards, so ``main(argv)`` called in-process leaves logging as it found it.
 
-:func:`image_line` is the line an explain run prints on stdout for each image it wrote (not with
-``-q``, nor with ``--json``, whose stdout is the JSON alone): the input's name, the targets with
-their softmax probability, the method (and its layer), and the main file written::
+:func:`image_line` is the line an explain run prints on stdout for each image it wrote — also with
+``-q`` and when stderr is not a terminal, where no bar is drawn (it is what was written, not
+progress); not with ``--json``, whose stdout is the JSON alone. It names the input, the targets
+with their softmax probability, the method (and its layer), and the main file written::
 
     coffee.jpg → espresso 95.4 % · Grad-CAM @ bn2 → out/coffee.gradcam.0-espresso.png
 
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cnnviz.errors import one_line
+from cnnviz.progress import disabled
 
 THIRD_PARTY_LOGGERS = ("huggingface_hub", "timm", "urllib3", "filelock", "matplotlib", "PIL")
 """Libraries whose warnings ``-q`` silences (their errors still show)."""
@@ -80,7 +82,8 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]  # generi
 
 @contextmanager
 def cli_logging(quiet: bool, stream: TextIO | None = None) -> Iterator[None]:
-    """Route logging to ``stream`` (default: stderr) as one-line records for the block."""
+    """Route logging to ``stream`` (default: stderr) as one-line records for the block; with
+    ``quiet`` no progress bar is drawn either (:func:`cnnviz.progress.disabled`)."""
     handler = ConsoleHandler(stream or sys.stderr)
     ours, root = logging.getLogger("cnnviz"), logging.getLogger()
     saved = (ours.handlers[:], ours.level, ours.propagate)
@@ -97,7 +100,8 @@ def cli_logging(quiet: bool, stream: TextIO | None = None) -> Iterator[None]:
         for name in THIRD_PARTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
-        yield
+        with disabled(quiet):
+            yield
     finally:
         root.removeHandler(others)
         ours.handlers[:], ours.level, ours.propagate = saved

@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--quiet",
         "-q",
         action="store_true",
-        help="only warnings and errors: no progress bars, no per-image lines",
+        help="only warnings and errors, and the line per image explained: no progress bars",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

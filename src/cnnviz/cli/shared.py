@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cnnviz.cli.exit_codes import ExitCode
 from cnnviz.errors import CnnvizError, ImageLoadError, OutputError, UsageError, one_line
+from cnnviz.progress import status
 
 if TYPE_CHECKING:
     from cnnviz.models import LoadedModel
@@ -65,25 +66,28 @@ def load(
     ``structure_only=True`` (``layers``, ``summary``) builds the architecture without its
     pretrained weights when no ``--weights`` is given, and says so: the structure needs none.
     """
-    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
-    from cnnviz.models import load_model
-    from cnnviz.models.own import is_own_model
-
     model = name or args.model
-    weights, device = args.weights, args.device
-    if structure_only and weights is None and not is_own_model(model):
-        weights, device = "random", "meta"  # shapes without values: no initialisation either
-        logger.info("architecture only: pretrained weights not loaded (the structure needs none)")
-    loaded = load_model(
-        model,
-        weights=weights,
-        device=device,
-        class_names=getattr(args, "class_names", None),
-        preprocessing=preprocessing_overrides(args) or None,
-        model_args=parse_key_values(
-            getattr(args, "model_arg", None) or [], "--model-arg", example="num_classes=10"
-        ),
-    )
+    with status(f"loading {model}", delay=0.5):  # torch's import and the weights take seconds
+        # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
+        from cnnviz.models import load_model
+        from cnnviz.models.own import is_own_model
+
+        weights, device = args.weights, args.device
+        if structure_only and weights is None and not is_own_model(model):
+            weights, device = "random", "meta"  # shapes without values: no initialisation
+            logger.info(
+                "architecture only: pretrained weights not loaded (the structure needs none)"
+            )
+        loaded = load_model(
+            model,
+            weights=weights,
+            device=device,
+            class_names=getattr(args, "class_names", None),
+            preprocessing=preprocessing_overrides(args) or None,
+            model_args=parse_key_values(
+                getattr(args, "model_arg", None) or [], "--model-arg", example="num_classes=10"
+            ),
+        )
     if data and any(t.is_meta for t in loaded.module.parameters()):
         raise UsageError(
             f"--device {args.device} holds shapes but no values; it works for `cnnviz layers` "

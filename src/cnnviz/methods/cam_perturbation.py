@@ -18,7 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from tqdm.auto import tqdm
 
 from cnnviz.capture.forward import add_forward_hook, input_layout, model_state_guard
 from cnnviz.capture.hooks import HookOwner
@@ -27,6 +26,7 @@ from cnnviz.errors import LayerError, NonFiniteError
 from cnnviz.methods.base import register
 from cnnviz.methods.cam import ActivationCAM, LayerPass
 from cnnviz.methods.postprocess import upsample
+from cnnviz.progress import batch_progress
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +37,6 @@ def _check_batch_size(batch_size: int) -> int:
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     return batch_size
-
-
-def _progress(total: int, what: str) -> Any:
-    """A tqdm bar over ``total`` forward batches: off for a single batch and off a terminal."""
-    return tqdm(
-        total=total, desc=what, unit="batch", leave=False, disable=None if total > 1 else True
-    )
 
 
 class OutputSwap(HookOwner):
@@ -159,7 +152,7 @@ class ScoreCAM(ActivationCAM):
         with (
             model_state_guard(model),
             torch.inference_mode(),
-            _progress(len(work), self.title) as bar,
+            batch_progress(len(work), self.title) as bar,
         ):
             if not varying.all():  # one forward of the zero image serves every constant channel
                 output = model(torch.zeros_like(x[:1], memory_format=layout))
@@ -262,7 +255,7 @@ class AblationCAM(ActivationCAM):
             model_state_guard(model),
             OutputSwap(model, layer) as swap,
             torch.inference_mode(),
-            _progress(len(work), self.title) as bar,
+            batch_progress(len(work), self.title) as bar,
         ):
             for i, part in work:
                 if feed is None:

@@ -34,6 +34,7 @@ from cnnviz.methods.base import (
     register,
 )
 from cnnviz.methods.postprocess import GRADIENT_OUTLIER_PERCENT, Display
+from cnnviz.progress import batches
 
 logger = logging.getLogger(__name__)
 
@@ -354,7 +355,7 @@ class NoisyGradients(Method):
         total = x.new_zeros((n, count, *x.shape[1:]))
         total_sq = torch.zeros_like(total)
         noise = gaussian_noise(x, self.samples, self.seed)
-        for span in chunks(self.samples, n, self.batch_size):
+        for span in batches(list(chunks(self.samples, n, self.batch_size)), self.title):
             eps = torch.stack([next(noise) for _ in span]) * sigma.view(1, n, 1, 1, 1)
             rows = repeated_rows(n, len(span), x.device)
             grads, _ = input_gradients(model, (x + eps).flatten(0, 1), clean.targets, rows)

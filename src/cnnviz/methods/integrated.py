@@ -30,6 +30,7 @@ from cnnviz.methods.gradients import (
 )
 from cnnviz.methods.path_quadrature import adaptive_trapezoid
 from cnnviz.methods.postprocess import GRADIENT_OUTLIER_PERCENT, Display
+from cnnviz.progress import INNER_DELAY_SECONDS, batches, progress
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ class IntegratedGradients(Method):
         alphas, weights = (t.to(diff) for t in nodes_and_weights(self.quadrature, self.steps))
         n = diff.shape[0]
         total = diff.new_zeros((n, targets.per_image, *diff.shape[1:]))
-        for span in chunks(self.steps, n, self.batch_size):
+        for span in batches(list(chunks(self.steps, n, self.batch_size)), self.title):
             a = alphas[span.start : span.stop].view(-1, 1, 1, 1, 1)
             path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
             rows = repeated_rows(n, len(span), diff.device)
@@ -317,10 +318,12 @@ class IntegratedGradients(Method):
                 targets.per_image,
             )
         rows_per_pass = max(self.batch_size, group)
+        n = diff.shape[0]
 
         def evaluate(
             images: torch.Tensor, alphas: torch.Tensor
         ) -> tuple[torch.Tensor, torch.Tensor]:
+            bar.update(len(images))
             images = images.to(diff.device)
             a = alphas.to(diff).view(-1, 1, 1, 1)
             densities, scores = [], []
@@ -332,11 +335,23 @@ class IntegratedGradients(Method):
                 scores.append(s)
             return torch.cat(densities), torch.cat(scores)
 
-        images = torch.arange(diff.shape[0])
-        parts = [
-            adaptive_trapezoid(evaluate, images[start : start + group], self.steps, self.tolerance)
-            for start in range(0, len(images), group)
-        ]
+        images = torch.arange(n)
+        # At most `steps` points per image (fewer when the rule stops early), nested, once slow.
+        most = n * self.steps
+        with progress(
+            most,
+            self.title,
+            "step",
+            leave=False,
+            delay=INNER_DELAY_SECONDS,
+            show=most > rows_per_pass,
+        ) as bar:
+            parts = [
+                adaptive_trapezoid(
+                    evaluate, images[start : start + group], self.steps, self.tolerance
+                )
+                for start in range(0, n, group)
+            ]
         attributions = torch.cat([integral for integral, _ in parts])
         used = torch.cat([count for _, count in parts]).to(diff.device)
         return attributions, used

@@ -27,6 +27,7 @@ from cnnviz.methods.gradients import (
     repeated_rows,
 )
 from cnnviz.methods.postprocess import Display
+from cnnviz.progress import batches
 
 
 class Score(enum.Enum):
@@ -141,7 +142,7 @@ class Occlusion(Method):
             reference = clean.probabilities
         total = x.new_zeros((n, clean.targets.per_image, height, width))
         count = x.new_zeros((height, width))
-        for span in chunks(len(windows), n, self.batch_size):
+        for span in batches(list(chunks(len(windows), n, self.batch_size)), self.title):
             batch = x.repeat(len(span), 1, 1, 1)
             for j, (top, left) in enumerate(windows[span.start : span.stop]):
                 area = (slice(j * n, (j + 1) * n), slice(None), slice(top, top + wh))
@@ -248,7 +249,7 @@ class RISE(Method):
         probability = self.score is Score.PROBABILITY
         generator = make_generator(self.seed, x.device)
         total = x.new_zeros((n, clean.targets.per_image, *size))
-        for span in chunks(self.masks, n, self.batch_size):
+        for span in batches(list(chunks(self.masks, n, self.batch_size)), self.title):
             m = draw_rise_masks(
                 generator, len(span), grid=self.grid, p=self.p, size=size, dtype=x.dtype
             )

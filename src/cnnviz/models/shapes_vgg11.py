@@ -53,6 +53,7 @@ from cnnviz.errors import CheckpointError
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.vgg import VGG11
 from cnnviz.outputs.files import atomic_write_bytes, file_lock
+from cnnviz.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def train_shapes_vgg11(
     :data:`~cnnviz.data.shapes.HELDOUT_SEED`. Weights are initialised from ``seed`` (inside
     ``torch.random.fork_rng``, so the caller's global RNG is untouched) and batches shuffled by a
     generator seeded with it. AdamW with a one-cycle learning rate (peak ``lr``), cross-entropy,
-    no augmentation. ``progress`` shows a tqdm bar on stderr when it is a terminal.
+    no augmentation. ``progress`` shows a bar (:mod:`cnnviz.progress`).
 
     ``num_threads`` (default 1) is torch's thread count during training, restored afterwards:
     a fixed count makes the weights the same whatever the caller's setting (CPU float sums depend
@@ -183,18 +184,18 @@ def fit(
     weight_decay: float,
     shuffle: torch.Generator,
     progress: bool = False,
+    desc: str = "shapes_vgg11",
 ) -> float:
     """Train ``model`` with AdamW and a one-cycle schedule (25 % warm-up) on cross-entropy.
 
     ``epoch_data(epoch)`` gives that epoch's ``n_per_epoch`` ``(inputs, labels)``; each epoch
     visits them in the order ``torch.randperm(n_per_epoch, generator=shuffle)``, in batches of
     ``batch_size`` (the last partial batch is dropped: BatchNorm wants more than one image).
+    ``progress`` draws a bar over the batches (:mod:`cnnviz.progress`), described by ``desc``.
     Leaves ``model`` in eval mode and returns the last epoch's mean loss. The one training loop
     of ``shapes_vgg11`` and of the sanity checks' random-label model
     (:mod:`cnnviz.runs.randomization`).
     """
-    from tqdm.auto import tqdm  # lazy: only training shows a progress bar
-
     steps = n_per_epoch // batch_size
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
@@ -202,9 +203,7 @@ def fit(
     )
     model.train()
     final_loss = math.nan
-    with tqdm(
-        total=epochs * steps, desc="shapes_vgg11", unit="batch", disable=None if progress else True
-    ) as bar:
+    with progress_bar(epochs * steps, desc, "batch", show=progress) as bar:
         for epoch in range(epochs):
             inputs, labels = epoch_data(epoch)
             order = torch.randperm(n_per_epoch, generator=shuffle)
@@ -219,7 +218,7 @@ def fit(
                 total += float(loss.detach())
                 bar.update(1)
             final_loss = total / steps
-            bar.set_postfix(loss=f"{final_loss:.3f}")
+            bar.note(f"epoch {epoch + 1}/{epochs}, loss={final_loss:.3f}")
     model.eval()
     return final_loss
 

@@ -33,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from cnnviz.api import announce_default_layer, explain
 from cnnviz.errors import CnnvizError, ImageLoadError
@@ -50,6 +49,8 @@ from cnnviz.metrics.statistics import BETTER, METRIC_GROUPS, summarize_metrics
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import atomic_write_bytes, write_json
 from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
+from cnnviz.progress import Bar, disabled, status
+from cnnviz.progress import progress as progress_bar
 from cnnviz.render.colours import compose
 from cnnviz.render.drawing import legend_text
 from cnnviz.render.figures import (
@@ -107,6 +108,7 @@ class _Run:
     items: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
     sanity: dict[str, Any] = field(default_factory=dict)
+    bar: Bar = field(default_factory=Bar)  # the bar over the images, noted with each step
 
     def add_row(self, base: dict[str, Any], metric: str, value: float, note: str = "") -> None:
         """Record one value; a non-finite one becomes ``None`` with a note."""
@@ -139,7 +141,7 @@ Values = list[tuple[str, float, str]]
 
 
 def _faithfulness(
-    run: _Run, x: torch.Tensor, maps: torch.Tensor, target: int
+    run: _Run, x: torch.Tensor, maps: torch.Tensor, target: int, note: str
 ) -> tuple[Values, dict[str, np.ndarray], tuple[np.ndarray, np.ndarray] | None]:
     """Deletion, insertion, confidence and ROAD values (as selected), with their curves."""
     settings, model = run.settings, run.loaded.module
@@ -149,16 +151,19 @@ def _faithfulness(
     curves: dict[str, np.ndarray] = {}
     for kind in ("deletion", "insertion"):
         if kind in wanted:
+            run.bar.note(f"{note}: {kind}")
             options = {"baseline": settings.baseline} if kind == "deletion" else {}
             curve = getattr(fa, kind)(model, x, maps, steps=settings.steps, **options, **common)
             curves[kind] = curve.probabilities[0].numpy()
             values.append((f"{kind}_auc", float(curve.auc[0]), ""))
     if "confidence" in wanted:
+        run.bar.note(f"{note}: confidence")
         change = fa.confidence_change(model, x, maps, **common)
         values.append(("average_drop", 100.0 * float(change.drop[0]), ""))
         values.append(("increase_in_confidence", 100.0 * float(change.increase[0]), ""))
     road = None
     if "road" in wanted:
+        run.bar.note(f"{note}: ROAD")
         percentages = settings.road_percentages
         result = road_metric(model, x, maps, percentages=percentages, seed=settings.seed, **common)
         road = (result.morf[0].numpy(), result.lerf[0].numpy())
@@ -189,8 +194,11 @@ def _score_method(
 
     Rows and curves are recorded only when every metric succeeded.
     """
+    where = f"{Path(base['image']).name} · {method}"  # the bar's note: where, and what step
+    run.bar.note(f"{where}: map")
     maps, base = _method_maps(run, x, method, index, base)
-    values, curves, road = _faithfulness(run, x, maps, base["target_index"])
+    values, curves, road = _faithfulness(run, x, maps, base["target_index"], where)
+    run.bar.note(f"{where}: pointing")
     values += _pointing(run, maps, truth)
     for metric, value, note in values:
         run.add_row(base, metric, value, note)
@@ -309,24 +317,22 @@ def evaluate_files(
     ):
         announce_default_layer(loaded)  # its log line before the bar
     sanity_inputs: list[tuple[Any, int]] = []
-    bar = tqdm(
-        total=len(paths), desc="evaluate", unit="img", disable=not progress, dynamic_ncols=True
-    )
-    try:
+    with disabled(not progress), progress_bar(len(paths), "evaluate", "img") as run.bar:
         for item in load_inputs(loaded, list(paths), run.failures):
             record = _evaluate_image(run, item)
             if record is not None:
                 run.items.append(record)
                 if len(sanity_inputs) < settings.sanity_images:
                     sanity_inputs.append((item, record["target_index"]))
-            bar.update(item.index + 1 - bar.n)  # skipped files count as done
-        bar.update(len(paths) - bar.n)
-    finally:
-        bar.close()
-    if "sanity" in settings.metrics and sanity_inputs:
-        _sanity(run, sanity_inputs)
-    summary = summarize_metrics(run.rows, resamples=settings.bootstrap, seed=settings.seed)
-    files = _write_results(run, out_dir, summary)
+            run.bar.update(item.index + 1 - run.bar.n)  # skipped files count as done
+        run.bar.update(len(paths) - run.bar.n)
+    with disabled(not progress):
+        if "sanity" in settings.metrics and sanity_inputs:
+            _sanity(run, sanity_inputs)  # its bar: the randomised layers × methods
+        with status(f"evaluate: bootstrap means ({settings.bootstrap} resamples)"):
+            summary = summarize_metrics(run.rows, resamples=settings.bootstrap, seed=settings.seed)
+        with status("evaluate: plots, tables and page"):
+            files = _write_results(run, out_dir, summary)
     manifest = Manifest(
         command="evaluate",
         model=model_record(loaded),

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fork (see _ImageFiles)
 from cnnviz.api import announce_default_layer, cam_layer, explain
@@ -70,6 +69,7 @@ from cnnviz.outputs.records import (
     source_signature,
     valid_record,
 )
+from cnnviz.progress import Bar, disabled, progress
 from cnnviz.render.colours import colormap_lut
 from cnnviz.render.drawing import MapDrawing
 
@@ -273,19 +273,25 @@ class _Run:
         options = {} if self.all else self.settings.options
         results: list[list[Any]] = []
         first_error: NotApplicableError | None = None
-        for method in [m for m in self.methods if m not in self.skipped]:
-            try:
-                explanation = explain(
-                    self.loaded, x, method, layer=self.settings.layer, target=target, **options
-                )
-            except NotApplicableError as e:
-                if not self.all:
-                    raise
-                first_error = first_error or e
-                self.skipped[method] = " ".join(str(e).split())
-                logger.warning("method %s skipped: %s", method, self.skipped[method])
-                continue
-            results.append(per_image_results(explanation, self.settings.drawing))
+        methods = [m for m in self.methods if m not in self.skipped]
+        # With --method all, a bar over the methods (described by the one running) below the
+        # bar over the images.
+        with progress(len(methods), "methods", "method", leave=False, show=self.all) as bar:
+            for method in methods:
+                bar.describe(get_method(method).title)
+                try:
+                    explanation = explain(
+                        self.loaded, x, method, layer=self.settings.layer, target=target, **options
+                    )
+                except NotApplicableError as e:
+                    if not self.all:
+                        raise
+                    first_error = first_error or e
+                    self.skipped[method] = " ".join(str(e).split())
+                    logger.warning("method %s skipped: %s", method, self.skipped[method])
+                else:
+                    results.append(per_image_results(explanation, self.settings.drawing))
+                bar.update()
         if not results:  # nothing can explain this model: a settings problem, not a skip
             raise first_error or NotApplicableError(
                 f"every method was skipped for this model ({', '.join(self.skipped)})"
@@ -343,14 +349,14 @@ class _Run:
             skipped_methods=dict(self.skipped),
         )
 
-    def process(self, progress: bool) -> None:
+    def process(self) -> None:
         """Decode, explain and write every pending image; writing overlaps the next batch."""
         chunks = self.pending_chunks()
-        if not chunks:
-            return
-        bar = tqdm(
-            total=sum(self.pending), desc=self.tag, unit="img", disable=not progress, leave=False
-        )
+        if chunks:
+            with progress(sum(self.pending), self.tag, "img", leave=False) as bar:
+                self._process(chunks, bar)
+
+    def _process(self, chunks: list[list[int]], bar: Bar) -> None:
         pool = ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="cnnviz-write")
         in_flight: deque[tuple[int, Future[list[dict[str, Any]]]]] = deque()
 
@@ -382,7 +388,6 @@ class _Run:
         finally:
             del batches  # stops the decoding processes now, also on Ctrl-C
             pool.shutdown(wait=True, cancel_futures=True)
-            bar.close()
 
     def manifest(self, command: str) -> dict[str, Any]:
         attempted = {
@@ -463,7 +468,8 @@ def explain_files(
     if every_method and settings.layer is None and needs_layer and any(run.pending):
         announce_default_layer(loaded)
     try:
-        run.process(progress)
+        with disabled(not progress):
+            run.process()
     except KeyboardInterrupt:
         try:
             run.manifest(command)

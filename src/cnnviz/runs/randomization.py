@@ -48,6 +48,7 @@ from cnnviz.methods.registry import get_method
 from cnnviz.metrics.faithfulness import ClassTarget, class_targets
 from cnnviz.metrics.sanity import MODES, SIMILARITIES, SanityResult, batch_similarity, displayed
 from cnnviz.models.shapes_vgg11 import build_shapes_vgg11, fit, heldout_accuracy, normalize_shapes
+from cnnviz.progress import Bar, progress
 
 logger = logging.getLogger(__name__)
 
@@ -143,12 +144,19 @@ def _explain_all(
     layers: Mapping[str, str | None],
     target: list[int],
     class_names: Sequence[str] | None,
+    bar: Bar | None = None,
+    step: str = "",
 ) -> dict[str, Explanation]:
-
-    return {
-        name: explain(model, x, name, layer=layers[name], target=target, class_names=class_names)
-        for name in methods
-    }
+    """Each method's explanation; a step of ``bar`` each, noted ``step · method``."""
+    bar = bar or Bar()
+    explanations = {}
+    for name in methods:
+        bar.note(f"{step} · {get_method(name).title}")
+        explanations[name] = explain(
+            model, x, name, layer=layers[name], target=target, class_names=class_names
+        )
+        bar.update()
+    return explanations
 
 
 def method_layers(
@@ -208,25 +216,36 @@ def parameter_randomization(
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     names = [get_method(m).name for m in methods]
     x = as_model_input(model, images)
-    all_groups = list(groups) if groups is not None else randomization_groups(model, x)
-    if not all_groups:
-        raise ValueError("The model has no layers with reset_parameters(); nothing to randomise.")
-    layers = method_layers(model, x, names, layer)
-    target_list = _target_indices(model, x, target, class_names)
-    originals = _explain_all(model, x, names, layers, target_list, class_names)
-    order = list(reversed(all_groups)) if mode == "cascading" else list(all_groups)
-    clone = copy.deepcopy(model)
-    trained = {k: v.detach().clone() for k, v in clone.state_dict().items()}
-    sims: dict[str, list[dict[str, np.ndarray]]] = {n: [] for n in names}
-    pictures = {n: [displayed(originals[n].upsampled()[:, 0], originals[n].display)] for n in names}
-    for group in order:
-        if mode == "independent":
-            clone.load_state_dict(trained)
-        reset_group(clone, group, _group_seed(seed, all_groups.index(group)))
-        randomized = _explain_all(clone, x, names, layers, target_list, class_names)
-        for n in names:
-            sims[n].append(batch_similarity(originals[n], randomized[n], metrics))
-            pictures[n].append(displayed(randomized[n].upsampled()[:, 0], randomized[n].display))
+    # One step per map: the original, then each randomised layer group, for every method.
+    with progress(None, f"sanity {mode}", "map") as bar:
+        bar.note("finding the layers to randomise")
+        all_groups = list(groups) if groups is not None else randomization_groups(model, x)
+        if not all_groups:
+            raise ValueError(
+                "The model has no layers with reset_parameters(); nothing to randomise."
+            )
+        bar.set_total((len(all_groups) + 1) * len(names))
+        layers = method_layers(model, x, names, layer)
+        target_list = _target_indices(model, x, target, class_names)
+        order = list(reversed(all_groups)) if mode == "cascading" else list(all_groups)
+        originals = _explain_all(model, x, names, layers, target_list, class_names, bar, "trained")
+        clone = copy.deepcopy(model)
+        trained = {k: v.detach().clone() for k, v in clone.state_dict().items()}
+        sims: dict[str, list[dict[str, np.ndarray]]] = {n: [] for n in names}
+        pictures = {
+            n: [displayed(originals[n].upsampled()[:, 0], originals[n].display)] for n in names
+        }
+        for group in order:
+            if mode == "independent":
+                clone.load_state_dict(trained)
+            reset_group(clone, group, _group_seed(seed, all_groups.index(group)))
+            label = f"{short_label(group.label)} random"
+            randomized = _explain_all(clone, x, names, layers, target_list, class_names, bar, label)
+            for n in names:
+                sims[n].append(batch_similarity(originals[n], randomized[n], metrics))
+                pictures[n].append(
+                    displayed(randomized[n].upsampled()[:, 0], randomized[n].display)
+                )
     steps = tuple(g.label for g in order)
     return {
         n: SanityResult(
@@ -276,6 +295,8 @@ def train_random_labels(
             lr=lr,
             weight_decay=0.0,
             shuffle=torch.Generator().manual_seed(seed),
+            progress=True,
+            desc="sanity data: training on random labels",
         )
     with torch.no_grad():
         predicted = torch.cat([model(chunk).argmax(1) for chunk in torch.split(inputs, 256)])
@@ -307,8 +328,11 @@ def compare_models(
     x = as_model_input(model, images)
     layers = method_layers(model, x, names, layer)
     target_list = _target_indices(model, x, target, class_names)
-    first = _explain_all(model, x, names, layers, target_list, class_names)
-    second = _explain_all(other, x, names, layers, target_list, class_names)
+    with progress(2 * len(names), "sanity data", "map") as bar:
+        first = _explain_all(model, x, names, layers, target_list, class_names, bar, "trained")
+        second = _explain_all(
+            other, x, names, layers, target_list, class_names, bar, "random labels"
+        )
     results = {}
     for n in names:
         sims = batch_similarity(first[n], second[n])

@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from cnnviz.api import announce_default_layer, default_layer, explain
 from cnnviz.capture.layers import trace_layers
@@ -41,6 +40,8 @@ from cnnviz.options import MapStyle
 from cnnviz.outputs.files import atomic_write_bytes, to_json_text, write_png
 from cnnviz.outputs.image_files import drawn_maps
 from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
+from cnnviz.progress import disabled
+from cnnviz.progress import progress as progress_bar
 from cnnviz.render.colours import Box, draw_box, to_uint8
 from cnnviz.render.drawing import MapDrawing, colour_strip, legend_text
 from cnnviz.render.figures import activations_figure, filters_figure
@@ -425,8 +426,7 @@ def build_report(
     failures: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
     items: list[dict[str, Any]] = []
-    bar = tqdm(total=len(files), desc="report", unit="img", disable=not progress or len(files) < 2)
-    try:
+    with disabled(not progress), progress_bar(len(files), "report", "img") as bar:
         for item in load_inputs(loaded, files, failures):
             page = _page(loaded, item, parts, settings, boxes.get(item.path))
             href = f"{item.stem}.html"
@@ -442,8 +442,6 @@ def build_report(
                 }
             )
             bar.update(1)
-    finally:
-        bar.close()
     record = model_record(loaded)
     index_html = render_page("index.html.j2", model=record, pages=index_entries, failures=failures)
     atomic_write_bytes(out / "index.html", index_html.encode("utf-8"))

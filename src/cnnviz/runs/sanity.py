@@ -31,6 +31,7 @@ from cnnviz.models.loaded import LoadedModel
 from cnnviz.options import SANITY_MODES
 from cnnviz.outputs.files import atomic_write_bytes, safe_stem, write_json
 from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
+from cnnviz.progress import Bar, progress, status
 from cnnviz.render.figures import figure_to_png_bytes, sanity_maps_figure, similarity_figure
 from cnnviz.runs.randomization import compare_models, parameter_randomization, train_random_labels
 
@@ -75,7 +76,8 @@ def sanity_files(
             "Data randomisation retrains the model on permuted labels and is available for "
             f"the model {DATA_RANDOMIZATION_MODEL} only (--model {DATA_RANDOMIZATION_MODEL})."
         )
-    item = _load_image(loaded, image)
+    with status("sanity: reading the image"):  # the first decode imports torchvision (seconds)
+        item = _load_image(loaded, image)
     runs, training = _randomize(loaded, item, settings)
     report: dict[str, Any] = {
         "input": str(item.path),
@@ -85,8 +87,10 @@ def sanity_files(
     if training is not None:
         report["data_training"] = training
     files: dict[str, str] = {}
-    for mode, results in runs.items():
-        files |= _write_figures(out, mode, results, item, settings.cmap)
+    figures = sum(1 if mode == "data" else 2 for mode in runs)
+    with progress(figures, "sanity figures", "figure") as bar:
+        for mode, results in runs.items():
+            files |= _write_figures(out, mode, results, item, settings.cmap, bar)
     files["json"] = "sanity.json"
     write_json(out / files["json"], report)
     manifest = Manifest(
@@ -160,15 +164,25 @@ def _mode_record(results: dict[str, SanityResult]) -> dict[str, Any]:
 
 
 def _write_figures(
-    out: Path, mode: str, results: dict[str, SanityResult], item: LoadedImage, cmap: str
+    out: Path,
+    mode: str,
+    results: dict[str, SanityResult],
+    item: LoadedImage,
+    cmap: str,
+    bar: Bar,
 ) -> dict[str, str]:
-    """Write the figures of one mode; returns their names (``{mode}_plot``, ``{mode}_maps``)."""
+    """Write the figures of one mode, a step of ``bar`` each; returns their names
+    (``{mode}_plot``, ``{mode}_maps``)."""
     files: dict[str, str] = {}
     if mode != "data":  # one step: nothing to plot against depth
         files[f"{mode}_plot"] = f"sanity-{mode}.png"
+        bar.note(files[f"{mode}_plot"])
         figure = similarity_figure(results, title=f"{mode} randomisation — {item.path.name}")
         atomic_write_bytes(out / files[f"{mode}_plot"], figure_to_png_bytes(figure))
+        bar.update()
     files[f"{mode}_maps"] = f"maps-{mode}.png"
+    bar.note(files[f"{mode}_maps"])
     maps = sanity_maps_figure(results, cmap=cmap)
     atomic_write_bytes(out / files[f"{mode}_maps"], figure_to_png_bytes(maps))
+    bar.update()
     return files
