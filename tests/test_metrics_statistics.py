@@ -20,6 +20,7 @@ from cnnviz.metrics.statistics import (
     paired_comparison,
     summarize_metrics,
 )
+from cnnviz.runs.evaluate_outputs import comparison_text, summary_lines
 
 NOISE = np.array([0.30, 0.25, 0.40, 0.35, 0.28, 0.32, 0.38, 0.27])
 """The baseline's per-image values (8 images)."""
@@ -140,7 +141,42 @@ def test_rows_are_paired_by_image() -> None:
 
 def test_every_metric_has_a_direction() -> None:
     from cnnviz.metrics.localisation import REFERENCE_MAPS
+    from cnnviz.runs.evaluate import EvaluateSettings
 
-    assert BETTER["deletion_auc"] == "lower"
-    assert BETTER["insertion_auc"] == "higher"
-    assert BASELINE in REFERENCE_MAPS
+    assert BETTER["deletion_auc"] == "lower" and BETTER["insertion_auc"] == "higher"
+    assert BASELINE in REFERENCE_MAPS and BASELINE in EvaluateSettings().methods
+
+
+def test_the_words_and_numbers_of_a_verdict() -> None:
+    entry = {
+        "method": "saliency",
+        "metric": "deletion_auc",
+        "n": 50,
+        "mean": 0.148,
+        "ci_low": 0.12,
+        "ci_high": 0.17,
+        "better": "lower",
+        "baseline": BASELINE,
+        "n_paired": 50,
+        "advantage": -0.034,
+        "advantage_ci_low": -0.07,
+        "advantage_ci_high": 0.002,
+        "verdict": "no_better",
+    }
+    assert comparison_text(entry) == (
+        "no better than random-map (Δ −0.034 [−0.070, +0.002], n = 50)"
+    )
+    base = {**entry, "method": BASELINE, "mean": 0.114, "verdict": "baseline"}
+    few = {**entry, "n_paired": 3, "verdict": "undecided"}
+    assert comparison_text(few).startswith("undecided against random-map (6 images needed)")
+    drop = {**entry, "metric": "average_drop", "mean": 61.25, "ci_low": 50.0, "ci_high": 70.0}
+    drop |= {"advantage": 12.5, "advantage_ci_low": 4.0, "advantage_ci_high": 20.0}
+    lines = summary_lines([entry, {**drop, "verdict": "better"}, base], ["saliency", BASELINE])
+    assert lines[1:] == [
+        "saliency: deletion_auc ↓ 0.148 [0.120, 0.170] — no better than random-map "
+        "(Δ −0.034 [−0.070, +0.002], n = 50)",
+        "random-map: deletion_auc ↓ 0.114 [0.120, 0.170] — the baseline",
+        "saliency: average_drop ↓ 61.2 [50.0, 70.0] — better than random-map "
+        "(Δ +12.5 [+4.0, +20.0], n = 50)",
+    ]
+    assert summary_lines([entry], ["saliency"])[0].startswith("No baseline: random-map was not")

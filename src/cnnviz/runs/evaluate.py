@@ -5,7 +5,8 @@ deletion and insertion AUC, Average Drop / Increase in Confidence, ROAD (MoRF an
 the pointing games when ground truth is given, and — on the first ``sanity_images`` images —
 the similarity to the original map after full cascading randomisation. Results are one row per
 image × method × metric (``results.csv``, ``results.json``) and means with seeded 95 % bootstrap
-intervals (``summary.csv``); plots
+intervals, each method compared image by image with the ``random-map`` baseline
+(``summary.csv``, :func:`cnnviz.metrics.statistics.compare_with_baseline`); plots
 (``curves.png``, ``road.png``, ``sanity.png``, ``sanity-maps.png``) and a self-contained
 ``index.html`` come with them, written by :mod:`cnnviz.runs.evaluate_outputs`.
 
@@ -44,7 +45,7 @@ from cnnviz.metrics.faithfulness import class_targets
 from cnnviz.metrics.localisation import REFERENCE_MAPS, load_ground_truth, lookup, reference_map
 from cnnviz.metrics.road import road as road_metric
 from cnnviz.metrics.sanity import SIMILARITIES
-from cnnviz.metrics.statistics import METRIC_GROUPS, summarize_metrics
+from cnnviz.metrics.statistics import BASELINE, METRIC_GROUPS, summarize_metrics
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
 from cnnviz.render.colours import overlay
@@ -59,7 +60,7 @@ logger = logging.getLogger(__name__)
 class EvaluateSettings:
     """What ``cnnviz evaluate`` measures (defaults follow the papers)."""
 
-    methods: tuple[str, ...] = ("gradcam", "saliency")
+    methods: tuple[str, ...] = ("gradcam", "saliency", BASELINE)
     metrics: tuple[str, ...] = tuple(METRIC_GROUPS)
     layer: str | None = None
     steps: int = 100
