@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -71,7 +72,8 @@ def test_evaluate_survives_bad_files(
             "200",
         ]
     )
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err, out_text = captured.err, captured.out
     assert code == 1
     for name in ("broken.jpg", "notes.jpg", "tiny.png"):
         assert f"skipped {folder / name}" in err
@@ -127,6 +129,10 @@ def test_evaluate_survives_bad_files(
     ]
     assert deletion["gradcam"]["mean"] == pytest.approx(np.mean(values))
     assert deletion["gradcam"]["n"] == 3
+    # 3 images are too few for a verdict against random-map (6 are needed); the interval is given
+    assert deletion["gradcam"]["verdict"] == "undecided" and deletion["gradcam"]["n_paired"] == 3
+    assert deletion["random-map"]["verdict"] == "baseline"
+    assert "undecided against random-map (6 images needed)" in out_text
 
     for name in ("curves.png", "road.png", "sanity.png", "sanity-maps.png", "summary.csv"):
         assert (out / name).stat().st_size > 0
@@ -223,3 +229,98 @@ def test_sanity_names_exactly_the_files_it_wrote(
         "independent_maps": "maps-independent.png",
         "json": "sanity.json",
     }
+
+
+def _summary_csv(out: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with open(out / "summary.csv", newline="") as handle:
+        return {(r["method"], r["metric"]): r for r in csv.DictReader(handle)}
+
+
+def _page_cell(html: str, metric: str, column: int) -> str:
+    """The HTML of one summary cell: the row of ``metric``, the ``column``-th method."""
+    row = html.split(f"<tr><td>{metric}</td>", 1)[1].split("</tr>", 1)[0]
+    return row.split('<td class="num')[1 + column]
+
+
+def test_evaluate_flags_what_is_no_better_than_random(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """8 held-out shapes. ``centre-map`` is made to draw exactly the random map (its per-image
+    values then equal the baseline's: Δ = 0 on every image, the interval [0, 0]), so it must be
+    flagged "no better" on every metric; ``coarse-random-map``, noise on a 4×4 grid, keeps the
+    least relevant pixels no better than chance and its ROAD LeRF is flagged "worse" (Δ ≈ −0.3
+    on 12 images); Grad-CAM, whose ROAD MoRF is 0.20 against the noise's 0.94 and whose energy
+    inside the box is 0.21 against 0.10, is "better" there and not flagged. (Its pointing game,
+    8 hits of 8 against the noise's 6 at a 15-pixel tolerance on 64-pixel images, is not.)"""
+    from cnnviz.runs import evaluate as evaluate_run
+
+    real = evaluate_run.reference_map
+
+    def centre_is_noise(name: str, size: tuple[int, int], index: int, seed: int) -> Any:
+        return real("random-map" if name == "centre-map" else name, size, index, seed)
+
+    monkeypatch.setattr(evaluate_run, "reference_map", centre_is_noise)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (tmp_path / "truth.json").write_text(json.dumps({"images": _write_shapes(folder, 8)}))
+    out = tmp_path / "out"
+    methods = ["gradcam", "centre-map", "coarse-random-map", "random-map"]
+    argv = ["evaluate", str(folder), "--model", "shapes_vgg11", "--methods", ",".join(methods)]
+    argv += ["--boxes", str(tmp_path / "truth.json"), "--out", str(out), "--steps", "8"]
+    argv += ["--metrics", "deletion,road,pointing", "--road-percentages", "20,60"]
+    assert main([*argv, "--bootstrap", "500"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+
+    summary = _summary_csv(out)
+    metrics = ("deletion_auc", "road_morf", "road_lerf", "pointing_game", "energy_pointing_game")
+    for metric in metrics:
+        same = summary["centre-map", metric]
+        assert same["verdict"] == "no_better" and same["n_paired"] == "8"
+        assert float(same["advantage"]) == 0.0
+        assert float(same["advantage_ci_low"]) == float(same["advantage_ci_high"]) == 0.0
+        assert summary["random-map", metric]["verdict"] == "baseline"
+    assert summary["coarse-random-map", "road_lerf"]["verdict"] == "worse"
+    assert float(summary["coarse-random-map", "road_lerf"]["advantage_ci_high"]) < 0.0
+    for metric in ("road_morf", "energy_pointing_game"):
+        mine = summary["gradcam", metric]
+        assert mine["verdict"] == "better" and float(mine["advantage_ci_low"]) > 0.05
+
+    html = (out / "index.html").read_text()
+    same_cell = _page_cell(html, "road_morf", methods.index("centre-map"))
+    assert same_cell.startswith(' flagged">')
+    assert '<span class="verdict no_better">no better than random-map</span>' in same_cell
+    assert "Δ +0.000 [+0.000, +0.000], n = 8" in same_cell
+    assert "worse than random-map" in _page_cell(html, "road_lerf", 2)
+    gradcam_cell = _page_cell(html, "road_morf", 0)
+    assert not gradcam_cell.startswith(" flagged")
+    assert '<span class="verdict better">better than random-map</span>' in gradcam_cell
+    assert "random-map (baseline)</th>" in html and "No baseline" not in html
+
+    def line(start: str) -> str:
+        (found,) = [text for text in printed if text.startswith(start)]
+        return found
+
+    flagged = "— no better than random-map (Δ +0.000 [+0.000, +0.000], n = 8)"
+    assert all(line(f"centre-map: {metric} ").endswith(flagged) for metric in metrics)
+    assert "— better than random-map (Δ +" in line("gradcam: road_morf ↓ ")
+    assert "— better than random-map (Δ +" in line("gradcam: energy_pointing_game ↑ ")
+    assert "— worse than random-map (Δ −" in line("coarse-random-map: road_lerf ↑ ")
+    assert printed[-1].startswith(f"Wrote 8 evaluated image(s) to {out}/")
+
+
+def test_evaluate_without_the_baseline_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write_shapes(tmp_path, 1)
+    out = tmp_path / "out"
+    argv = ["evaluate", str(tmp_path / "shape0.png"), "--model", "shapes_vgg11"]
+    argv += ["--methods", "gradcam,saliency", "--metrics", "deletion", "--steps", "4"]
+    assert main([*argv, "--sanity-images", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("No baseline: random-map was not among the methods")
+    assert printed[1].startswith("gradcam: deletion_auc ↓ ") and " — " not in printed[1]
+    assert all(r["verdict"] == "" and r["baseline"] == "" for r in _summary_csv(out).values())
+    assert (
+        "<b>No baseline:</b> random-map was not among the methods"
+        in (out / "index.html").read_text()
+    )

@@ -1,7 +1,8 @@
 """The evaluation commands (``evaluate``, ``sanity``); import-light.
 
 ``cnnviz evaluate DIR --model M --methods a,b,c [--boxes FILE] --out OUT`` scores every method on
-every image (:mod:`cnnviz.runs.evaluate`); ``cnnviz sanity IMAGE --model M --methods a,b --out OUT``
+every image (:mod:`cnnviz.runs.evaluate`) and prints each mean with its interval and its verdict
+against random-map; ``cnnviz sanity IMAGE --model M --methods a,b --out OUT``
 runs the randomisation tests on one image (:mod:`cnnviz.runs.sanity`). Both exit with 0 when
 everything was written and 1 when some inputs were skipped (listed on stderr and in
 ``manifest.json``); bad options raise :class:`~cnnviz.errors.UsageError` (exit 2).
@@ -13,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from cnnviz.cli.shared import finish, input_paths, load, make_out_dir, split_list, writing_into
-from cnnviz.errors import UsageError
+from cnnviz.errors import UsageError, one_line
 
 
 def _methods(text: str, *, references: bool) -> tuple[str, ...]:
@@ -45,6 +46,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.metrics.statistics import METRIC_GROUPS
     from cnnviz.runs.evaluate import EvaluateSettings, evaluate_files
+    from cnnviz.runs.evaluate_outputs import summary_lines
 
     metrics = tuple(split_list(args.metrics, "--metrics"))
     unknown = [m for m in metrics if m not in METRIC_GROUPS]
@@ -75,6 +77,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_files(
             loaded, paths, out, settings, truth_file=truth, root=root, progress=not args.quiet
         )
+    if not args.json:
+        for line in summary_lines(result["extra"]["summary"], settings.methods):
+            print(one_line(line))
     files = [*result.get("extra", {}).get("files", {}).values(), "manifest.json"]
     what = f"{len(result.get('items', []))} evaluated image(s)"
     return finish(result, out, args, what=what, files=files, list_failures=True)

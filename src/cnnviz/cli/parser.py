@@ -343,9 +343,10 @@ def _evaluate_command(commands: Commands) -> None:
     _evaluation_options(p)
     p.add_argument(
         "--methods",
-        default="gradcam,saliency",
+        default="gradcam,saliency,random-map",
         help="comma-separated methods (see `cnnviz methods`), plus the references "
-        "random-map, coarse-random-map and centre-map (default gradcam,saliency)",
+        "random-map, coarse-random-map and centre-map; every method is compared with "
+        "random-map when it is among them (default gradcam,saliency,random-map)",
     )
     p.add_argument(
         "--boxes",

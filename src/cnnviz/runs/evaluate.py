@@ -5,8 +5,10 @@ deletion and insertion AUC, Average Drop / Increase in Confidence, ROAD (MoRF an
 the pointing games when ground truth is given, and — on the first ``sanity_images`` images —
 the similarity to the original map after full cascading randomisation. Results are one row per
 image × method × metric (``results.csv``, ``results.json``) and means with seeded 95 % bootstrap
-intervals (``summary.csv``); plots (``curves.png``, ``road.png``, ``sanity.png``,
-``sanity-maps.png``) and a self-contained ``index.html`` come with them.
+intervals, each method compared image by image with the ``random-map`` baseline
+(``summary.csv``, :func:`cnnviz.metrics.statistics.compare_with_baseline`); plots
+(``curves.png``, ``road.png``, ``sanity.png``, ``sanity-maps.png``) and a self-contained
+``index.html`` come with them, written by :mod:`cnnviz.runs.evaluate_outputs`.
 
 An unreadable image is reported (stderr and the manifest's failures) and skipped; so is an image
 smaller than ``min_side`` pixels on a side (upsampled to the model input it is a flat picture on
@@ -21,14 +23,12 @@ the image side, upsampled bilinearly like a CAM) and ``centre-map`` (peaked at t
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,26 +45,16 @@ from cnnviz.metrics.faithfulness import class_targets
 from cnnviz.metrics.localisation import REFERENCE_MAPS, load_ground_truth, lookup, reference_map
 from cnnviz.metrics.road import road as road_metric
 from cnnviz.metrics.sanity import SIMILARITIES
-from cnnviz.metrics.statistics import BETTER, METRIC_GROUPS, summarize_metrics
+from cnnviz.metrics.statistics import BASELINE, METRIC_GROUPS, summarize_metrics
 from cnnviz.models.loaded import LoadedModel
-from cnnviz.outputs.files import atomic_write_bytes, write_json
-from cnnviz.outputs.manifest import Manifest, environment_info, model_record, write_manifest
+from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
 from cnnviz.progress import Bar, disabled, status
 from cnnviz.progress import progress as progress_bar
 from cnnviz.render.colours import compose
 from cnnviz.render.drawing import legend_text
-from cnnviz.render.figures import (
-    curves_figure,
-    figure_to_png_bytes,
-    road_figure,
-    sanity_maps_figure,
-    similarity_figure,
-)
-from cnnviz.render.html import png_bytes_data_uri, png_data_uri, render_page
+from cnnviz.render.html import png_data_uri
+from cnnviz.runs.evaluate_outputs import EvaluationOutputs, write_results
 from cnnviz.runs.randomization import parameter_randomization
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +63,7 @@ logger = logging.getLogger(__name__)
 class EvaluateSettings:
     """What ``cnnviz evaluate`` measures (defaults follow the papers)."""
 
-    methods: tuple[str, ...] = ("gradcam", "saliency")
+    methods: tuple[str, ...] = ("gradcam", "saliency", BASELINE)
     metrics: tuple[str, ...] = tuple(METRIC_GROUPS)
     layer: str | None = None
     steps: int = 100
@@ -382,101 +372,24 @@ def _sanity(run: _Run, inputs: list[tuple[Any, int]]) -> None:
                 run.add_row(base, f"cascading_{metric}", float(result.full_depth(metric)[i]))
 
 
-# -- writing -----------------------------------------------------------------------------------
-
-
-def _csv_text(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in fields})
-    return buffer.getvalue()
-
-
-def _figures(run: _Run) -> dict[str, tuple[Figure, str]]:
-    figures: dict[str, tuple[Figure, str]] = {}
-    if run.curves:
-        figures["curves"] = (curves_figure(run.curves), "Deletion and insertion curves")
-    if run.road:
-        figures["road"] = (road_figure(run.road, run.settings.road_percentages), "ROAD")
-    if run.sanity:
-        figures["sanity"] = (similarity_figure(run.sanity), "Cascading parameter randomisation")
-        figures["sanity-maps"] = (
-            sanity_maps_figure(run.sanity, cmap=run.settings.cmap),
-            "Maps under cascading randomisation (first image)",
-        )
-    return figures
+# -- writing (cnnviz.runs.evaluate_outputs) ----------------------------------------------------
 
 
 def _write_results(run: _Run, out_dir: Path, summary: list[dict[str, Any]]) -> dict[str, str]:
-    files = {
-        "results_csv": "results.csv",
-        "summary_csv": "summary.csv",
-        "results_json": "results.json",
-        "html": "index.html",
-    }
-    fields = ["image", "method", "layer", "target_index", "target_name", "metric", "value", "note"]
-    atomic_write_bytes(out_dir / files["results_csv"], _csv_text(run.rows, fields).encode())
-    fields = ["method", "metric", "n", "mean", "ci_low", "ci_high", "better"]
-    atomic_write_bytes(out_dir / files["summary_csv"], _csv_text(summary, fields).encode())
-    pngs: dict[str, tuple[bytes, str]] = {}
-    for name, (fig, caption) in _figures(run).items():
-        pngs[name] = (figure_to_png_bytes(fig), caption)
-        files[name] = f"{name}.png"
-        atomic_write_bytes(out_dir / files[name], pngs[name][0])
-    sanity = {
-        n: {
-            "layer": r.layer,
-            "steps": list(r.steps),
-            "mean": {
-                m: [float(v) if math.isfinite(v) else None for v in r.mean(m)] for m in r.similarity
-            },
-        }
-        for n, r in run.sanity.items()
-    }
-    write_json(
-        out_dir / files["results_json"],
-        {
-            "rows": run.rows,
-            "summary": summary,
-            "settings": _settings_dict(run.settings),
-            "sanity": sanity,
-            "model": model_record(run.loaded),
-            "environment": environment_info(),
-            "failures": run.failures,
-        },
-    )
-    html = _render_html(run, summary, pngs)
-    atomic_write_bytes(out_dir / files["html"], html.encode("utf-8"))
-    return files
-
-
-def _render_html(
-    run: _Run, summary: list[dict[str, Any]], pngs: dict[str, tuple[bytes, str]]
-) -> str:
-    table: dict[str, dict[str, Any]] = {}
-    for entry in summary:
-        table.setdefault(entry["metric"], {})[entry["method"]] = entry
-    metrics = [m for group in run.settings.metrics for m in METRIC_GROUPS[group] if m in table]
-    figures = [
-        {"name": n, "caption": caption, "src": png_bytes_data_uri(data)}
-        for n, (data, caption) in pngs.items()
-    ]
-    return render_page(
-        "evaluate.html.j2",
-        model=model_record(run.loaded),
-        environment=environment_info(),
-        methods=run.methods,
-        metrics=metrics,
-        table=table,
-        better=BETTER,
-        figures=figures,
-        thumbs=[_thumbnail_row(run, thumb) for thumb in run.thumbs],
-        rows=run.rows,
-        failures=run.failures,
+    """The CSVs, JSON, plots and page of ``run`` in ``out_dir``; ``{role: file name}``."""
+    outputs = EvaluationOutputs(
+        loaded=run.loaded,
+        methods=tuple(run.methods),
         settings=_settings_dict(run.settings),
+        rows=run.rows,
+        summary=summary,
+        curves=run.curves,
+        road=run.road,
+        sanity=run.sanity,
+        failures=run.failures,
+        thumbs=[_thumbnail_row(run, thumb) for thumb in run.thumbs],
     )
+    return write_results(out_dir, outputs)
 
 
 def _thumbnail_row(run: _Run, thumb: dict[str, Any]) -> dict[str, Any]:
