@@ -47,6 +47,7 @@ _PUBLIC = {
     "method_names": "cnnviz.methods.registry",
     "TopK": "cnnviz.capture.targets",
     "build_report": "cnnviz.runs.report",
+    "subplots": "cnnviz.render.canvas",
     # hooks and layers, for your own code
     "LayerCapture": "cnnviz.capture.hooks",
     "GradFrom": "cnnviz.capture.hooks",

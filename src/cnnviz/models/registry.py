@@ -339,7 +339,9 @@ def load_model(
         raise DeviceError(f"cannot move {name!r} to {target} ({e}); use {cpu}") from e
     loaded.module.eval()
     loaded = _with_choices(loaded, class_names, preprocessing, target)
-    logger.info("loaded %s (%s) with %s on %s", name, loaded.architecture, loaded.weights, target)
+    logger.info(
+        "loaded %s (%s; weights: %s) on %s", name, loaded.architecture, loaded.weights, target
+    )
     return loaded
 
 

@@ -79,6 +79,30 @@ def new_figure(width: float, height: float, dpi: int) -> InlineFigure:
     return fig
 
 
+def subplots(
+    nrows: int = 1, ncols: int = 1, *, panel_inches: float = 3.0, dpi: int = 100, **kwargs: Any
+) -> tuple[InlineFigure, Any]:
+    """``matplotlib.pyplot.subplots`` without pyplot: an :class:`InlineFigure` of ``nrows`` ×
+    ``ncols`` axes, ``panel_inches`` square each, that shows itself in a notebook (no magic, and
+    never a second copy of it, as pyplot's inline backend would add). ``kwargs`` go to
+    ``Figure.subplots`` (``squeeze``, ``sharex``, …); returns the figure and its axes.
+
+    Draw several results side by side with their ``plot(ax=...)``::
+
+        >>> fig, axes = cnnviz.subplots(1, 2)
+        >>> cnnviz.explain(model, x, "gradcam", layer="bn5_2").plot(ax=axes[0])
+        >>> cnnviz.explain(model, x, "gradcam", layer="bn4_2").plot(ax=axes[1])
+        >>> fig
+    """
+    for name, value in (("nrows", nrows), ("ncols", ncols)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not panel_inches > 0:
+        raise ValueError(f"panel_inches must be positive, got {panel_inches!r}")
+    fig = new_figure(ncols * panel_inches, nrows * panel_inches + 0.4, dpi)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
 def figure_to_png_bytes(fig: Figure, *, dpi: int | None = None) -> bytes:
     """Render ``fig`` (Agg) to PNG bytes."""
     if not isinstance(fig.canvas, FigureCanvasAgg):
