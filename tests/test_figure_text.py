@@ -277,3 +277,38 @@ def test_wrap_text_breaks_at_spaces_then_after_dots() -> None:
     )
     # At 12 pt and 0.64 em per glyph, 4 inches hold 37 characters.
     assert max(len(line) for line in figures.fit_text("word " * 40, 4.0).split("\n")) <= 37
+
+
+def _drawing(images: int, targets: int, display: Display, label: str) -> Any:
+    from cnnviz.render.explanation import Drawing
+
+    rng = _rng()
+    return Drawing(
+        shown=rng.random((images, targets, 32, 32)),
+        pictures=rng.integers(0, 256, (images, 32, 32, 3), dtype=np.uint8),
+        labels=[[label] * targets for _ in range(images)],
+        probabilities=rng.random((images, targets)),
+        method_title="Integrated Gradients",
+        layer="features.denseblock4.denselayer16.conv2",
+        display=display,
+        outlier_percent=2.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("images", "targets", "display"),
+    [
+        (1, 1, Display.POSITIVE),
+        (1, 1, Display.SIGNED),
+        (3, 4, Display.ABSOLUTE),
+        (9, 7, Display.NEGATIVE),
+    ],
+)
+def test_explanation_figures_keep_their_text_inside(
+    images: int, targets: int, display: Display
+) -> None:
+    """The figure an Explanation shows itself as (render.explanation), with the longest class."""
+    from cnnviz.render.explanation import explanation_figure
+
+    fig = explanation_figure(_drawing(images, targets, display, _longest_class()))
+    assert assert_text_inside(fig) >= 3  # title, a panel title, the colour bar's label

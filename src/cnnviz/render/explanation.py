@@ -79,7 +79,7 @@ def scale_note(outlier_percent: float | None) -> str:
 
 def panel_title(label: str, probability: float | None) -> str:
     """``espresso · 95.4 %`` (the probability when there is one)."""
-    short = label if len(label) <= 28 else label[:27] + "…"
+    short = label if len(label) <= 20 else label[:19] + "…"  # fits a panel at "small"
     return short if probability is None else f"{short} · {100 * probability:.1f} %"
 
 
