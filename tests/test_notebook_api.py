@@ -173,13 +173,14 @@ def test_the_grid_caps_its_panels_and_says_so(lite0: cnnviz.models.LoadedModel) 
     assert "first 8 of 10 images" in title and "first 6 of 7 targets" in title
 
 
-def test_the_legend_says_what_the_colours_mean() -> None:
-    from cnnviz.methods.postprocess import Display
-
-    assert drawing.legend_text(Display.POSITIVE, "espresso") == "more evidence for espresso →"
-    assert drawing.legend_text(Display.SIGNED, "cup") == "← against cup · for cup →"
-    assert drawing.legend_text(Display.NEGATIVE, None) == "more evidence against the target →"
-    assert drawing.scale_note(2.0) == "scaled per map; brightest 2 % clipped"
+def test_the_colour_bar_says_what_the_colours_mean(shapes: cnnviz.models.LoadedModel) -> None:
+    e = cnnviz.explain(shapes, torch.zeros(1, 3, 64, 64), "saliency")
+    label = " ".join(e.plot().axes[-1].get_ylabel().split())
+    assert label == (
+        f"red: more influence on {e.targets.labels[0][0]}, for or against · blue: none "
+        "scaled per map; brightest 2 % clipped"
+    )
+    assert drawing.scale_note(None) == "scaled per map to its min…max"
 
 
 def test_explanation_repr_is_short(shapes: cnnviz.models.LoadedModel) -> None:

@@ -180,3 +180,21 @@ class MapDrawing:
             "style": MapStyle(self.style).value,
             "outlier_percent": self.percent,
         }
+
+
+@dataclass(frozen=True)
+class DrawingSettings:
+    """The drawing fields a run's settings share (``cnnviz explain``'s and the report's), and
+    the :class:`MapDrawing` they make."""
+
+    cmap: str = "jet"
+    alpha: float = 0.5
+    sign: str = "auto"
+    style: str = "overlay"
+    outlier_percent: float | None = None
+
+    @property
+    def drawing(self) -> MapDrawing:
+        """How the maps are drawn (checked: an :class:`~cnnviz.errors.ArgumentError` names a
+        wrong value)."""
+        return MapDrawing(self.sign, self.style, self.cmap, self.alpha, self.outlier_percent)

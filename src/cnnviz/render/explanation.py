@@ -28,6 +28,7 @@ from cnnviz.options import MapStyle
 from cnnviz.outputs.files import atomic_write_bytes, encode_npy, encode_png, safe_stem
 from cnnviz.render.canvas import InlineFigure, figure_to_png_bytes, new_figure
 from cnnviz.render.colours import colormap_for, colormap_lut, compose
+from cnnviz.render.drawing import legend_text
 
 MAX_ROWS = 8
 """Images drawn at most by :func:`explanation_figure` (the title says when more were given)."""
@@ -52,22 +53,6 @@ class Drawing:
     layer: str | None
     display: Display
     outlier_percent: float | None
-
-
-def legend_text(display: Display, label: str | None) -> str:
-    """What the colours of a map mean, in words (the colour bar's label).
-
-    >>> legend_text(Display.POSITIVE, "espresso")
-    'more evidence for espresso →'
-    """
-    what = label if label else "the target"
-    if display is Display.SIGNED:
-        return f"← against {what} · for {what} →"
-    if display is Display.NEGATIVE:
-        return f"more evidence against {what} →"
-    if display is Display.ABSOLUTE:
-        return f"more influence on {what} (either sign) →"
-    return f"more evidence for {what} →"
 
 
 def scale_note(outlier_percent: float | None) -> str:
@@ -132,7 +117,9 @@ def explanation_figure(
         for c in range(cols):
             draw_panel(axes[r, c], drawing, r, c, style=style, cmap=cmap, alpha=alpha)
     if colorbar:
-        label = legend_text(drawing.display, common_label(drawing.labels, rows, cols))
+        label = legend_text(
+            drawing.display, common_label(drawing.labels, rows, cols), cmap=colour_map
+        )
         bar = fig.colorbar(
             ScalarMappable(norm=Normalize(0.0, 1.0), cmap=colour_map),
             ax=axes.ravel().tolist(),

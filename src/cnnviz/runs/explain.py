@@ -71,7 +71,7 @@ from cnnviz.outputs.records import (
 )
 from cnnviz.progress import Bar, disabled, progress
 from cnnviz.render.colours import colormap_lut
-from cnnviz.render.drawing import MapDrawing
+from cnnviz.render.drawing import DrawingSettings
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ ImageDone = Callable[[list[dict[str, Any]]], None]
 
 
 @dataclass(frozen=True)
-class ExplainSettings:
+class ExplainSettings(DrawingSettings):
     """What to explain, how to draw it (:class:`~cnnviz.render.drawing.MapDrawing`: ``sign``,
     ``style``, ``cmap``, ``alpha``, ``outlier_percent``), and how to run (``num_workers=None``:
     automatic)."""
@@ -92,20 +92,9 @@ class ExplainSettings:
     layer: str | None = None
     target: TargetSpec = None
     options: dict[str, Any] = field(default_factory=dict)
-    cmap: str = "jet"
-    alpha: float = 0.5
     batch_size: int = 8
     num_workers: int | None = None
     resume: bool = False
-    sign: str = "auto"
-    style: str = "overlay"
-    outlier_percent: float | None = None
-
-    @property
-    def drawing(self) -> MapDrawing:
-        """How the maps are drawn (checked: an :class:`~cnnviz.errors.ArgumentError` names a
-        wrong value)."""
-        return MapDrawing(self.sign, self.style, self.cmap, self.alpha, self.outlier_percent)
 
 
 # -- decoding --------------------------------------------------------------------------------

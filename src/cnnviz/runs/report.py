@@ -43,7 +43,7 @@ from cnnviz.outputs.manifest import Manifest, environment_info, model_record, wr
 from cnnviz.progress import disabled
 from cnnviz.progress import progress as progress_bar
 from cnnviz.render.colours import Box, draw_box, to_uint8
-from cnnviz.render.drawing import MapDrawing, colour_strip, legend_text
+from cnnviz.render.drawing import DrawingSettings, MapDrawing, colour_strip, legend_text
 from cnnviz.render.figures import activations_figure, filters_figure
 from cnnviz.render.html import figure_data_uri, png_data_uri, render_page
 
@@ -67,26 +67,15 @@ _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class ReportSettings:
+class ReportSettings(DrawingSettings):
     """What the report draws (``layers=None``: first conv, a middle block, the CAM layer) and
     how its maps are drawn (:attr:`drawing`: ``sign``, ``style``, ``cmap``, ``alpha``,
     ``outlier_percent``)."""
 
     layers: Sequence[str] | None = None
-    cmap: str = "jet"
-    alpha: float = 0.5
     cam_classes: int = 3
     channels: int = 16
     methods: Sequence[str] = COMPARED_METHODS
-    sign: str = "auto"
-    style: str = "overlay"
-    outlier_percent: float | None = None
-
-    @property
-    def drawing(self) -> MapDrawing:
-        """How the maps are drawn (checked: an :class:`~cnnviz.errors.ArgumentError` names a
-        wrong value)."""
-        return MapDrawing(self.sign, self.style, self.cmap, self.alpha, self.outlier_percent)
 
 
 def default_activation_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
