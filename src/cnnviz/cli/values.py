@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable, Sequence
 
 __all__ = [
+    "channel_list",
     "comma_choices",
     "crop_fraction",
     "fraction",
@@ -112,3 +113,36 @@ def numbers(text: str) -> tuple[float, ...]:
             f"expected finite numbers separated by commas, got {text!r}"
         )
     return values_
+
+
+MAX_CHANNELS = 4096
+"""The most channels one ``--channels`` value may name (a typo like ``0-100000`` is refused)."""
+
+
+def channel_list(text: str) -> tuple[int, ...]:
+    """``--channels``: indices and ranges, e.g. ``0-15``, ``3`` or ``0,4,7-9`` (ranges inclusive),
+    in the order given, each once."""
+    channels: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        low_text, dash, high_text = part.partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if dash else low
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected channel numbers or ranges like 0-15 or 0,4,7-9, got {text!r}"
+            ) from None
+        if low < 0 or high < low:
+            raise argparse.ArgumentTypeError(
+                f"a channel range goes from a number ≥ 0 up to one as large, got {part!r}"
+            )
+        channels.extend(range(low, high + 1))
+        if len(channels) > MAX_CHANNELS:
+            raise argparse.ArgumentTypeError(
+                f"at most {MAX_CHANNELS} channels at a time, got more in {text!r}"
+            )
+    if not channels:
+        raise argparse.ArgumentTypeError(f"expected at least one channel, got {text!r}")
+    return tuple(dict.fromkeys(channels))
