@@ -63,6 +63,11 @@ class ForwardError(CnnvizError, RuntimeError):
     """The model's own forward pass raised; the message says which model and why."""
 
 
+# A BaseException, so that a model which catches Exception around a submodule cannot swallow it.
+class _LayersCaptured(BaseException):  # a signal, not an error
+    """Raised by a hook to end the forward pass once every captured layer has run."""
+
+
 class GradFrom(enum.Enum):
     """Which part of the forward pass records an autograd graph."""
 
@@ -101,6 +106,9 @@ class LayerCapture(HookOwner):
         eval_mode: run in eval mode (default), restoring each module's flag on exit.
         channels_last: run the part without autograd on a channels-last copy of the input
             (``None``: where it suits, :func:`channels_last_suits`; never with ``GradFrom.INPUT``).
+        stop_after_layers: end the forward pass as soon as every captured layer has run, so
+            :meth:`forward` returns ``None`` and the rest of the network costs nothing (for
+            callers that need only the layers, e.g. feature visualisation of a channel).
     """
 
     def __init__(
@@ -111,6 +119,7 @@ class LayerCapture(HookOwner):
         grad: GradFrom = GradFrom.NONE,
         eval_mode: bool = True,
         channels_last: bool | None = None,
+        stop_after_layers: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -125,6 +134,7 @@ class LayerCapture(HookOwner):
         self._state: Any = None
         self._graph_started = False
         self.channels_last = channels_last
+        self.stop_after_layers = stop_after_layers
 
     # -- ownership -------------------------------------------------------------------------
     def __enter__(self) -> LayerCapture:
@@ -167,6 +177,7 @@ class LayerCapture(HookOwner):
                 self.activations[name] = output.detach().clone(
                     memory_format=torch.contiguous_format
                 )
+                self._stop_when_complete()
                 return None
             if self.grad is GradFrom.LAYERS and not self._graph_started:
                 # Start the graph here: everything before this layer ran without grad.
@@ -176,11 +187,17 @@ class LayerCapture(HookOwner):
                 # the network (the part with a graph) are in the standard layout.
                 leaf = output.detach().contiguous().requires_grad_(True)
                 self.activations[name] = leaf
+                self._stop_when_complete()
                 return leaf.clone()  # in-place ops downstream act on the copy, not the leaf
             self.activations[name] = output
+            self._stop_when_complete()
             return output.clone()
 
         return hook
+
+    def _stop_when_complete(self) -> None:
+        if self.stop_after_layers and len(self._calls) == len(self.names):
+            raise _LayersCaptured
 
     # -- running ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
@@ -228,6 +245,8 @@ class LayerCapture(HookOwner):
                     fed = x.contiguous(memory_format=torch.channels_last) if channels_last else x
                 try:
                     output = self.model(fed, *args, **kwargs)
+                except _LayersCaptured:
+                    output = None
                 except CnnvizError:
                     raise
                 except Exception as e:
