@@ -48,6 +48,10 @@ _PUBLIC = {
     "TopK": "cnnviz.capture.targets",
     "build_report": "cnnviz.runs.report",
     "subplots": "cnnviz.render.canvas",
+    # what units want to see
+    "features": "cnnviz.featurevis.visualise",
+    "FeatureVisualization": "cnnviz.featurevis.result",
+    "RobustnessTransforms": "cnnviz.featurevis.transforms",
     # hooks and layers, for your own code
     "LayerCapture": "cnnviz.capture.hooks",
     "GradFrom": "cnnviz.capture.hooks",

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from cnnviz.capture.hooks import GradFrom, LayerCapture
-from cnnviz.features.transforms import RobustnessTransforms
+from cnnviz.featurevis.transforms import RobustnessTransforms
 
 COPIES = 16
 """Randomly moved copies on which a class visualisation's probability is measured."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from cnnviz.features.checks import UnitChecks
+from cnnviz.featurevis.checks import UnitChecks
 from cnnviz.outputs.files import atomic_write_bytes, encode_png, to_json_text
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def check_caption(checks: UnitChecks) -> str:
 
 @dataclass(frozen=True)
 class FeatureVisualization:
-    """What ``cnnviz.features`` returns.
+    """What ``cnnviz.featurevis`` returns.
 
     Attributes:
         model_name: the model's name.
@@ -100,7 +100,7 @@ class FeatureVisualization:
         units: the units, one per column.
         images: ``(U × F, C, H, W)`` in [0, 1]: each unit's ``F`` facets, unit after unit.
         facets: images per unit.
-        checks: per unit, the checks of its first facet (:mod:`cnnviz.features.checks`).
+        checks: per unit, the checks of its first facet (:mod:`cnnviz.featurevis.checks`).
         snapshots: the images at each kept step, by step.
         starts: ``(R − 1, U × F, C, H, W)``: the same units from the other starts of the
             stability check (``None`` without it).

@@ -1,4 +1,4 @@
-"""``cnnviz.features``: what a channel, a neuron, a layer or a class wants to see, checked.
+"""``cnnviz.featurevis``: what a channel, a neuron, a layer or a class wants to see, checked.
 
 Feature visualisation by optimisation (Olah, Mordvintsev & Schubert, "Feature Visualization",
 Distill 2017; class models: Simonyan, Vedaldi & Zisserman, ICLR 2014 workshop; DeepDream:
@@ -8,14 +8,14 @@ that what comes out is what the unit answers robustly rather than adversarial no
 Lucid's: Fourier image, the standard moves, Adam with learning rate 0.05, 512 steps.
 
 Every requested unit is one image of **one** batch (all channels of a layer at once), and the
-checks of :mod:`cnnviz.features.checks` are computed beside every picture. Example::
+checks of :mod:`cnnviz.featurevis.checks` are computed beside every picture. Example::
 
     import cnnviz
     model = cnnviz.load_model("shapes_vgg11")
-    result = cnnviz.features(model, "relu4_2", channels=range(8), steps=256, seed=0)
+    result = cnnviz.featurevis(model, "relu4_2", channels=range(8), steps=256, seed=0)
     result                      # the pictures and their checks, inline in a notebook
     result.checks[0].selectivity
-    cnnviz.features(model, classes=["circle", "star"]).save("out/")
+    cnnviz.featurevis(model, classes=["circle", "star"]).save("out/")
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from cnnviz.api import model_preprocessing, unpack_model
 from cnnviz.capture.forward import model_device
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef, resolve_layer
-from cnnviz.features import checks as check
-from cnnviz.features import objectives as obj
-from cnnviz.features.optimise import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, normaliser, optimise
-from cnnviz.features.parameterisation import Parameterisation, make_image
-from cnnviz.features.result import FeatureVisualization, UnitKind
-from cnnviz.features.transforms import REFERENCE_SIDE, RobustnessTransforms
-from cnnviz.features.units import Plan, batch_objective, plan_units
+from cnnviz.featurevis import checks as check
+from cnnviz.featurevis import objectives as obj
+from cnnviz.featurevis.optimise import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, normaliser, optimise
+from cnnviz.featurevis.parameterisation import Parameterisation, make_image
+from cnnviz.featurevis.result import FeatureVisualization, UnitKind
+from cnnviz.featurevis.transforms import REFERENCE_SIDE, RobustnessTransforms
+from cnnviz.featurevis.units import Plan, batch_objective, plan_units
 from cnnviz.inputs.given import as_batch
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.loaded import LoadedModel
@@ -91,7 +91,7 @@ def features(
         classes: class indices or names: class visualisations (the logit, Simonyan et al.)
             instead of a layer's units.
         direction: a vector in ``layer``'s channel space to visualise.
-        objective: any :mod:`cnnviz.features.objectives` objective (then ``facets`` images).
+        objective: any :mod:`cnnviz.featurevis.objectives` objective (then ``facets`` images).
         size: the image size (default: the model's input size).
         steps, lr: Adam's steps and learning rate.
         thresholds: steps at which to keep the images as well (the last is always kept).

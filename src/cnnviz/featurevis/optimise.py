@@ -30,9 +30,9 @@ from torch import nn
 from cnnviz.capture.forward import model_device
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef, resolve_layer
-from cnnviz.features.objectives import Objective, Probe
-from cnnviz.features.parameterisation import FourierImage, PixelImage
-from cnnviz.features.transforms import RobustnessTransforms
+from cnnviz.featurevis.objectives import Objective, Probe
+from cnnviz.featurevis.parameterisation import FourierImage, PixelImage
+from cnnviz.featurevis.transforms import RobustnessTransforms
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.progress import progress
 

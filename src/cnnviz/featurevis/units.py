@@ -19,8 +19,8 @@ from torch import nn
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
 from cnnviz.errors import LayerError, close_matches
-from cnnviz.features import objectives as obj
-from cnnviz.features.result import Unit, UnitKind
+from cnnviz.featurevis import objectives as obj
+from cnnviz.featurevis.result import Unit, UnitKind
 
 logger = logging.getLogger(__name__)
 

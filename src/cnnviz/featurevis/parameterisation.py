@@ -21,7 +21,7 @@ L2-regularised ascent on raw pixels.
 
 A unit that is dead on the near-grey start (a ReLU channel that answers nothing there, so its
 gradient is zero) would never move; ``restart`` draws such images again with more contrast
-(:mod:`cnnviz.features.optimise` does it during the first steps).
+(:mod:`cnnviz.featurevis.optimise` does it during the first steps).
 
 Every parameterisation is an ``nn.Module`` without inputs: ``image = param()`` is a
 ``(B, C, H, W)`` tensor in [0, 1] that depends differentiably on ``param.parameters()``.
