@@ -51,7 +51,13 @@ class UnitChecks:
     copies_top1: bool | None = None
 
     def as_dict(self) -> dict[str, float | bool | None]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The checks by name, for JSON: an infinite or undefined value (a zero denominator) is
+        ``None``."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in values.items()
+        }
 
 
 def unit_scores(activations: torch.Tensor) -> torch.Tensor:
