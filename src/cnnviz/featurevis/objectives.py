@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnviz.capture.layers import LayerRef
-from cnnviz.errors import LayerError
+from cnnviz.errors import ArgumentError, LayerError, TargetError
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ class Sum(Objective):
             part = weight * term.value(probe)
             total = part if total is None else total + part
         if total is None:
-            raise ValueError("an empty sum of objectives has no value")
+            raise ArgumentError("an empty sum of objectives has no value")
         return total
 
     def describe(self) -> str:
@@ -152,7 +152,7 @@ def _per_image(index: int | Sequence[int], batch: int, what: str) -> torch.Tenso
     if isinstance(index, int):
         return torch.full((batch,), index, dtype=torch.long)
     if len(index) != batch:
-        raise ValueError(
+        raise ArgumentError(
             f"{what} lists {len(index)} indices for a batch of {batch} images; give one index "
             "for all images or one per image"
         )
@@ -163,7 +163,7 @@ def _check_channels(acts: torch.Tensor, channels: torch.Tensor, layer: LayerRef)
     count = acts.shape[1]
     bad = channels[(channels < 0) | (channels >= count)]
     if bad.numel():
-        raise ValueError(
+        raise ArgumentError(
             f"channel {int(bad[0])} is out of range: layer {layer!r} has {count} channels "
             f"(0–{count - 1})"
         )
@@ -214,7 +214,7 @@ class Neuron(Objective):
         y = height // 2 if self.y is None else self.y
         x = width // 2 if self.x is None else self.x
         if not (0 <= y < height and 0 <= x < width):
-            raise ValueError(
+            raise ArgumentError(
                 f"position ({y}, {x}) is outside layer {self.layer!r}'s {height}×{width} map"
             )
         channels = _per_image(self.channel, acts.shape[0], "neuron()").to(acts.device)
@@ -252,13 +252,13 @@ class ClassLogit(Objective):
     def value(self, probe: Probe) -> torch.Tensor:
         logits = probe.logits
         if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-            raise ValueError(
+            raise ArgumentError(
                 "class_logit() needs a model that returns (batch, classes) logits, got "
                 + (type(logits).__name__ if logits is None else str(tuple(logits.shape)))
             )
         classes = _per_image(self.index, logits.shape[0], "class_logit()").to(logits.device)
         if int(classes.min()) < 0 or int(classes.max()) >= logits.shape[1]:
-            raise ValueError(
+            raise TargetError(
                 f"class {int(classes.max())} is out of range: the model has "
                 f"{logits.shape[1]} classes"
             )
@@ -279,14 +279,14 @@ class Direction(Objective):
         vector = torch.as_tensor(self.vector, dtype=torch.float32).flatten()
         norm = torch.linalg.vector_norm(vector)
         if not torch.isfinite(norm) or norm == 0:
-            raise ValueError("direction() needs a finite, non-zero vector")
+            raise ArgumentError("direction() needs a finite, non-zero vector")
         object.__setattr__(self, "vector", vector / norm)
         object.__setattr__(self, "layers", (self.layer,))
 
     def value(self, probe: Probe) -> torch.Tensor:
         acts = probe.layer(self.layer)
         if acts.shape[1] != self.vector.numel():
-            raise ValueError(
+            raise ArgumentError(
                 f"direction() has {self.vector.numel()} values but layer {self.layer!r} has "
                 f"{acts.shape[1]} channels"
             )
@@ -307,14 +307,14 @@ class Diversity(Objective):
 
     def __post_init__(self) -> None:
         if self.group < 1:
-            raise ValueError(f"diversity() needs groups of at least 1 image, got {self.group}")
+            raise ArgumentError(f"diversity() needs groups of at least 1 image, got {self.group}")
         object.__setattr__(self, "layers", (self.layer,))
 
     def value(self, probe: Probe) -> torch.Tensor:
         acts = probe.layer(self.layer)
         batch = acts.shape[0]
         if batch % self.group:
-            raise ValueError(
+            raise ArgumentError(
                 f"diversity() over groups of {self.group} needs a batch that is a multiple of "
                 f"{self.group}, got {batch}"
             )

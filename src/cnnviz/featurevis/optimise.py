@@ -30,6 +30,7 @@ from torch import nn
 from cnnviz.capture.forward import model_device
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef, resolve_layer
+from cnnviz.errors import ArgumentError
 from cnnviz.featurevis.objectives import Objective, Probe
 from cnnviz.featurevis.parameterisation import FourierImage, PixelImage
 from cnnviz.featurevis.transforms import RobustnessTransforms
@@ -85,7 +86,9 @@ def resolve_objective_layers(module: nn.Module, objective: Objective) -> dict[La
 def check_thresholds(thresholds: Sequence[int], steps: int) -> tuple[int, ...]:
     kept = tuple(sorted({int(t) for t in thresholds}))
     if any(t < 1 or t > steps for t in kept):
-        raise ValueError(f"thresholds must be steps between 1 and {steps}, got {list(thresholds)}")
+        raise ArgumentError(
+            f"thresholds must be steps between 1 and {steps}, got {list(thresholds)}"
+        )
     return kept
 
 
@@ -117,9 +120,9 @@ def optimise(
         desc: the progress bar's label.
     """
     if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
+        raise ArgumentError(f"steps must be at least 1, got {steps}")
     if not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive number, got {lr}")
+        raise ArgumentError(f"lr must be a positive number, got {lr}")
     kept = set(check_thresholds(thresholds, steps)) | {steps}
     device = model_device(module)
     image = image.to(device)
@@ -153,7 +156,7 @@ def optimise(
                 probe = Probe(x, capture.activations, logits, names)
                 values = objective.value(probe)
                 if values.shape != (x.shape[0],):
-                    raise ValueError(
+                    raise ArgumentError(
                         f"the objective gave a score of shape {tuple(values.shape)}; expected "
                         f"one per image, ({x.shape[0]},)"
                     )

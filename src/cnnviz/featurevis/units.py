@@ -18,7 +18,7 @@ from torch import nn
 
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef, auto_cam_layer, resolve_layer
-from cnnviz.errors import LayerError, close_matches
+from cnnviz.errors import ArgumentError, LayerError, TargetError, close_matches
 from cnnviz.featurevis import objectives as obj
 from cnnviz.featurevis.result import Unit, UnitKind
 
@@ -67,15 +67,16 @@ def plan_units(
     if direction is not None:
         term = obj.direction(name, direction)
         return Plan((Unit(UnitKind.DIRECTION, name, None, f"direction in {name}"),), term, name)
-    kind = UnitKind(unit)
+    kinds = {k.value: k for k in (UnitKind.CHANNEL, UnitKind.NEURON, UnitKind.LAYER)}
+    if unit not in kinds:
+        raise ArgumentError(f"unit must be 'channel', 'neuron' or 'layer', got {unit!r}")
+    kind = kinds[unit]
     if kind is UnitKind.LAYER:
         return Plan(
             (Unit(UnitKind.LAYER, name, None, f"{name} (DeepDream)"),), obj.layer(name), name
         )
     if kind is UnitKind.NEURON and len(shape) != 4:
         raise _spatial_error(name, shape)
-    if kind not in (UnitKind.CHANNEL, UnitKind.NEURON):
-        raise ValueError(f"unit must be 'channel', 'neuron' or 'layer', got {unit!r}")
     count = shape[1]
     chosen = _channels(channels, count, name)
     units = tuple(Unit(kind, name, c, f"{kind.value} {c}") for c in chosen)
@@ -115,11 +116,11 @@ def _channels(channels: Sequence[int] | int | None, count: int, name: str) -> li
     chosen = [channels] if isinstance(channels, int) else [int(c) for c in channels]
     bad = [c for c in chosen if not 0 <= c < count]
     if bad:
-        raise ValueError(
+        raise ArgumentError(
             f"channel {bad[0]} is out of range: layer {name!r} has {count} channels (0–{count - 1})"
         )
     if not chosen:
-        raise ValueError("channels is empty; name at least one channel")
+        raise ArgumentError("channels is empty; name at least one channel")
     return list(dict.fromkeys(chosen))
 
 
@@ -133,7 +134,9 @@ def _class_indices(
     with LayerCapture(module, [], grad=GradFrom.NONE) as cap:
         logits = cap.forward(example)
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError("class visualisation needs a model that returns (batch, classes) logits")
+        raise ArgumentError(
+            "class visualisation needs a model that returns (batch, classes) logits"
+        )
     count = logits.shape[1]
     indices = []
     for item in items:
@@ -142,10 +145,10 @@ def _class_indices(
         else:
             index = int(item)
             if not 0 <= index < count:
-                raise ValueError(f"class {index} is out of range: the model has {count} classes")
+                raise TargetError(f"class {index} is out of range: the model has {count} classes")
             indices.append(index)
     if not indices:
-        raise ValueError("classes is empty; name at least one class")
+        raise TargetError("classes is empty; name at least one class")
     return list(dict.fromkeys(indices))
 
 
@@ -155,7 +158,7 @@ def _class_by_name(name: str, class_names: Sequence[str] | None) -> int:
     if name.lower() in lowered:
         return lowered.index(name.lower())
     hint = close_matches(name, names)
-    raise ValueError(
+    raise TargetError(
         f"Unknown class {name!r}{hint}; give a class index or one of the model's class names"
     )
 
@@ -178,7 +181,9 @@ def batch_objective(
     if weight and facets > 1:
         layer = plan.layer or next(iter(plan.unit_objective.layers), None)
         if layer is None:
-            raise ValueError("diversity needs a layer: give layer= for class or custom objectives")
+            raise ArgumentError(
+                "diversity needs a layer: give layer= for class or custom objectives"
+            )
         total = total + weight * obj.diversity(layer, facets)
     if l2:
         total = total + float(l2) * obj.l2()

@@ -33,6 +33,7 @@ from cnnviz.api import model_preprocessing, unpack_model
 from cnnviz.capture.forward import model_device
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import LayerRef, resolve_layer
+from cnnviz.errors import ArgumentError
 from cnnviz.featurevis import checks as check
 from cnnviz.featurevis import objectives as obj
 from cnnviz.featurevis.optimise import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, normaliser, optimise
@@ -109,7 +110,8 @@ def features(
     Raises:
         LayerError: an unknown layer (with close matches), a layer the forward pass never runs,
             or a spatial objective on a 1-D layer.
-        ValueError: channels out of range, an unknown class, a bad option.
+        TargetError: an unknown class (name or index).
+        ArgumentError: channels out of range, a bad option (both are ``ValueError`` s).
     """
     module, class_names = unpack_model(model)
     prep = model_preprocessing(model, module)
@@ -189,7 +191,7 @@ def _image_size(size: int | tuple[int, int] | None, prep: Preprocessing) -> tupl
     if isinstance(size, int):
         size = (size, size)
     if len(size) != 2 or any(not isinstance(s, int) or s < 8 for s in size):
-        raise ValueError(
+        raise ArgumentError(
             f"size must be a side or (height, width) of at least 8 pixels, got {size!r}"
         )
     return (int(size[0]), int(size[1]))
@@ -197,7 +199,7 @@ def _image_size(size: int | tuple[int, int] | None, prep: Preprocessing) -> tupl
 
 def _positive(value: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a whole number ≥ 1, got {value!r}")
+        raise ArgumentError(f"{what} must be a whole number ≥ 1, got {value!r}")
     return value
 
 
@@ -323,7 +325,9 @@ def _exemplar_best(
     best = getattr(exemplars, "best", None)
     if callable(best) and plan.units[0].kind is UnitKind.CHANNEL:
         if getattr(exemplars, "layer", plan.layer) != plan.layer:
-            raise ValueError(f"the exemplars are of layer {exemplars.layer!r}, not {plan.layer!r}")
+            raise ArgumentError(
+                f"the exemplars are of layer {exemplars.layer!r}, not {plan.layer!r}"
+            )
         return [float(best(u.index)) for u in plan.units]
     batch = as_batch(exemplars, prep).x.to(model_device(module))
     normalise_free = batch  # as_batch gives the model's normalised input
