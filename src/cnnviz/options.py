@@ -98,6 +98,26 @@ SANITY_MODES: tuple[str, ...] = tuple(mode.value for mode in SanityMode)
 """The values of :class:`SanityMode`, in order (``cnnviz.metrics.sanity.MODES``)."""
 
 
+class Parameterisation(enum.Enum):
+    """What a feature visualisation optimises (:mod:`cnnviz.featurevis.parameterisation`)."""
+
+    FOURIER = "fourier"
+    """Fourier coefficients with 1/f scaling and decorrelated colour (Olah et al. 2017)."""
+    PIXEL = "pixel"
+    """The pixels themselves (Simonyan et al. 2014)."""
+
+
+class FeatureUnit(enum.Enum):
+    """What one image of a layer's feature visualisation is about."""
+
+    CHANNEL = "channel"
+    """A channel, averaged over the image."""
+    NEURON = "neuron"
+    """One position (the centre) of a channel."""
+    LAYER = "layer"
+    """The whole layer (DeepDream)."""
+
+
 def values(options: type[enum.Enum]) -> list[str]:
     """The string values of an option enum, in definition order: the CLI's ``choices``."""
     return [str(member.value) for member in options]

@@ -23,6 +23,7 @@ from cnnviz.cli.commands import (
     cmd_summary,
 )
 from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
+from cnnviz.cli.feature_command import add_features_command
 from cnnviz.cli.values import (
     comma_choices,
     crop_fraction,
@@ -443,4 +444,5 @@ def build_parser() -> argparse.ArgumentParser:
         _sanity_command,
     ):
         add(commands)
+    add_features_command(commands, add_model_options)
     return parser

@@ -34,10 +34,10 @@ Example::
 
 from __future__ import annotations
 
-import enum
-
 import torch
 from torch import nn
+
+from cnnviz.options import Parameterisation
 
 COLOUR_CORRELATION_SQRT = torch.tensor(
     [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=torch.float32
@@ -46,15 +46,6 @@ COLOUR_CORRELATION_SQRT = torch.tensor(
 
 FOURIER_MAGIC = 4.0
 """Lucid divides the inverse transform by 4 so that the initial image is near mid-grey."""
-
-
-class Parameterisation(enum.Enum):
-    """What the optimiser changes."""
-
-    FOURIER = "fourier"
-    """Fourier coefficients with 1/f scaling and decorrelated colour (Olah et al. 2017)."""
-    PIXEL = "pixel"
-    """The pixels themselves (Simonyan et al. 2014)."""
 
 
 def colour_matrix(channels: int) -> torch.Tensor:

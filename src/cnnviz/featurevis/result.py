@@ -129,6 +129,11 @@ class FeatureVisualization:
             f"{self.objective}; {self.images.shape[0]} image(s) {shape}, {self.steps} steps{end}>"
         )
 
+    @property
+    def interrupted(self) -> bool:
+        """Whether Ctrl-C stopped the optimisation (the images are those of :attr:`steps`)."""
+        return self.stopped is not None and self.stopped.startswith("interrupted")
+
     def labels(self) -> list[str]:
         return [
             unit.label + (f" · facet {f + 1}" if self.facets > 1 else "")

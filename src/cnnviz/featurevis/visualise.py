@@ -37,13 +37,14 @@ from cnnviz.errors import ArgumentError
 from cnnviz.featurevis import checks as check
 from cnnviz.featurevis import objectives as obj
 from cnnviz.featurevis.optimise import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, normaliser, optimise
-from cnnviz.featurevis.parameterisation import Parameterisation, make_image
+from cnnviz.featurevis.parameterisation import make_image
 from cnnviz.featurevis.result import FeatureVisualization, UnitKind
 from cnnviz.featurevis.transforms import REFERENCE_SIDE, RobustnessTransforms
 from cnnviz.featurevis.units import Plan, batch_objective, plan_units
 from cnnviz.inputs.given import as_batch
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.loaded import LoadedModel
+from cnnviz.options import Parameterisation
 
 logger = logging.getLogger(__name__)
 
