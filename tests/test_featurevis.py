@@ -339,3 +339,15 @@ def test_bad_requests_are_clear() -> None:
             classes=["dgo"],
             steps=2,
         )
+
+
+def test_the_strongest_start_is_shown_first() -> None:
+    from cnnviz.featurevis.visualise import _best_start_first, _reordered
+
+    # 3 starts × 2 units × 1 facet; unit 0 is best in start 2, unit 1 in start 0
+    scores = torch.tensor([1.0, 9.0, 2.0, 8.0, 5.0, 7.0])
+    order = _best_start_first(scores, 3, 2, 1)
+    assert order.tolist() == [[2, 0], [1, 1], [0, 2]]
+    images = torch.arange(6.0).view(6, 1, 1, 1)  # image b holds the value b
+    shown = _reordered(images, order, 3)
+    assert shown[:, :, 0, 0, 0].tolist() == [[4.0, 1.0], [2.0, 3.0], [0.0, 5.0]]

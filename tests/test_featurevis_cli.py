@@ -90,3 +90,22 @@ def test_ctrl_c_writes_the_images_so_far(
     checks = json.loads((out / "checks.json").read_text())
     assert checks["steps"] == 4 and checks["stopped"] == "interrupted at step 5"
     assert (out / "unit-00.png").is_file()
+
+
+def test_report_gains_what_the_units_want_to_see(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = tmp_path / "noise.png"
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    out = tmp_path / "report"
+    argv = ["report", str(image), "--model", "shapes_vgg11", "--methods", "none", "--out"]
+    code = main([*argv, str(out), "--features", "relu4_2", "--feature-steps", "6"])
+    assert code == 0
+    page = (out / "noise.html").read_text()
+    assert 'id="features"' in page and 'href="#features"' in page
+    section = page[page.index('id="features"') : page.index('id="filters"')]
+    assert section.count("<tr><td>channel ") == 8
+    assert "the best of this report's 1 image(s)" in section
+    assert main([*argv, str(tmp_path / "bad"), "--features", "relu9"]) == 2
+    assert "Unknown layer 'relu9'" in capsys.readouterr().err

@@ -345,6 +345,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         style=args.style,
         outlier_percent=args.outlier_percent,
         methods=_compared_methods(args.methods),
+        features=args.features,
+        feature_steps=args.feature_steps,
     )
     paths = [] if args.demo else input_paths(args.images)
     loaded = load(args)

@@ -320,6 +320,12 @@ def _report_command(commands: Commands) -> None:
         help="methods compared side by side: comma-separated names, 'all' or 'none' "
         "(default: the fast CAM and gradient methods)",
     )
+    p.add_argument(
+        "--features", default=None, metavar="LAYER", help="add what LAYER's units want to see"
+    )
+    p.add_argument(
+        "--feature-steps", type=positive_int, default=256, help="their optimisation steps"
+    )
     _drawing(p)
 
 

@@ -103,7 +103,7 @@ class FeatureVisualization:
         checks: per unit, the checks of its first facet (:mod:`cnnviz.featurevis.checks`).
         snapshots: the images at each kept step, by step.
         starts: ``(R − 1, U × F, C, H, W)``: the same units from the other starts of the
-            stability check (``None`` without it).
+            stability check, which scored lower than the one shown (``None`` without it).
         steps: steps run.
         stopped: why the run ended early, or ``None``.
         settings: the parameters of the run (steps, lr, parameterisation, seed, …).

@@ -63,7 +63,7 @@ def plan_units(
             raise TypeError(f"objective must be a cnnviz Objective, got {type(objective).__name__}")
         return Plan((Unit(UnitKind.OBJECTIVE, None, None, objective.describe()),), objective, None)
     name = _layer_name(module, layer, example)
-    shape = _layer_shape(module, name, example)
+    shape = layer_output_shape(module, name, example)
     if direction is not None:
         term = obj.direction(name, direction)
         return Plan((Unit(UnitKind.DIRECTION, name, None, f"direction in {name}"),), term, name)
@@ -92,7 +92,7 @@ def _layer_name(module: nn.Module, layer: LayerRef | None, example: torch.Tensor
     return name
 
 
-def _layer_shape(module: nn.Module, name: str, example: torch.Tensor) -> tuple[int, ...]:
+def layer_output_shape(module: nn.Module, name: str, example: torch.Tensor) -> tuple[int, ...]:
     with LayerCapture(module, [name], grad=GradFrom.NONE, stop_after_layers=True) as cap:
         cap.forward(example)
         return tuple(cap.activations[name].shape)

@@ -104,7 +104,9 @@ def features(
         facets: images per unit, pushed apart by the diversity term.
         diversity: the diversity weight (default 10 when ``facets > 1``).
         seed: seeds the initial images and the moves: the same seed gives the same pictures.
-        stability: also optimise every unit from two more starts, for check (c).
+        stability: also optimise every unit from two more starts, for check (c); the picture
+            shown is the start that scored highest at the last step (the others are in
+            ``starts``).
         exemplars: natural images for check (a): paths, a folder's files, PIL images, arrays or a
             preprocessed tensor (preprocessed at ``size``).
 
@@ -153,8 +155,9 @@ def features(
         generator=generator,
         desc=f"features {plan.layer or 'classes'}",
     )
-    per_start = len(plan.units) * facets
-    images = run.images.view(starts, per_start, *run.images.shape[1:])
+    order = _best_start_first(run.scores, starts, len(plan.units), facets)
+    images = _reordered(run.images, order, starts)
+    snapshots = {step: _reordered(s, order, starts)[0] for step, s in run.snapshots.items()}
     unit_checks = _checks(module, prep, plan, images, facets, seed, exemplars)
     return FeatureVisualization(
         model_name=name,
@@ -163,7 +166,7 @@ def features(
         images=images[0].clone(),
         facets=facets,
         checks=tuple(unit_checks),
-        snapshots={step: s[:per_start].clone() for step, s in run.snapshots.items()},
+        snapshots=snapshots,
         starts=images[1:].clone() if starts > 1 else None,
         steps=run.steps,
         stopped=run.stopped,
@@ -218,6 +221,20 @@ def _moves(
     if isinstance(transforms, RobustnessTransforms):
         return transforms
     raise TypeError(f"transforms must be True, False or RobustnessTransforms, got {transforms!r}")
+
+
+def _best_start_first(scores: torch.Tensor, starts: int, units: int, facets: int) -> torch.Tensor:
+    """``(starts, units)``: for each unit, its starts from the highest final score (summed over
+    its facets) down, so the picture shown is the best of the independent starts."""
+    per_unit = scores.view(starts, units, facets).nan_to_num(nan=-math.inf).sum(dim=2)
+    return torch.argsort(per_unit, dim=0, descending=True, stable=True)
+
+
+def _reordered(images: torch.Tensor, order: torch.Tensor, starts: int) -> torch.Tensor:
+    """``images`` (starts · U · F, …) as (starts, U · F, …) with each unit's starts in ``order``."""
+    grid = images.view(starts, order.shape[1], -1, *images.shape[1:])  # (starts, U, F, …)
+    picked = grid[order, torch.arange(order.shape[1]).expand(starts, -1)]
+    return picked.reshape(starts, -1, *images.shape[1:])
 
 
 # -- the checks --------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from cnnviz.render.colours import Box, draw_box, to_uint8
 from cnnviz.render.drawing import DrawingSettings, MapDrawing, colour_strip, legend_text
 from cnnviz.render.figures import activations_figure, filters_figure
 from cnnviz.render.html import figure_data_uri, png_data_uri, render_page
+from cnnviz.runs.report_features import feature_section
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,10 @@ class ReportSettings(DrawingSettings):
     cam_classes: int = 3
     channels: int = 16
     methods: Sequence[str] = COMPARED_METHODS
+    features: str | None = None
+    """A layer whose first ``feature_channels`` units get "What the units want to see"."""
+    feature_channels: int = 8
+    feature_steps: int = 256
 
 
 def default_activation_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
@@ -134,7 +139,9 @@ class _ModelParts:
     ``None`` and its reason is in :attr:`unavailable`, which the page shows in its place.
     """
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    def __init__(
+        self, loaded: LoadedModel, settings: ReportSettings, images: Sequence[Path] = ()
+    ) -> None:
         size = loaded.preprocessing.input_shape
         self.unavailable: dict[str, str] = {}
         self.summary = self._part(
@@ -144,6 +151,19 @@ class _ModelParts:
             "layers", lambda: [row.__dict__ for row in layer_table(loaded.module, size)]
         )
         self.filters = self._part("filters", lambda: _filters(loaded))
+        layer = settings.features
+        # Not a part that may be missing: a --features layer that does not work is an error.
+        self.features = (
+            None
+            if layer is None
+            else feature_section(
+                loaded,
+                layer,
+                images,
+                channels=settings.feature_channels,
+                steps=settings.feature_steps,
+            )
+        )
 
     def _part(self, section: str, build: Callable[[], _T]) -> _T | None:
         try:
@@ -325,13 +345,22 @@ def _page(
         "methods": methods,
         "activations": activations,
         "filters": parts.filters,
+        "features": parts.features,
         "summary": parts.summary,
         "layers": parts.layers,
         "unavailable": _said_once(page.unavailable | parts.unavailable),
         "thumb": gradcam[0]["src"] if gradcam else saliency["src"],
         "record": record,
         "manifest_json": to_json_text(record),
-        "sections": [*sections, "activations", "filters", "summary", "layers", "manifest"],
+        "sections": [
+            *sections,
+            "activations",
+            *(["features"] if parts.features is not None else []),
+            "filters",
+            "summary",
+            "layers",
+            "manifest",
+        ],
     }
 
 
@@ -410,7 +439,7 @@ def build_report(
     settings = settings or ReportSettings()
     boxes = boxes or {}
     out.mkdir(parents=True, exist_ok=True)
-    parts = _ModelParts(loaded)
+    parts = _ModelParts(loaded, settings, files)
     announce_default_layer(loaded)  # its log line before the bar: every page draws Grad-CAM
     failures: list[dict[str, Any]] = []
     index_entries: list[dict[str, Any]] = []
