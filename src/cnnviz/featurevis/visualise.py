@@ -258,7 +258,8 @@ def _checks(
     flat = firsts.reshape(starts * count, *firsts.shape[2:]).to(device)
     matrix = _unit_matrix(module, plan, normalise(flat))  # (starts·U, units of the layer)
     if matrix is None:
-        own = _objective_values(module, plan.unit_objective, normalise(flat)).view(starts, count)
+        values = _objective_values(module, plan.unit_objective, normalise(flat), flat)
+        own = values.view(starts, count)
     else:
         index = torch.tensor([u.index for u in plan.units] * starts)
         own = matrix[torch.arange(len(index)), index].view(starts, count)
@@ -322,15 +323,18 @@ def _unit_matrix(module: nn.Module, plan: Plan, x: torch.Tensor) -> torch.Tensor
     return check.unit_scores(acts).float().cpu()
 
 
-def _objective_values(module: nn.Module, term: obj.Objective, x: torch.Tensor) -> torch.Tensor:
-    """``term`` on each image of the model input ``x`` (no moves), model left as found."""
+def _objective_values(
+    module: nn.Module, term: obj.Objective, x: torch.Tensor, image: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``term`` on each image of the model input ``x`` (no moves), model left as found;
+    ``image`` is the picture in [0, 1] that regularisers read (default: ``x``)."""
     names = {ref: resolve_layer(module, ref) for ref in term.layers}
     layers = list(dict.fromkeys(names.values()))
     with LayerCapture(
         module, layers, grad=GradFrom.NONE, stop_after_layers=not term.needs_logits
     ) as cap:
         logits = cap.forward(x)
-        probe = obj.Probe(x, cap.activations, logits, names)
+        probe = obj.Probe(x if image is None else image, cap.activations, logits, names)
         return term.value(probe).detach().float().cpu()
 
 
