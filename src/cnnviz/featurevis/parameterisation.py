@@ -65,6 +65,21 @@ def frequency_scale(size: tuple[int, int], decay: float = 1.0) -> torch.Tensor:
     return 1.0 / torch.clamp(magnitude, min=1.0 / max(height, width)) ** decay
 
 
+def redraw(
+    values: torch.Tensor,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    sd: float,
+    centre: float = 0.0,
+) -> None:
+    """Draw the entries of the ``images`` (a boolean mask over the first dimension) of
+    ``values`` again from ``N(centre, sd²)``, in place."""
+    with torch.no_grad():
+        fresh = torch.randn(values.shape, generator=generator) * sd + centre
+        mask = images.to(values.device).view(-1, *[1] * (values.dim() - 1))
+        values.copy_(torch.where(mask, fresh.to(values.device), values))
+
+
 class FourierImage(nn.Module):
     """A batch of images parameterised by scaled Fourier coefficients and decorrelated colour.
 
@@ -101,11 +116,8 @@ class FourierImage(nn.Module):
     def restart(self, images: torch.Tensor, generator: torch.Generator, factor: float) -> None:
         """Draw the coefficients of ``images`` (a boolean mask over the batch) again, with
         ``factor`` times the spread: a start on which the unit is dead gets more contrast."""
-        with torch.no_grad():
-            self.sd *= factor
-            fresh = torch.randn(self.spectrum.shape, generator=generator) * self.sd
-            mask = images.to(self.spectrum.device).view(-1, *[1] * (self.spectrum.dim() - 1))
-            self.spectrum.copy_(torch.where(mask, fresh.to(self.spectrum.device), self.spectrum))
+        self.sd *= factor
+        redraw(self.spectrum, images, generator, self.sd)
 
     def forward(self) -> torch.Tensor:
         coefficients = torch.view_as_complex(self.spectrum) * self.scale
@@ -140,12 +152,8 @@ class PixelImage(nn.Module):
     def restart(self, images: torch.Tensor, generator: torch.Generator, factor: float) -> None:
         """Draw the pixels of ``images`` (a boolean mask over the batch) again, ``factor`` times
         as spread."""
-        with torch.no_grad():
-            self.sd *= factor
-            fresh = torch.randn(self.pixels.shape, generator=generator) * self.sd
-            fresh = fresh if self.sigmoid else fresh + 0.5
-            mask = images.to(self.pixels.device).view(-1, 1, 1, 1)
-            self.pixels.copy_(torch.where(mask, fresh.to(self.pixels.device), self.pixels))
+        self.sd *= factor
+        redraw(self.pixels, images, generator, self.sd, 0.0 if self.sigmoid else 0.5)
 
     def forward(self) -> torch.Tensor:
         if self.sigmoid:
