@@ -757,6 +757,34 @@ for layer in ["bn5_2", "bn4_2"]:
     ),
     md(
         """
+## 8. What does a channel want to see?
+
+Grad-CAM says where the model looked for one image. Feature visualisation asks the other way
+round: start from a grey image and change it, step by step, until one channel of `relu4_2`
+fires as hard as it can (Olah et al., Distill 2017). All 8 channels are optimised in one batch.
+Under each picture, its checks: how much harder it drives the channel than the best of 200
+held-out shapes, and how selective it is (÷ the other channels of the layer).
+""",
+        """
+## 8. 채널은 무엇을 보고 싶어 할까
+
+Grad-CAM은 이미지 한 장에서 모델이 어디를 봤는지 알려 줍니다. feature visualisation은 반대로
+묻습니다. 회색 이미지에서 시작해 `relu4_2`의 채널 하나가 가장 세게 반응할 때까지 이미지를 조금씩
+바꿉니다(Olah et al., Distill 2017). 8개 채널을 한 batch로 함께 최적화합니다. 그림마다 아래에 검사
+결과가 있습니다. held-out 도형 200장 중 가장 센 것보다 채널을 몇 배 세게 움직이는지, 그리고 같은
+레이어의 다른 채널보다 얼마나 선택적인지(selectivity)입니다.
+""",
+    ),
+    code(
+        """
+natural = [image_tensor_to_numpy(t) for t in heldout_shapes(200).images]
+units = cnnviz.features(small, "relu4_2", range(8), steps=96, exemplars=natural, stability=False)
+units
+""",
+        picture=True,
+    ),
+    md(
+        """
 So on small inputs, take Grad-CAM one block earlier (`layer="bn4_2"`, or the block's output
 `relu4_2`); [docs/shapes-benchmark.md](../docs/shapes-benchmark.md) compares every method at
 both depths.
