@@ -125,7 +125,13 @@ def features(
     plan = plan_units(
         module, class_names, example, layer, channels, unit, classes, direction, objective
     )
-    kind = Parameterisation(parameterisation)
+    try:
+        kind = Parameterisation(parameterisation)
+    except ValueError:
+        choices = ", ".join(p.value for p in Parameterisation)
+        raise ArgumentError(
+            f"parameterisation must be one of {choices}, got {parameterisation!r}"
+        ) from None
     facets = _positive(facets, "facets")
     starts = STARTS if stability else 1
     batch = starts * len(plan.units) * facets
