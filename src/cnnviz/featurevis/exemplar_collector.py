@@ -76,7 +76,8 @@ class ExemplarCollector:
         ids = torch.as_tensor(list(sources), dtype=torch.int64)
         if ids.shape != (activations.shape[0],) or bool((ids < 0).any()):
             raise ValueError(
-                f"expected {activations.shape[0]} source ids ≥ 0, one per image, got {list(sources)}"
+                f"expected {activations.shape[0]} source ids ≥ 0, one per image, got "
+                f"{list(sources)}"
             )
         acts = activations.detach().to(device="cpu", dtype=torch.float64)
         batch_sources = ids[None, :].expand(self.channels, -1)
