@@ -70,5 +70,4 @@ def cmd_exemplars(args: argparse.Namespace) -> int:
         args,
         what=f"the exemplars of {len(result.channels)} channel(s) of {result.layer}",
         files=("exemplars.png", "exemplars.json", "manifest.json"),
-        list_failures=True,
     )
