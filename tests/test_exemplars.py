@@ -3,6 +3,7 @@ resumable folder run, the effective receptive field, the model left as found, an
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -223,9 +224,7 @@ def test_a_folder_run_interrupted_then_resumed_equals_one_pass(
         return real_decode(path, prep)
 
     monkeypatch.setattr(run_module, "decode_input", counting)
-    resumed, _ = exemplar_files(
-        loaded, paths, out, ExemplarSettings(**{**vars(settings), "resume": True})
-    )
+    resumed, _ = exemplar_files(loaded, paths, out, dataclasses.replace(settings, resume=True))
     _same(resumed, whole)
     streamed = decoded[: len(paths) - 4]
     assert {p.name for p in streamed}.isdisjoint({p.name for p in paths[:4]})
@@ -297,3 +296,42 @@ def test_cli_without_images_and_with_a_bad_file(
     assert main([*argv, "--out", str(out)]) == 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert [f["input"] for f in manifest["failures"]] == [str(folder / "b.png")]
+
+
+def test_features_check_a_reads_the_best_score_of_collected_exemplars() -> None:
+    from cnnviz.featurevis.visualise import features  # lazy: only this test optimises
+
+    loaded = cnnviz.from_module(_model(), preprocessing=RGB)
+    x = torch.stack([model_tensor(p, RGB) for p in _pictures(6)])
+    ex = collect_exemplars(loaded, x, "3", k=2, channels=[1, 4])
+    result = features(loaded, "3", [4, 1], steps=2, stability=False, exemplars=ex)
+    assert [c.exemplar_activation for c in result.checks] == [ex.best(4), ex.best(1)]
+    with pytest.raises(ArgumentError, match="exemplars are of layer"):
+        features(loaded, "0", [1], steps=2, stability=False, exemplars=ex)
+
+
+def test_cli_resume_after_ctrl_c(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n in range(5):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / f"{n}.png")
+    real = run_module.atomic_write_bytes
+
+    def write_then_stop(path: Path, data: bytes, **kwargs: object) -> None:
+        real(path, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "atomic_write_bytes", write_then_stop)
+    out = tmp_path / "out"
+    argv = ["exemplars", "shapes_vgg11", str(folder), "--layer", "relu4_2", "--channels", "0-1"]
+    argv += ["--k", "2", "--batch-size", "2", "--out", str(out)]
+    assert main(argv) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(run_module, "atomic_write_bytes", real)
+    assert main([*argv, "--resume"]) == 0
+    resumed = json.loads((out / "exemplars.json").read_text())
+    assert main([*argv[:-1], str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "exemplars.json").read_text()) == resumed
