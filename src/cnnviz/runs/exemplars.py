@@ -3,7 +3,7 @@
 The files are decoded in batches (a file that fails is recorded and skipped); each batch's layer
 activations update an :class:`~cnnviz.featurevis.exemplar_collector.ExemplarCollector`, and after
 every batch ``OUT/exemplars-state.json`` is rewritten atomically: a fingerprint of the settings
-(layer, channels, k, model name, a digest of the weights), the collector's state, each processed
+(layer, channels, k, model name, preprocessing, a digest of the weights), the collector's state, each processed
 file with its size and modification time, and the failures. Memory holds only that state and
 the current batch. ``resume=True`` reads a matching state and processes only the files it lacks
 (one that does not match is logged and ignored); the result equals one uninterrupted pass.
@@ -164,6 +164,7 @@ def exemplar_files(
             "channels": list(settings.channels) if settings.channels is not None else None,
             "k": settings.k,
             "model": loaded.name,
+            "preprocessing": loaded.preprocessing.to_dict(),
             "parameters": parameter_digest(module),
         }
     )
