@@ -5,10 +5,11 @@ activations update an :class:`~cnnviz.featurevis.exemplar_collector.ExemplarColl
 every batch ``OUT/exemplars-state.json`` is rewritten atomically: a fingerprint of the settings
 (layer, channels, k, model name, preprocessing, a digest of the weights), the collector's
 state, each processed file with its size and modification time, and the failures. Memory
-holds only that state and the current batch. ``resume=True`` reads a matching state and processes only the files it lacks
-(one that does not match is logged and ignored); the result equals one uninterrupted pass.
-At the end the peak images are decoded again for their crops, and ``exemplars.json``,
-``exemplars.png``, ``channel-XXXX/NN.png`` and ``manifest.json`` are written.
+holds only that state and the current batch. ``resume=True`` reads a matching state and
+processes only the files it lacks (one that does not match is logged and ignored); the result
+equals one uninterrupted pass. At the end the peak images are decoded again for their crops,
+and ``exemplars.json``, ``exemplars.png``, ``channel-XXXX/NN.png`` and ``manifest.json`` are
+written.
 """
 
 from __future__ import annotations
