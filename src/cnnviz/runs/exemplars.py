@@ -1,0 +1,234 @@
+"""Dataset exemplars of a folder of images: one bounded-memory, resumable pass.
+
+The files are decoded in batches (a file that fails is recorded and skipped); each batch's layer
+activations update an :class:`~cnnviz.featurevis.exemplar_collector.ExemplarCollector`, and after
+every batch ``OUT/exemplars-state.json`` is rewritten atomically: a fingerprint of the settings
+(layer, channels, k, model name, preprocessing, a digest of the weights), the collector's
+state, each processed file with its size and modification time, and the failures. Memory
+holds only that state and the current batch. ``resume=True`` reads a matching state and
+processes only the files it lacks (one that does not match is logged and ignored); the result
+equals one uninterrupted pass. At the end the peak images are decoded again for their crops,
+and ``exemplars.json``, ``exemplars.png``, ``channel-XXXX/NN.png`` and ``manifest.json`` are
+written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnviz.capture.forward import model_device
+from cnnviz.capture.layers import resolve_layer
+from cnnviz.errors import ArgumentError, ImageLoadError, positive_int
+from cnnviz.featurevis.checks import layer_outputs
+from cnnviz.featurevis.exemplar_collector import ExemplarCollector
+from cnnviz.featurevis.exemplars import (
+    Exemplars,
+    check_channels,
+    crop_name,
+    exemplars_of,
+    layer_field,
+)
+from cnnviz.inputs.decode import decode_input, failure_record
+from cnnviz.models.loaded import LoadedModel
+from cnnviz.outputs.files import atomic_write_bytes, to_json_text
+from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
+from cnnviz.outputs.records import fingerprint, parameter_digest, source_signature
+from cnnviz.progress import track
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "exemplars-state.json"
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExemplarSettings:
+    """What an exemplar run collects: ``layer``'s ``channels`` (``None``: all), the top ``k``,
+    ``batch_size`` images per forward pass, and whether to ``resume`` from a saved state."""
+
+    layer: str
+    channels: tuple[int, ...] | None = None
+    k: int = 9
+    batch_size: int = 32
+    resume: bool = False
+
+
+@dataclass
+class _Progress:
+    """The run's state between batches (what ``exemplars-state.json`` holds)."""
+
+    sources: list[str]
+    processed: dict[str, dict[str, int]]
+    failures: list[dict[str, Any]]
+    collector: ExemplarCollector | None = None
+    channels: tuple[int, ...] = ()
+
+    def to_dict(self, key: str) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": key,
+            "sources": self.sources,
+            "processed": self.processed,
+            "failures": self.failures,
+            "channels": list(self.channels),
+            "collector": self.collector.state() if self.collector is not None else None,
+        }
+
+
+def _fresh(paths: Sequence[Path]) -> _Progress:
+    return _Progress(sources=[str(p) for p in paths], processed={}, failures=[])
+
+
+def _resumed(out: Path, key: str, paths: Sequence[Path]) -> _Progress:
+    """The saved state in ``out`` if it matches ``key`` and the files, else a fresh one."""
+    path = out / STATE_NAME
+    if not path.is_file():
+        logger.info("No %s in %s to resume from; starting afresh.", STATE_NAME, out)
+        return _fresh(paths)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("version") != STATE_VERSION or data.get("fingerprint") != key:
+            why = "the layer, channels, k or the model's weights differ"
+            raise ValueError(why)
+        wanted = {str(p) for p in paths}
+        for name, signature in data["processed"].items():
+            if name not in wanted:
+                raise ValueError(f"{name} was processed but is not among the inputs now")
+            if source_signature(Path(name)) != signature:
+                raise ValueError(f"{name} changed since it was processed")
+        state = data["collector"]
+        progress = _Progress(
+            sources=list(data["sources"]),
+            processed=dict(data["processed"]),
+            failures=[],  # the files that failed are tried again
+            collector=ExemplarCollector.from_state(state) if state is not None else None,
+            channels=tuple(int(c) for c in data["channels"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("Not resuming from %s (%s); starting afresh.", path, e)
+        return _fresh(paths)
+    known = set(progress.sources)
+    progress.sources.extend(str(p) for p in paths if str(p) not in known)
+    logger.info("Resuming: %d of %d files done.", len(progress.processed), len(paths))
+    return progress
+
+
+def _decode_batch(
+    names: Sequence[str], loaded: LoadedModel, run: _Progress
+) -> tuple[list[int], list[torch.Tensor]]:
+    """The ids and tensors of the files that decode; the others are recorded as failures."""
+    ids, tensors = [], []
+    index = {name: i for i, name in enumerate(run.sources)}
+    for name in names:
+        try:
+            _, tensor, _ = decode_input(Path(name), loaded.preprocessing)
+            signature = source_signature(Path(name))
+        except Exception as e:  # a bad file is recorded and skipped, never raised
+            record = failure_record(Path(name), e, "exemplars")
+            logger.warning("skipped %s", record["error"])
+            run.failures.append(record)
+            continue
+        ids.append(index[name])
+        tensors.append(tensor)
+        run.processed[name] = signature
+    return ids, tensors
+
+
+def exemplar_files(
+    loaded: LoadedModel, paths: Sequence[Path], out: Path, settings: ExemplarSettings
+) -> tuple[Exemplars, list[dict[str, Any]]]:
+    """Collect the exemplars of ``paths`` into ``out`` (see the module docstring); returns them
+    and the failures (one record per file that could not be read).
+
+    Raises:
+        LayerError: an unknown layer. ArgumentError: a channel out of range, no paths, ``k`` or
+        ``batch_size`` below 1. ImageLoadError: not one file could be read.
+    """
+    positive_int(settings.k, "k")
+    positive_int(settings.batch_size, "batch_size")
+    paths = list(dict.fromkeys(Path(p) for p in paths))
+    if not paths:
+        raise ArgumentError("no images given; name image files or folders")
+    module = loaded.module
+    name = resolve_layer(module, settings.layer)
+    key = fingerprint(
+        {
+            "layer": name,
+            "channels": list(settings.channels) if settings.channels is not None else None,
+            "k": settings.k,
+            "model": loaded.name,
+            "preprocessing": loaded.preprocessing.to_dict(),
+            "parameters": parameter_digest(module),
+        }
+    )
+    run = _resumed(out, key, paths) if settings.resume else _fresh(paths)
+    pending = [str(p) for p in paths if str(p) not in run.processed]
+    spans = [
+        pending[i : i + settings.batch_size] for i in range(0, len(pending), settings.batch_size)
+    ]
+    device = model_device(module)
+    for span in track(spans, f"exemplars of {name}", "batch", leave=True):
+        ids, tensors = _decode_batch(span, loaded, run)
+        if ids:
+            acts, _ = layer_outputs(module, name, torch.stack(tensors).to(device))
+            if run.collector is None:
+                run.channels = check_channels(
+                    settings.channels, acts.shape[1], name, acts.dim() == 4
+                )
+                run.collector = ExemplarCollector(len(run.channels), settings.k)
+            run.collector.update(acts[:, list(run.channels)], ids)
+        atomic_write_bytes(out / STATE_NAME, to_json_text(run.to_dict(key)).encode())
+    if run.collector is None:
+        raise ImageLoadError(f"none of the {len(paths)} image file(s) could be read")
+    prep = loaded.preprocessing
+    probe = torch.zeros((1, prep.channels, *prep.input_size), device=device)
+    acts, _ = layer_outputs(module, name, probe)
+    field = layer_field(module, name, acts, probe)
+
+    def pictures_of(ids: list[int]) -> dict[int, np.ndarray]:
+        return {i: decode_input(Path(run.sources[i]), prep)[0] for i in ids}
+
+    result = exemplars_of(
+        run.collector,
+        layer=name,
+        sources=run.sources,
+        channels=run.channels,
+        field=field,
+        pictures_of=pictures_of,
+    )
+    result.save(out)
+    items = [
+        {
+            "channel": c,
+            "best": result.best(c),
+            "files": {
+                f"crop-{j:02d}": crop_name(c, j)
+                for j, source in enumerate(result.peak_sources[result.row(c)])
+                if source >= 0
+            },
+        }
+        for c in result.channels
+    ]
+    manifest = Manifest(
+        command="exemplars",
+        model=model_record(loaded),
+        layer=name,
+        items=tuple(items),
+        failures=tuple(run.failures),
+        extra={
+            "k": settings.k,
+            "images": len(run.processed),
+            "receptive_field": field.as_dict(),
+            "run": {"failed": len(run.failures)},
+        },
+    )
+    write_manifest(out, manifest)
+    return result, run.failures
