@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 import cnnviz
+from cnnviz.data.samples import sample_crops
 from cnnviz.data.shapes import heldout_shapes
 from cnnviz.models.shapes_vgg11 import normalize_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_featurevis_truth import _photos_and_crops  # the test's exemplar set
 
 SAMPLES = Path(cnnviz.__file__).parent / "data" / "samples"
 
@@ -77,7 +77,7 @@ def main() -> None:
     lite = cnnviz.load_model("efficientnet_lite0")
     mean = torch.tensor(lite.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(lite.preprocessing.std).view(1, 3, 1, 1)
-    photos = (_photos_and_crops(SAMPLES, 200, 128) - mean) / std
+    photos = (sample_crops(200, 128) - mean) / std
     start = time.perf_counter()
     result = cnnviz.features(
         lite, "blocks.5", range(16), size=128, steps=args.steps, exemplars=photos

@@ -174,7 +174,8 @@ def run_cnnviz(model: Any, case: Case, steps: int) -> torch.Tensor:
         stability=False,
         seed=0,
     )
-    return result.images  # (16, C, H, W) in [0, 1]
+    images: torch.Tensor = result.images  # (16, C, H, W) in [0, 1]
+    return images
 
 
 def run_lucent(

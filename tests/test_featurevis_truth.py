@@ -15,14 +15,12 @@ with room; the figures are in docs/feature-visualisation.md).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 import cnnviz
+from cnnviz.data.samples import sample_crops
 from cnnviz.data.shapes import SHAPE_CLASSES, heldout_shapes
-from cnnviz.inputs.images import load_image
 from cnnviz.models.shapes_vgg11 import normalize_shapes
 
 
@@ -56,34 +54,9 @@ def test_relu4_2_channels_beat_their_best_heldout_exemplar(shapes_model) -> None
     assert all(b is not None and b > 0 for b in best)
 
 
-def _photos_and_crops(samples_dir: Path, count: int, side: int) -> torch.Tensor:
-    """The bundled photos and ``count`` seeded random square crops of them, as pictures in
-    [0, 1] resized to ``side`` (a float tensor, later normalised like the model's input)."""
-    import torchvision.transforms.v2.functional as TF  # lazy: only here
-
-    generator = torch.Generator().manual_seed(0)
-    pictures = []
-    photos = [
-        TF.to_dtype(TF.pil_to_tensor(load_image(p)), torch.float32, scale=True)
-        for p in sorted(samples_dir.glob("*.jpg"))
-    ]
-    for photo in photos:
-        pictures.append(TF.resize(TF.center_crop(photo, min(photo.shape[1:])), [side, side]))
-    for k in range(count):
-        photo = photos[k % len(photos)]
-        height, width = photo.shape[1:]
-        crop = int(
-            torch.randint(min(height, width) // 4, min(height, width), (1,), generator=generator)
-        )
-        top = int(torch.randint(0, height - crop + 1, (1,), generator=generator))
-        left = int(torch.randint(0, width - crop + 1, (1,), generator=generator))
-        pictures.append(TF.resize(photo[:, top : top + crop, left : left + crop], [side, side]))
-    return torch.stack(pictures)
-
-
-def test_efficientnet_blocks5_channels_in_one_batch_beat_the_photos(samples_dir: Path) -> None:
+def test_efficientnet_blocks5_channels_in_one_batch_beat_the_photos() -> None:
     model = cnnviz.load_model("efficientnet_lite0")
-    pictures = _photos_and_crops(samples_dir, 200, 128)
+    pictures = sample_crops(200, 128)
     mean = torch.tensor(model.preprocessing.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.preprocessing.std).view(1, 3, 1, 1)
     result = cnnviz.features(
