@@ -351,3 +351,19 @@ def test_the_strongest_start_is_shown_first() -> None:
     images = torch.arange(6.0).view(6, 1, 1, 1)  # image b holds the value b
     shown = _reordered(images, order, 3)
     assert shown[:, :, 0, 0, 0].tolist() == [[4.0, 1.0], [2.0, 3.0], [0.0, 5.0]]
+
+
+def test_exemplars_are_collected_shown_and_saved(tmp_path: Path) -> None:
+    loaded = cnnviz.from_module(Tiny(), preprocessing=RGB)
+    natural = torch.rand(5, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    natural[3, 0] = 1.0  # image 3 is the reddest: channel 0's best exemplar
+    x = (natural - 0.5) / 0.5
+    result = cnnviz.features(loaded, "relu", [0, 1], steps=4, exemplars=x, stability=False)
+    ex = result.exemplars
+    assert ex is not None and ex.channels == (0, 1) and ex.k == 3
+    best_red = float(torch.relu(x[:, 0]).mean(dim=(1, 2)).max())
+    assert result.checks[0].exemplar_activation == pytest.approx(best_red)
+    assert int(ex.score_sources[0, 0]) == 3
+    assert "exemplar crops" in result.title()
+    result.save(tmp_path)
+    assert (tmp_path / "exemplars" / "exemplars.json").is_file()

@@ -23,6 +23,7 @@ from cnnviz.outputs.files import atomic_write_bytes, encode_png, to_json_text
 if TYPE_CHECKING:
     from PIL import Image
 
+    from cnnviz.featurevis.exemplars import Exemplars
     from cnnviz.render.canvas import InlineFigure
 
 
@@ -107,6 +108,8 @@ class FeatureVisualization:
         steps: steps run.
         stopped: why the run ended early, or ``None``.
         settings: the parameters of the run (steps, lr, parameterisation, seed, …).
+        exemplars: for a layer's channels with natural images given, their dataset exemplars
+            (drawn under each picture: the receptive-field crops where the channel peaks).
     """
 
     model_name: str
@@ -120,6 +123,7 @@ class FeatureVisualization:
     steps: int
     stopped: str | None
     settings: Mapping[str, Any] = field(repr=False)
+    exemplars: Exemplars | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         shape = "×".join(str(s) for s in self.images.shape[-2:])
@@ -145,7 +149,11 @@ class FeatureVisualization:
         layer = next((u.layer for u in self.units if u.layer), None)
         where = f" of {layer}" if layer else ""
         stop = f" (stopped: {self.stopped})" if self.stopped else ""
-        return f"What the units want to see{where} — {self.model_name}, {self.steps} steps{stop}"
+        below = "; under each, the exemplar crops where it fires most" if self._crops() else ""
+        return (
+            f"What the units want to see{where} — {self.model_name}, {self.steps} steps"
+            f"{stop}{below}"
+        )
 
     def plot(self, step: int | None = None) -> InlineFigure:
         """The images at ``step`` (one of :attr:`snapshots`; default: the last), with checks."""
@@ -154,7 +162,25 @@ class FeatureVisualization:
         images = self.images if step is None else self._snapshot(step)
         captions = [check_caption(c) for c in self.checks for _ in range(self.facets)]
         title = self.title() if step is None else f"{self.title()} — step {step}"
-        return feature_figure(pictures_of(images), self.labels(), captions, title=title)
+        return feature_figure(
+            pictures_of(images), self.labels(), captions, title=title, beside=self._crops()
+        )
+
+    def _crops(self) -> list[np.ndarray] | None:
+        """Per image, the exemplar crops of its unit (``None`` without exemplars)."""
+        ex = self.exemplars
+        if ex is None or ex.crops is None:
+            return None
+        crops = []
+        empty = np.zeros((0, 1, 1, 3), np.uint8)
+        for unit in self.units:
+            if unit.index in ex.channels:
+                row = ex.channels.index(unit.index)
+                kept = ex.crops[row][~np.isnan(ex.peaks[row])]
+            else:
+                kept = empty
+            crops += [kept] * self.facets
+        return crops
 
     def _snapshot(self, step: int) -> torch.Tensor:
         if step not in self.snapshots:
@@ -201,6 +227,8 @@ class FeatureVisualization:
         written += _write_images(out, self.to_numpy(), self)
         grid = out / "features.png"
         atomic_write_bytes(grid, figure_to_png_bytes(self.plot()))
+        if self.exemplars is not None:
+            written.append(self.exemplars.save(out / "exemplars"))
         checks = out / "checks.json"
         record = {
             "model": self.model_name,

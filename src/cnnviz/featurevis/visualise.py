@@ -36,6 +36,7 @@ from cnnviz.capture.layers import LayerRef, resolve_layer
 from cnnviz.errors import ArgumentError
 from cnnviz.featurevis import checks as check
 from cnnviz.featurevis import objectives as obj
+from cnnviz.featurevis.exemplars import Exemplars, collect_exemplars
 from cnnviz.featurevis.optimise import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, normaliser, optimise
 from cnnviz.featurevis.parameterisation import make_image
 from cnnviz.featurevis.result import FeatureVisualization, UnitKind
@@ -44,6 +45,7 @@ from cnnviz.featurevis.units import Plan, batch_objective, plan_units
 from cnnviz.inputs.given import as_batch
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models.loaded import LoadedModel
+from cnnviz.models.registry import from_module
 from cnnviz.options import Parameterisation
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ INIT_SD = 0.01
 small image starts with the same contrast as Lucid's)."""
 
 EXEMPLAR_BATCH = 32
+
+EXEMPLARS_SHOWN = 3
+"""Dataset exemplars (receptive-field crops of the images where it peaks) shown per channel."""
 
 
 def features(
@@ -164,7 +169,8 @@ def features(
     order = _best_start_first(run.scores, starts, len(plan.units), facets)
     images = _reordered(run.images, order, starts)
     snapshots = {step: _reordered(s, order, starts)[0] for step, s in run.snapshots.items()}
-    unit_checks = _checks(module, prep, plan, images, facets, seed, exemplars)
+    collected = _collected(model, module, prep, plan, exemplars)
+    unit_checks = _checks(module, prep, plan, images, facets, seed, collected or exemplars)
     return FeatureVisualization(
         model_name=name,
         objective=total.describe(),
@@ -176,6 +182,7 @@ def features(
         starts=images[1:].clone() if starts > 1 else None,
         steps=run.steps,
         stopped=run.stopped,
+        exemplars=collected,
         settings={
             "steps": steps,
             "lr": lr,
@@ -342,6 +349,29 @@ def _objective_values(
         logits = cap.forward(x)
         probe = obj.Probe(x if image is None else image, cap.activations, logits, names)
         return term.value(probe).detach().float().cpu()
+
+
+def _collected(
+    model: nn.Module | LoadedModel,
+    module: nn.Module,
+    prep: Preprocessing,
+    plan: Plan,
+    exemplars: Any,
+) -> Exemplars | None:
+    """The dataset exemplars of a layer's channels among natural images (streamed in batches,
+    preprocessed at the visualisation's size), to show beside the pictures and for check (a);
+    ``None`` for other units or when none were given."""
+    if isinstance(exemplars, Exemplars):
+        return exemplars
+    if exemplars is None or plan.units[0].kind is not UnitKind.CHANNEL or plan.layer is None:
+        return None
+    sized = (
+        replace(model, preprocessing=prep)
+        if isinstance(model, LoadedModel)
+        else from_module(module, preprocessing=prep)
+    )
+    channels = [int(u.index or 0) for u in plan.units]
+    return collect_exemplars(sized, exemplars, plan.layer, k=EXEMPLARS_SHOWN, channels=channels)
 
 
 def _exemplar_best(

@@ -28,9 +28,11 @@ def feature_figure(
     *,
     title: str,
     columns: int | None = None,
+    beside: Sequence[np.ndarray] | None = None,
 ) -> InlineFigure:
     """``pictures`` ``(N, H, W, 3)`` uint8 in a grid (``columns`` wide, at most 8), each panel
-    titled and captioned (the captions hold the checks, a line or two each)."""
+    titled and captioned (the captions hold the checks, a line or two each); ``beside[i]``
+    ``(k, h, w, 3)``, when given, is a strip of natural exemplars drawn under picture ``i``."""
     if pictures.ndim != 4 or pictures.shape[-1] != 3 or pictures.dtype != np.uint8:
         raise ValueError(
             f"expected (N, H, W, 3) uint8 pictures, got {pictures.shape} {pictures.dtype}"
@@ -55,7 +57,8 @@ def feature_figure(
         ax.set_axis_off()
         if k >= count:
             continue
-        ax.imshow(pictures[k], interpolation="lanczos" if pictures.shape[1] < 96 else "antialiased")
+        shown = pictures[k] if beside is None else with_strip(pictures[k], beside[k])
+        ax.imshow(shown, interpolation="lanczos" if pictures.shape[1] < 96 else "antialiased")
         ax.set_title(wrap_text(titles[k], characters), fontsize="small")
         ax.text(
             0.5,
@@ -68,3 +71,19 @@ def feature_figure(
         )
     fig.suptitle(heading)
     return fig
+
+
+def with_strip(picture: np.ndarray, crops: np.ndarray, gap: int = 2) -> np.ndarray:
+    """``picture`` with ``crops`` side by side under it, scaled to its width (white between)."""
+    if crops.shape[0] == 0:
+        return picture
+    from PIL import Image  # lazy: Pillow only for the strip
+
+    width = picture.shape[1]
+    side = max(1, (width - gap * (crops.shape[0] - 1)) // crops.shape[0])
+    strip = np.full((side, width, 3), 255, np.uint8)
+    for i, crop in enumerate(crops):
+        tile = np.asarray(Image.fromarray(crop).resize((side, side), Image.Resampling.LANCZOS))
+        strip[:, i * (side + gap) : i * (side + gap) + side] = tile
+    white = np.full((gap, width, 3), 255, np.uint8)
+    return np.concatenate([picture, white, strip])
