@@ -298,6 +298,7 @@ def test_result_shows_and_saves(tmp_path: Path) -> None:
     names = sorted(p.relative_to(tmp_path).as_posix() for p in written)
     assert names == [
         "checks.json",
+        "exemplars",
         "features.png",
         "steps/0003/unit-00.png",
         "steps/0003/unit-01.png",

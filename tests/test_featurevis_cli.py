@@ -30,7 +30,10 @@ def test_features_writes_pictures_checks_and_manifest(
     )  # fmt: skip
     assert code == 0
     assert "Wrote 3 unit picture(s)" in capsys.readouterr().out
-    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    names = [name for name in files if not name.startswith("exemplars/")]
+    # the exemplars of the 3 channels: 3 crops each (the 3 images given), the figure, the data
+    assert len(files) - len(names) == 3 * 3 + 2
     assert names == [
         "checks.json", "features.png", "manifest.json",
         "steps/0008/unit-00.png", "steps/0008/unit-01.png", "steps/0008/unit-02.png",
