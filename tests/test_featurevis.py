@@ -368,3 +368,12 @@ def test_exemplars_are_collected_shown_and_saved(tmp_path: Path) -> None:
     assert "exemplar crops" in result.title()
     result.save(tmp_path)
     assert (tmp_path / "exemplars" / "exemplars.json").is_file()
+
+
+def test_a_layer_the_forward_pass_never_reaches_is_named() -> None:
+    model = Tiny()
+    model.unused = nn.Conv2d(3, 4, 1)  # registered, never called by forward
+    loaded = cnnviz.from_module(model, preprocessing=RGB)
+    with pytest.raises(LayerError, match="'unused'.*never ran in the forward pass"):
+        cnnviz.features(loaded, "unused", [0], steps=2)
+    assert hooked_modules(model) == []
