@@ -374,6 +374,6 @@ def test_a_layer_the_forward_pass_never_reaches_is_named() -> None:
     model = Tiny()
     model.unused = nn.Conv2d(3, 4, 1)  # registered, never called by forward
     loaded = cnnviz.from_module(model, preprocessing=RGB)
-    with pytest.raises(LayerError, match="'unused'.*never ran in the forward pass"):
+    with pytest.raises(LayerError, match=r"'unused'.*never ran in the forward pass"):
         cnnviz.features(loaded, "unused", [0], steps=2)
     assert hooked_modules(model) == []
