@@ -26,10 +26,9 @@ def sample_crops(count: int, side: int, *, seed: int = 0) -> torch.Tensor:
     activation-ratio check): crops from a quarter of the shorter side up to all of it, at
     random places, alternating between the photos.
     """
-    # lazy: torchvision and Pillow only when the crops are asked for
-    import torchvision.transforms.v2.functional as TF
+    import torchvision.transforms.v2.functional as TF  # lazy: torchvision only for the crops
 
-    from cnnviz.inputs.images import load_image
+    from cnnviz.inputs.images import load_image  # lazy: the decoder and Pillow, likewise
 
     generator = torch.Generator().manual_seed(seed)
     photos = [
