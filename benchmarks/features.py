@@ -224,7 +224,7 @@ def final_activation(
 ) -> list[float]:
     """Image ``i``'s mean activation of channel ``i``, on the image as it is (no moves)."""
     with torch.no_grad():
-        acts, _ = layer_outputs(module, layer, normalise(images))
+        acts = layer_outputs(module, layer, normalise(images))
     scores = unit_scores(acts).float()
     return [float(scores[i, i]) for i in range(images.shape[0])]
 

@@ -49,6 +49,9 @@ def test_features_writes_pictures_checks_and_manifest(
         assert u["stability_activation"] is not None and 0 < u["stability_activation"] <= 1
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["command"] == "features" and len(manifest["items"]) == 3
+    assert [i["files"]["images"] for i in manifest["items"]] == [
+        [f"unit-0{u}.png"] for u in range(3)
+    ]
     assert Image.open(out / "unit-00.png").size == (64, 64)
 
 

@@ -88,6 +88,7 @@ def _thresholds(text: str) -> tuple[int, ...]:
 def cmd_features(args: argparse.Namespace) -> int:
     """``cnnviz features``: optimise, check, write."""
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
+    from cnnviz.featurevis.result import image_names
     from cnnviz.featurevis.visualise import features
     from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
 
@@ -119,9 +120,10 @@ def cmd_features(args: argparse.Namespace) -> int:
     )
     with writing_into(out):
         result.save(out)
-    names = iter(f"unit-{u:02d}" for u in range(len(result.units)))
+    names = image_names(result)
     items = [
-        {"unit": row, "files": {"image": f"{next(names)}.png"}} for row in result.checks_table()
+        {"unit": row, "files": {"images": names[u * result.facets : (u + 1) * result.facets]}}
+        for u, row in enumerate(result.checks_table())
     ]
     manifest = Manifest(
         command="features",

@@ -65,16 +65,12 @@ def unit_scores(activations: torch.Tensor) -> torch.Tensor:
     return activations.flatten(2).mean(dim=2) if activations.dim() > 2 else activations
 
 
-def layer_outputs(
-    module: nn.Module, layer: str, x: torch.Tensor, *, with_logits: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The layer's activations (and the logits) for the model input ``x``, model left as found."""
-    with LayerCapture(
-        module, [layer], grad=GradFrom.NONE, stop_after_layers=not with_logits
-    ) as cap:
-        logits = cap.forward(x)
-        acts = cap.activations[cap.names[0]]
-    return acts, (logits.detach() if isinstance(logits, torch.Tensor) else None)
+def layer_outputs(module: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
+    """The layer's activations for the model input ``x`` (the forward pass stops there), model
+    left as found."""
+    with LayerCapture(module, [layer], grad=GradFrom.NONE, stop_after_layers=True) as cap:
+        cap.forward(x)
+        return cap.activations[cap.names[0]]
 
 
 def selectivity(scores: torch.Tensor, units: Sequence[int]) -> list[float]:

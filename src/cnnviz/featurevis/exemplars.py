@@ -262,7 +262,7 @@ def layer_field(
     return receptive_field(module, layer, (int(x.shape[1]), *size))
 
 
-def _items(images: Any) -> list[Any] | torch.Tensor:
+def image_items(images: Any) -> list[Any] | torch.Tensor:
     """``images`` as a tensor or a list of single images (folders expanded to their files)."""
     if isinstance(images, torch.Tensor):
         return images[None] if images.dim() == 3 else images
@@ -305,7 +305,7 @@ def collect_exemplars(
     module, _ = unpack_model(model)
     prep = model_preprocessing(model, module)
     name = resolve_layer(module, layer)
-    items = _items(images)
+    items = image_items(images)
     device = model_device(module)
     collector: ExemplarCollector | None = None
     kept: tuple[int, ...] = ()
@@ -313,7 +313,7 @@ def collect_exemplars(
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         x = (chunk if isinstance(chunk, torch.Tensor) else as_batch(chunk, prep).x).to(device)
-        acts, _ = layer_outputs(module, name, x)
+        acts = layer_outputs(module, name, x)
         if collector is None:
             kept = check_channels(channels, acts.shape[1], name, acts.dim() == 4)
             collector = ExemplarCollector(len(kept), k)

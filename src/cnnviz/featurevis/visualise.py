@@ -36,7 +36,7 @@ from cnnviz.capture.layers import LayerRef, resolve_layer
 from cnnviz.errors import ArgumentError
 from cnnviz.featurevis import checks as check
 from cnnviz.featurevis import objectives as obj
-from cnnviz.featurevis.exemplars import Exemplars, collect_exemplars
+from cnnviz.featurevis.exemplars import Exemplars, collect_exemplars, image_items
 from cnnviz.featurevis.optimise import DEFAULT_LEARNING_RATE, DEFAULT_STEPS, normaliser, optimise
 from cnnviz.featurevis.parameterisation import make_image
 from cnnviz.featurevis.result import FeatureVisualization, UnitKind
@@ -326,7 +326,7 @@ def _unit_matrix(module: nn.Module, plan: Plan, x: torch.Tensor) -> torch.Tensor
         return check.model_logits(module, x).float().cpu()
     if kind not in (UnitKind.CHANNEL, UnitKind.NEURON) or plan.layer is None:
         return None
-    acts, _ = check.layer_outputs(module, plan.layer, x)
+    acts = check.layer_outputs(module, plan.layer, x)
     if kind is UnitKind.NEURON:
         term = plan.unit_objective
         assert isinstance(term, obj.Neuron)  # the plan made it
@@ -387,11 +387,12 @@ def _exemplar_best(
                 f"the exemplars are of layer {exemplars.layer!r}, not {plan.layer!r}"
             )
         return [float(best(u.index)) for u in plan.units]
-    batch = as_batch(exemplars, prep).x.to(model_device(module))
-    normalise_free = batch  # as_batch gives the model's normalised input
+    items = image_items(exemplars)
+    device = model_device(module)
     scores = []
-    for start in range(0, batch.shape[0], EXEMPLAR_BATCH):
-        chunk = normalise_free[start : start + EXEMPLAR_BATCH]
+    for start in range(0, len(items), EXEMPLAR_BATCH):
+        part = items[start : start + EXEMPLAR_BATCH]  # decoded a batch at a time
+        chunk = (part if isinstance(part, torch.Tensor) else as_batch(part, prep).x).to(device)
         matrix = _unit_matrix(module, plan, chunk)
         if matrix is None:
             values = _objective_values(module, plan.unit_objective, chunk)

@@ -178,7 +178,7 @@ def exemplar_files(
     for span in track(spans, f"exemplars of {name}", "batch", leave=True):
         ids, tensors = _decode_batch(span, loaded, run)
         if ids:
-            acts, _ = layer_outputs(module, name, torch.stack(tensors).to(device))
+            acts = layer_outputs(module, name, torch.stack(tensors).to(device))
             if run.collector is None:
                 run.channels = check_channels(
                     settings.channels, acts.shape[1], name, acts.dim() == 4
@@ -190,7 +190,7 @@ def exemplar_files(
         raise ImageLoadError(f"none of the {len(paths)} image file(s) could be read")
     prep = loaded.preprocessing
     probe = torch.zeros((1, prep.channels, *prep.input_size), device=device)
-    acts, _ = layer_outputs(module, name, probe)
+    acts = layer_outputs(module, name, probe)
     field = layer_field(module, name, acts, probe)
 
     def pictures_of(ids: list[int]) -> dict[int, np.ndarray]:
