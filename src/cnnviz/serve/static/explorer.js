@@ -129,6 +129,12 @@
 
   const labelOf = (index) => state.classes[index] ?? `class ${index}`;
 
+  /** A method's title as the registry gives it (api/info), else the answer's own. */
+  function titleOf(answer) {
+    const method = state.info.methods.find((m) => m.name === answer.method);
+    return (method && method.title) || answer.title || answer.method;
+  }
+
   /** The map parameters of the current settings (shared by explanation, map.png, faithfulness). */
   function mapParams() {
     const method = currentMethod();
@@ -465,7 +471,7 @@
       if (seq !== explanationSeq) return;
       state.explanation = answer;
       showExplanation(answer);
-      status.show(`${answer.title || answer.method}: ${answer.target.label}`);
+      status.show(`${titleOf(answer)}: ${answer.target.label}`);
     } finally {
       if (seq === explanationSeq) figure.classList.remove('busy');
     }
@@ -473,11 +479,11 @@
 
   function showExplanation(answer) {
     const { target } = answer;
-    $('map-image').alt = `${answer.title || answer.method} map for ${target.label}`;
+    $('map-image').alt = `${titleOf(answer)} map for ${target.label}`;
     $('colorbar').hidden = !answer.colorbar;
     const predicted = state.predictions.length && state.predictions[0].index === target.index;
     $('target').replaceChildren(
-      el('strong', { textContent: answer.title || answer.method }),
+      el('strong', { textContent: titleOf(answer) }),
       ` explains class ${target.index} `,
       el('strong', { textContent: target.label }),
       ` (${predicted ? 'predicted, ' : ''}probability ${percent(target.probability)})`,
