@@ -139,7 +139,7 @@ def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:
 
     # --- methods in turn: the layer control follows needs_layer --------------------------------
     methods = {m["name"]: m for m in _api(page, "api/info")["methods"]}
-    for name in ("gradcampp", "saliency", "gradcam"):
+    for name in ("gradcam++", "saliency", "gradcam"):
         before = page.get_attribute("#map-image", "src")
         page.select_option("#method-select", name)
         _wait_new_map(page, before)
@@ -197,8 +197,10 @@ def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:
 
     # --- activations: a convolution's channels, one channel's details ---------------------------
     page.click("#tab-activations")
-    conv = next(layer for layer in layers if layer["spatial"] and layer["conv"])
-    total = int(conv["shape"][-3])
+    # A convolution (so the channel has a filter) with more channels than the grid's limit of 64.
+    convs = [layer for layer in layers if layer["spatial"] and layer["conv"]]
+    conv = next((layer for layer in convs if layer["shape"][0] > 64), convs[0])
+    total = int(conv["shape"][0])
     page.select_option("#activation-layer", conv["name"])
     expected = min(64, total)
     page.wait_for_function(

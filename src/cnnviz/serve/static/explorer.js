@@ -312,7 +312,9 @@
       info.methods.map((m) => [m.name, `${m.title || m.name}${m.fast === false ? ' (slow)' : ''}`]),
     );
     if (info.methods.some((m) => m.name === 'gradcam')) $('method-select').value = 'gradcam';
-    fillSelect($('sign-select'), (info.signs || []).map((s) => [s, s]), true);
+    // 'auto' is the method's own sign: the select's first entry already says so.
+    const signs = (info.signs || []).filter((s) => s !== 'auto');
+    fillSelect($('sign-select'), signs.map((s) => [s, s]), true);
     fillSelect($('cmap-select'), (info.colormaps || []).map((c) => [c, c]), true);
     fillSelect($('style-select'), (info.styles || ['overlay']).map((s) => [s, s]));
     if ((info.styles || []).includes('overlay')) $('style-select').value = 'overlay';
