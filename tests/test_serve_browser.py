@@ -233,12 +233,15 @@ def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:
     )
     page.wait_for_function(_loaded("#filters-image"))
     convs = [layer["name"] for layer in layers if layer["conv"]]
-    page.select_option("#filters-layer", convs[-1])
-    page.wait_for_function(
-        "(name) => { const i = document.querySelector('#filters-image');"
-        " return i.src.includes(encodeURIComponent(name)) && i.complete && i.naturalWidth > 0; }",
-        arg=convs[-1],
-    )
+    # Another convolution, then back to the first one (its RGB filters make the screenshot).
+    for name in (convs[1], convs[0]):
+        page.select_option("#filters-layer", name)
+        page.wait_for_function(
+            "(name) => { const i = document.querySelector('#filters-image');"
+            " return i.src.endsWith('layer=' + encodeURIComponent(name))"
+            " && i.complete && i.naturalWidth > 0; }",
+            arg=name,
+        )
     _shoot(page, "structure", tmp_path)
 
     assert problems == []

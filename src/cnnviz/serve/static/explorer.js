@@ -170,8 +170,11 @@
       $(`panel-${tab}`).hidden = !selected;
       if (selected && focus) button.focus();
     }
-    // The explanation settings only matter where a map is shown.
+    // The explanation settings only matter where a map is shown; the structure is the model's,
+    // not the image's, so that tab takes the whole width.
     $('explain-settings').hidden = !(name === 'explain' || name === 'compare');
+    $('controls').hidden = name === 'structure';
+    document.querySelector('.layout').classList.toggle('full', name === 'structure');
     if (name === 'activations') run(refreshActivations);
     if (name === 'structure') run(loadStructure);
   }
@@ -771,7 +774,7 @@
       const body = $('summary-table').tBodies[0];
       body.replaceChildren(
         ...summary.rows.map((row) => {
-          const name = el('td', { className: 'name', textContent: row.name });
+          const name = el('td', { className: 'name', textContent: row.name || '(the model)' });
           name.style.paddingLeft = `${0.5 + 0.75 * Math.max(0, (row.depth || 0) - 1)}em`;
           return el(
             'tr',
