@@ -219,7 +219,9 @@
         thumb,
         el('span', { className: 'image-name', textContent: image.name }),
       );
-      item.addEventListener('click', () => run(() => selectImage(image.id)));
+      item.addEventListener('click', () => {
+        if (image.id !== state.imageId) run(() => selectImage(image.id));
+      });
       list.append(item);
     }
   }
