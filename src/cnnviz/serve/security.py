@@ -26,16 +26,16 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
-        "frame-ancestors 'none'",
+        "frame-ancestors 'self' http://127.0.0.1:* http://localhost:*",
     )
 )
-"""Nothing from another origin: no CDN, no network load, no inline script."""
+"""Nothing from another origin: no CDN, no network load, no inline script; only local pages
+(a Jupyter notebook on this machine) may show the explorer in a frame."""
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
 

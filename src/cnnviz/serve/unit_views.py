@@ -249,7 +249,9 @@ def exemplars_png(session: ExplorerSession, side: SideModel, layer: str, channel
 
     found: Exemplars = session.cache.get_or_make(key, lambda: _refused(collect), _exemplar_size)
     row = _refused(lambda: found.row(channel))
-    crops = found.crops[row] if found.crops is not None else np.zeros((1, 64, 64, 3), np.uint8)
+    crops = np.zeros((1, 64, 64, 3), np.uint8)
+    if found.crops is not None and (found.peak_sources[row] >= 0).any():
+        crops = found.crops[row][found.peak_sources[row] >= 0]  # fewer images than k: no blanks
     gap = np.full((crops.shape[1], 2, 3), 255, np.uint8)
     strip = np.concatenate([part for crop in crops for part in (crop, gap)][:-1], axis=1)
     return encode_png(np.ascontiguousarray(strip))
