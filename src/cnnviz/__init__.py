@@ -52,6 +52,8 @@ _PUBLIC = {
     "features": "cnnviz.featurevis.visualise",
     "FeatureVisualization": "cnnviz.featurevis.result",
     "RobustnessTransforms": "cnnviz.featurevis.transforms",
+    # the explorer (`cnnviz serve`)
+    "explore": "cnnviz.serve.server",
     # hooks and layers, for your own code
     "LayerCapture": "cnnviz.capture.hooks",
     "GradFrom": "cnnviz.capture.hooks",

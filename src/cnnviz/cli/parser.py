@@ -25,6 +25,7 @@ from cnnviz.cli.commands import (
 from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
 from cnnviz.cli.exemplar_command import add_exemplars_command
 from cnnviz.cli.feature_command import add_features_command
+from cnnviz.cli.serve_command import add_serve_command
 from cnnviz.cli.values import (
     comma_choices,
     crop_fraction,
@@ -453,4 +454,5 @@ def build_parser() -> argparse.ArgumentParser:
         add(commands)
     add_features_command(commands, add_model_options)
     add_exemplars_command(commands, add_model_options)
+    add_serve_command(commands, add_model_options)
     return parser

@@ -1,0 +1,120 @@
+"""The explorer as people start it: ``cnnviz.explore`` in the background and ``cnnviz serve`` in
+the foreground, over real HTTP on 127.0.0.1 (a free port), with concurrent clients and Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+import cnnviz
+from cnnviz.data.samples import bundled_samples
+from cnnviz.errors import UsageError
+from cnnviz.serve.server import Explorer, bind
+
+
+@pytest.fixture(scope="module")
+def explorer() -> Iterator[Explorer]:
+    running = cnnviz.explore("efficientnet_lite0", port=0)
+    yield running
+    running.stop()
+
+
+def test_explore_serves_on_localhost_with_a_token(explorer: Explorer) -> None:
+    assert explorer.url.startswith("http://127.0.0.1:") and "?token=" in explorer.url
+    base, token = explorer.url.split("/?token=")
+    assert len(token) == 48
+    with httpx.Client(base_url=base) as client:
+        assert client.get("/api/info").status_code == 403
+        page = client.get("/", params={"token": token})
+        assert page.status_code == 200 and page.text.lower().startswith("<!doctype html")
+        info = client.get("/api/info")  # the cookie the page set
+        assert info.status_code == 200 and info.json()["model"]["name"] == "efficientnet_lite0"
+    html = explorer._repr_html_()
+    assert explorer.url in html and "<iframe" in html
+
+
+def test_concurrent_clients_get_consistent_answers(explorer: Explorer) -> None:
+    """Requests from many threads share one model: each answer is the one a lone request gets."""
+    base, token = explorer.url.split("/?token=")
+    headers = {"Authorization": f"Token {token}"}
+    with httpx.Client(base_url=base, headers=headers, timeout=120) as client:
+        ids = [i["id"] for i in client.get("/api/images").json()["images"]]
+        asks = [
+            (f"/api/images/{image}/explanation", {"method": method, "class": str(cls)})
+            for image in ids
+            for method in ("gradcam", "layercam", "gradcam++")
+            for cls in (281, 967, 504)
+        ]
+
+        def ask(item: tuple[str, dict[str, str]]) -> tuple[int, float | None]:
+            response = client.get(item[0], params=item[1])
+            return response.status_code, response.json()["target"].get("probability")
+
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, asks * 2))
+        alone = [ask(item) for item in asks]
+    assert all(status == 200 for status, _ in together)
+    assert together == alone * 2
+
+
+def test_stop_frees_the_port_and_the_uploads() -> None:
+    running = cnnviz.explore("efficientnet_lite0", port=0, samples=True)
+    folder = running.session.folder
+    base = running.url.split("/?token=")[0]
+    assert folder.is_dir()
+    running.stop()
+    assert not folder.exists()
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(base + "/api/info", timeout=2)
+
+
+def test_a_taken_port_is_a_usage_error() -> None:
+    taken = bind("127.0.0.1", 0)
+    try:
+        with pytest.raises(UsageError, match="another --port"):
+            bind("127.0.0.1", taken.getsockname()[1])
+    finally:
+        taken.close()
+
+
+@pytest.mark.slow
+def test_cnnviz_serve_prints_the_url_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    """The command as a new user runs it: no arguments but a free port; Ctrl-C ends it cleanly."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnviz", "serve", "--port", "0", str(bundled_samples()[0])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        url = ""
+        deadline = time.monotonic() + 120
+        while not url and time.monotonic() < deadline:
+            line = process.stdout.readline() if process.stdout else ""
+            if line.strip().startswith("http://127.0.0.1:"):
+                url = line.strip()
+            elif process.poll() is not None:
+                break
+        assert url, process.stderr.read() if process.stderr else ""
+        answer = httpx.get(url, timeout=30)
+        assert answer.status_code == 200
+        images = httpx.get(url.replace("/?token=", "/api/images?token="), timeout=30).json()
+        assert [i["source"] for i in images["images"]] == ["given", "sample"]  # chelsea once
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert "explorer stopped" in stderr and "Traceback" not in stderr
