@@ -3,6 +3,7 @@ the foreground, over real HTTP on 127.0.0.1 (a free port), with concurrent clien
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
+from starlette.testclient import TestClient
 
 import cnnviz
 from cnnviz.data.samples import bundled_samples
@@ -118,3 +121,69 @@ def test_cnnviz_serve_prints_the_url_and_stops_on_ctrl_c(tmp_path: Path) -> None
             process.kill()
     assert process.returncode == 0, stderr
     assert "explorer stopped" in stderr and "Traceback" not in stderr
+
+
+NET_PY = """
+from torch import nn
+
+
+class Gray(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+"""
+
+
+def test_serve_takes_every_model_option(tmp_path: Path) -> None:
+    """An engineer's own grayscale model: a class in a file, a checkpoint, class names, input
+    size and normalisation, all from the command line, as for every other command."""
+    import torch  # lazy: only this test builds a model by hand
+
+    from cnnviz.cli.parser import build_parser
+    from cnnviz.cli.serve_command import explorer_from_args
+
+    (tmp_path / "net.py").write_text(NET_PY)
+    namespace: dict[str, object] = {}
+    exec(compile(NET_PY, "net.py", "exec"), namespace)
+    torch.manual_seed(0)
+    net = namespace["Gray"]()  # type: ignore[operator]
+    torch.save(net.state_dict(), tmp_path / "gray.pth")
+    (tmp_path / "names.txt").write_text("circle\nsquare\ntriangle\nstar\n")
+    own = tmp_path / "mine.png"
+    Image.new("L", (50, 40), 128).save(own)
+    args = build_parser().parse_args(
+        [
+            "serve", str(own), "--model", f"{tmp_path / 'net.py'}:Gray",
+            "--weights", str(tmp_path / "gray.pth"), "--class-names", str(tmp_path / "names.txt"),
+            "--input-size", "32", "--mean", "0.5", "--std", "0.25", "--port", "0", "--no-samples",
+        ]
+    )  # fmt: skip
+    explorer = explorer_from_args(args)
+    try:
+        with TestClient(explorer.server.config.app, base_url="http://127.0.0.1") as client:
+            headers = {"Authorization": "Token " + explorer.url.split("?token=")[1]}
+            images = client.get("/api/images", headers=headers).json()["images"]
+            assert [(i["name"], i["source"]) for i in images] == [("mine.png", "given")]
+            image = images[0]["id"]
+            top = client.get(f"/api/images/{image}/predictions", headers=headers).json()
+            assert {p["label"] for p in top["predictions"]} == {
+                "circle",
+                "square",
+                "triangle",
+                "star",
+            }
+            answer = client.get(
+                f"/api/images/{image}/explanation",
+                params={"method": "gradcam", "class": "star"},
+                headers=headers,
+            ).json()
+            assert answer["target"]["label"] == "star" and answer["layer"] == "features"
+            assert f"--weights {tmp_path / 'gray.pth'}" in answer["command"]
+            picture = client.get("/" + answer["image"], headers=headers)
+            assert Image.open(io.BytesIO(picture.content)).size == (32, 32)
+    finally:
+        explorer.stop()

@@ -11,11 +11,14 @@ import argparse
 import contextlib
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cnnviz.cli.exit_codes import ExitCode
 from cnnviz.cli.shared import input_paths, load, say
 from cnnviz.cli.values import non_negative_int
+
+if TYPE_CHECKING:
+    from cnnviz.serve.server import Explorer
 
 
 def _megabytes(text: str) -> float:
@@ -59,8 +62,9 @@ def add_serve_command(commands: Any, add_model_options: Callable[..., None]) -> 
     )
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Load the model, bind the port, print the URL, serve until Ctrl-C."""
+def explorer_from_args(args: argparse.Namespace) -> Explorer:
+    """The explorer the command line asks for: its images, model (every model option) and
+    settings, bound to its port but not yet serving."""
     # lazy: the stages load torch, uvicorn and Starlette; `cnnviz --help` must stay instant
     from cnnviz.serve.server import ServeSettings, make_explorer
 
@@ -74,9 +78,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_mp=args.max_upload_mp,
         samples=not args.no_samples,
     )
-    explorer = make_explorer(loaded, paths, settings)
+    return make_explorer(loaded, paths, settings)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Load the model, bind the port, print the URL, serve until Ctrl-C."""
+    explorer = explorer_from_args(args)
     count = len(explorer.session.images())
-    say(f"explorer of {loaded.name} on {count} image(s); Ctrl-C stops it. Open:")
+    say(f"explorer of {explorer.session.loaded.name} on {count} image(s); Ctrl-C stops it. Open:")
     print(f"    {explorer.url}", flush=True)
     if args.open:
         # lazy: a browser is opened only when asked
