@@ -603,18 +603,21 @@
 
   async function loadCard(card) {
     const { node } = card;
+    const seq = (card.seq = (card.seq || 0) + 1); // only the latest load of a card is shown
     node.classList.add('busy');
     node.querySelector('.scores-text').textContent = '';
     try {
       const answer = await api(imageUrl(state.imageId, 'explanation', card.params));
+      if (seq !== card.seq) return;
       await loadImage(node.querySelector('.card-map'), answer.image);
+      if (seq !== card.seq) return;
       const { target } = answer;
       node.querySelector('.card-target').textContent =
         `${target.index}: ${target.label} · ${percent(target.probability)}` +
         (answer.layer ? ` · ${answer.layer}` : '');
       node.querySelector('.card-legend').textContent = answer.legend || '';
     } finally {
-      node.classList.remove('busy');
+      if (seq === card.seq) node.classList.remove('busy');
     }
   }
 
