@@ -125,6 +125,7 @@ def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:
     page.wait_for_function(_loaded("#colorbar"))
     assert page.text_content("#legend").strip()
     assert page.input_value("#command").startswith("cnnviz ")
+    _shoot(page, "explain", tmp_path)  # the predicted class at the automatic layer
 
     # --- another class through the type-ahead input --------------------------------------------
     classes = _api(page, "api/classes")["classes"]
@@ -156,7 +157,6 @@ def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:
     page.select_option("#layer-select", layer)
     _wait_new_map(page, before)
     assert layer in page.text_content("#target")
-    _shoot(page, "explain", tmp_path)
 
     # --- export: the map PNG, the manifest, the command -----------------------------------------
     with page.expect_download() as download:

@@ -240,8 +240,9 @@
         body: file,
         headers: {
           'Content-Type': file.type || 'application/octet-stream',
-          // Header values must be ISO-8859-1: the name is percent-encoded (UTF-8).
-          'X-Filename': encodeURIComponent(file.name),
+          // Header values must be ISO-8859-1: a name outside printable ASCII is sent
+          // percent-encoded (UTF-8), for the server to unquote.
+          'X-Filename': /^[\x20-\x7e]*$/.test(file.name) ? file.name : encodeURIComponent(file.name),
         },
       });
       state.images.push(image);
@@ -497,6 +498,8 @@
       answer.layer ? ` at layer ${answer.layer}` : '',
     );
     $('legend').textContent = answer.legend || '';
+    // Signed maps (sign "all") are always drawn in the diverging colour map.
+    $('cmap-hint').hidden = answer.sign !== 'all';
     const seconds = typeof answer.seconds === 'number' ? `${answer.seconds.toFixed(2)} s` : '';
     $('timing').textContent = `${seconds}${answer.cached ? ' (cached)' : ''}`;
     $('command').value = answer.command || '';
@@ -603,18 +606,21 @@
 
   async function loadCard(card) {
     const { node } = card;
+    const seq = (card.seq = (card.seq || 0) + 1); // only the latest load of a card is shown
     node.classList.add('busy');
     node.querySelector('.scores-text').textContent = '';
     try {
       const answer = await api(imageUrl(state.imageId, 'explanation', card.params));
+      if (seq !== card.seq) return;
       await loadImage(node.querySelector('.card-map'), answer.image);
+      if (seq !== card.seq) return;
       const { target } = answer;
       node.querySelector('.card-target').textContent =
         `${target.index}: ${target.label} · ${percent(target.probability)}` +
         (answer.layer ? ` · ${answer.layer}` : '');
       node.querySelector('.card-legend').textContent = answer.legend || '';
     } finally {
-      node.classList.remove('busy');
+      if (seq === card.seq) node.classList.remove('busy');
     }
   }
 
