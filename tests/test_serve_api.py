@@ -483,3 +483,20 @@ def test_given_images_are_listed_first(loaded: LoadedModel, tmp_path: Path) -> N
         ("chelsea.jpg", "sample"),
         ("coffee.jpg", "sample"),
     ]
+
+
+def test_the_page_passes_its_token_to_its_assets(client: TestClient) -> None:
+    """A page shown in a notebook's frame on another site gets no cookie: its two assets carry
+    the token in their URLs (and the page's script adds it to every request)."""
+    page = client.get("/", params={"token": TOKEN}).text
+    assert f'"static/explorer.js?token={TOKEN}"' in page
+    assert f'"static/explorer.css?token={TOKEN}"' in page
+    assert "withToken" in client.get("/static/explorer.js", headers=AUTH).text
+    assert '"static/explorer.js"' in client.get("/", headers=AUTH).text  # a header: no query
+
+
+def test_an_upload_name_is_percent_decoded(client: TestClient) -> None:
+    data = encoded(Image.new("RGB", (20, 20), (0, 90, 200)))
+    headers = {**AUTH, "Content-Type": "image/png", "X-Filename": "M%C3%BCnchen%20%C3%BC.png"}
+    response = client.post("/api/images", content=data, headers=headers)
+    assert response.status_code == 201 and response.json()["image"]["name"] == "München ü.png"

@@ -238,7 +238,7 @@ def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:
         page.select_option("#filters-layer", name)
         page.wait_for_function(
             "(name) => { const i = document.querySelector('#filters-image');"
-            " return i.src.endsWith('layer=' + encodeURIComponent(name))"
+            " return new URL(i.src).searchParams.get('layer') === name"
             " && i.complete && i.naturalWidth > 0; }",
             arg=name,
         )
@@ -285,3 +285,38 @@ def _wait_new_map(page: Any, before: str | None) -> None:
         " && !document.querySelector('#map-figure').classList.contains('busy'); }",
         arg=before,
     )
+
+
+def test_the_page_works_without_its_cookie(explorer: Any) -> None:
+    """Inside a notebook's frame on another site the browser sends no cookie: the page must work
+    from the token in its address alone. The cookie is cleared once the page has loaded; every
+    request after that (the other image, its predictions and map, a channel grid) must pass."""
+    from playwright.sync_api import sync_playwright
+
+    problems: list[str] = []
+    refused: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=CHROMIUM_ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport=VIEWPORT)
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.on("response", lambda r: refused.append(r.url) if r.status == 403 else None)
+            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            page.goto(explorer.url)
+            page.wait_for_function(_loaded("#map-image"))
+            context.clear_cookies()
+            assert context.cookies() == []
+            before = page.locator("#map-image").get_attribute("src")
+            page.locator("#image-list [data-id]", has_text="coffee").click()  # chelsea is first
+            page.wait_for_function(
+                "(b) => { const i = document.querySelector('#map-image');"
+                " return i.getAttribute('src') !== b && i.complete && i.naturalWidth > 0; }",
+                arg=before,
+            )
+            assert "espresso" in page.locator("#predictions li").first.inner_text()
+            page.click("#tab-activations")
+            page.wait_for_selector("#activation-grid .channel")
+        finally:
+            browser.close()
+    assert refused == [] and problems == []

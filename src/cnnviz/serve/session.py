@@ -4,6 +4,7 @@ model at once; answers already cached need no lock)."""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import inspect
 import logging
@@ -252,11 +253,15 @@ def method_description(name: str) -> dict[str, Any]:
     for option in method_options(cls):
         if option in HIDDEN_OPTIONS:
             continue
-        default = parameters[option].default
-        shown = default.value if hasattr(default, "value") else default
-        if not isinstance(shown, bool | int | float | str | None):
-            shown = str(shown)
-        options.append({"name": option, "default": shown, "type": type(shown).__name__})
+        parameter = parameters[option]
+        default = parameter.default
+        shown = default.value if isinstance(default, enum.Enum) else default
+        if isinstance(shown, tuple) and all(isinstance(v, str) for v in shown):
+            shown = ",".join(shown)  # as a query value says it
+        elif shown is inspect.Parameter.empty or not isinstance(shown, bool | int | float | str):
+            shown = None if shown is inspect.Parameter.empty or shown is None else str(shown)
+        kind = type(shown).__name__ if shown is not None else str(parameter.annotation)
+        options.append({"name": option, "default": shown, "type": kind})
     return {
         "name": cls.name,
         "title": cls.title,

@@ -1,8 +1,9 @@
 // cnnviz explorer: the page of `cnnviz serve`.
 //
 // Plain ES2020, no framework, no build step. Everything comes from the JSON API described in
-// docs/explorer-api.md, through relative URLs: the server set a cookie holding the token when
-// the page was opened with ?token=, so fetches and <img> loads need no token handling here.
+// docs/explorer-api.md, through relative URLs. The server sets a cookie holding the token when
+// the page is opened with ?token=; every URL the page requests also carries the token itself
+// (withToken), because a page shown in a notebook's frame on another site gets no cookie.
 // The content-security policy forbids inline scripts and inline style attributes; styles are set
 // through CSS classes or the CSSOM (el.style.prop = ...), which the policy allows.
 'use strict';
@@ -28,6 +29,15 @@
     return node;
   }
 
+  // The token of the address the page was opened with (null when the cookie alone opened it).
+  const TOKEN = new URLSearchParams(window.location.search).get('token');
+
+  /** ``url`` (relative to the page) with the token added when the page was given one. */
+  function withToken(url) {
+    if (!TOKEN || url.startsWith('data:') || url.startsWith('blob:')) return url;
+    return `${url}${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(TOKEN)}`;
+  }
+
   /** An error whose message is the server's own ({"error": msg}). */
   class ApiError extends Error {}
 
@@ -35,7 +45,7 @@
   async function api(url, init) {
     let response;
     try {
-      response = await fetch(url, init);
+      response = await fetch(withToken(url), init);
     } catch (err) {
       throw new ApiError(`the server cannot be reached (${err.message})`);
     }
@@ -97,7 +107,7 @@
     return new Promise((resolve, reject) => {
       img.onload = () => resolve(img);
       img.onerror = () => reject(new ApiError(`a picture failed to load (${img.alt || src})`));
-      img.src = src;
+      img.src = withToken(src);
     });
   }
 
@@ -201,7 +211,7 @@
     for (const image of state.images) {
       const selected = image.id === state.imageId;
       const thumb = el('img', {
-        src: imageUrl(image.id, 'input.png'),
+        src: withToken(imageUrl(image.id, 'input.png')),
         alt: '',
         className: 'thumb',
         loading: 'lazy',
@@ -257,7 +267,7 @@
     $('class-input').value = '';
     renderImageList();
     const input = $('input-image');
-    input.src = imageUrl(id, 'input.png');
+    input.src = withToken(imageUrl(id, 'input.png'));
     const { predictions } = await api(imageUrl(id, 'predictions', { k: 5 }));
     if (state.imageId !== id) return; // another image was picked meanwhile
     state.predictions = predictions;
@@ -315,7 +325,7 @@
     );
     fillSelect(
       $('method-select'),
-      info.methods.map((m) => [m.name, `${m.title || m.name}${m.fast === false ? ' (slow)' : ''}`]),
+      info.methods.map((m) => [m.name, m.title || m.name]),
     );
     if (info.methods.some((m) => m.name === 'gradcam')) $('method-select').value = 'gradcam';
     // 'auto' is the method's own sign: the select's first entry already says so.
@@ -506,7 +516,7 @@
     const image = state.images.find((i) => i.id === state.imageId);
     const stem = (image ? image.name : 'image').replace(/\.[^.]*$/, '').replace(/[^\w.-]+/g, '_');
     const link = $('export-png');
-    link.href = answer.image;
+    link.href = withToken(answer.image);
     link.download = `${stem}-${answer.method}-${target.index}.png`;
     renderPredictions();
   }
@@ -699,7 +709,7 @@
     channels.forEach((channel, i) => {
       const picture = el('div', { className: 'tile' });
       // The sprite holds the tiles row by row: scale it so that one tile is TILE_PX square.
-      picture.style.backgroundImage = `url("${answer.sprite}")`;
+      picture.style.backgroundImage = `url("${withToken(answer.sprite)}")`;
       picture.style.backgroundSize = `${columns * tile * scale}px ${rows * tile * scale}px`;
       picture.style.backgroundPosition = `${-(i % columns) * TILE_PX}px ${-Math.floor(i / columns) * TILE_PX}px`;
       const node = el(
