@@ -788,20 +788,50 @@ units
 So on small inputs, take Grad-CAM one block earlier (`layer="bn4_2"`, or the block's output
 `relu4_2`); [docs/shapes-benchmark.md](../docs/shapes-benchmark.md) compares every method at
 both depths.
+""",
+        """
+그러니 입력이 작을 때는 Grad-CAM을 한 block 앞에서 구하세요(`layer="bn4_2"`, 또는 block의 출력인
+`relu4_2`). [docs/shapes-benchmark.md](../docs/shapes-benchmark.md)에 모든 방법을 두 깊이에서 비교한
+표가 있습니다.
+""",
+    ),
+    md(
+        """
+## 9. Ask the next question: the explorer
 
+`cnnviz.explore` starts the explorer of `cnnviz serve` in the background and shows it here: pick
+an image, any class, any method and layer, and the map changes at once; the Activations tab shows
+any layer's channels and, for one of them, its filter, what it wants to see and where it fires
+most. Stop it when you are done.
+""",
+        """
+## 9. 다음 질문은 바로: explorer
+
+`cnnviz.explore`는 `cnnviz serve`의 explorer를 백그라운드에서 띄우고 여기에 보여 줍니다. 이미지와
+클래스, 방법, 레이어를 고르면 맵이 바로 바뀝니다. Activations 탭에서는 레이어의 채널들을 보고, 채널
+하나를 누르면 그 필터와 그 채널이 보고 싶어 하는 그림, 가장 세게 반응하는 곳이 나옵니다. 다 쓰면
+멈추세요.
+""",
+    ),
+    code(
+        """
+explorer = cnnviz.explore(small)
+explorer
+"""
+    ),
+    code("explorer.stop()"),
+    md(
+        """
 ## Next
 
 * `cnnviz.method_names()` lists every method; `cnnviz.explain(model, x, "gradcam++")`,
   `"integrated-gradients"`, … work the same way, and every result has `.plot()`, `.save(folder)`
   and `.to_numpy()`.
 * On the command line, `cnnviz report photo.jpg --out report/` writes all of this as an HTML
-  page per image; `cnnviz evaluate` and `cnnviz sanity` measure how far the maps can be trusted.
+  page per image; `cnnviz evaluate` and `cnnviz sanity` measure how far the maps can be trusted;
+  `cnnviz serve` opens the explorer of section 9 on any model.
 """,
         """
-그러니 입력이 작을 때는 Grad-CAM을 한 block 앞에서 구하세요(`layer="bn4_2"`, 또는 block의 출력인
-`relu4_2`). [docs/shapes-benchmark.md](../docs/shapes-benchmark.md)에 모든 방법을 두 깊이에서 비교한
-표가 있습니다.
-
 ## 더 해 볼 것
 
 * `cnnviz.method_names()`로 모든 방법을 볼 수 있습니다. `cnnviz.explain(model, x, "gradcam++")`,
@@ -809,6 +839,7 @@ both depths.
   있습니다.
 * 명령줄에서 `cnnviz report photo.jpg --out report/`를 실행하면 이 내용을 이미지마다 HTML 페이지로
   만들어 줍니다. `cnnviz evaluate`와 `cnnviz sanity`로는 맵을 얼마나 믿을 수 있는지 측정합니다.
+  `cnnviz serve`는 9절의 explorer를 어떤 모델에서든 엽니다.
 """,
     ),
     code("print(cnnviz.method_names())"),

@@ -96,10 +96,20 @@ def test_explorer_page_in_headless_chromium(explorer: Any, tmp_path: Path) -> No
                 lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None,
             )
             page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+            # offline by construction: every request the page makes goes to the explorer itself
+            origin = explorer.url.split("/?token=")[0] + "/"
+            foreign: list[str] = []
+            page.on(
+                "request",
+                lambda r: (
+                    None if r.url.startswith((origin, "data:", "blob:")) else foreign.append(r.url)
+                ),
+            )
             page.goto(explorer.url)
             _walk(page, tmp_path, problems)
         finally:
             browser.close()
+    assert foreign == []
 
 
 def _walk(page: Any, tmp_path: Path, problems: list[str]) -> None:

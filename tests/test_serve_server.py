@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -187,3 +188,63 @@ def test_serve_takes_every_model_option(tmp_path: Path) -> None:
             assert Image.open(io.BytesIO(picture.content)).size == (32, 32)
     finally:
         explorer.stop()
+
+
+def test_serve_with_no_arguments_offers_the_bundled_photos_on_the_default_model() -> None:
+    from cnnviz.cli.parser import build_parser
+    from cnnviz.cli.serve_command import explorer_from_args
+
+    explorer = explorer_from_args(build_parser().parse_args(["serve", "--port", "0"]))
+    try:
+        assert explorer.session.loaded.name == "efficientnet_lite0"
+        listed = [(i.name, i.source) for i in explorer.session.images()]
+        assert listed == [("chelsea.jpg", "sample"), ("coffee.jpg", "sample")]
+        assert explorer.url.startswith("http://127.0.0.1:")
+    finally:
+        explorer.stop()
+
+
+def test_another_host_warns_and_accepts_any_host_name(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--host 0.0.0.0 (bound here on 127.0.0.1 only: tests never listen on the network)."""
+    from cnnviz.serve import server as serve_server
+
+    monkeypatch.setattr(serve_server, "bind", lambda host, port: bind("127.0.0.1", 0))
+    loaded = cnnviz.load_model("efficientnet_lite0")
+    settings = serve_server.ServeSettings(host="0.0.0.0", port=0)
+    with caplog.at_level("WARNING", logger="cnnviz.serve.server"):
+        explorer = serve_server.make_explorer(loaded, [], settings)
+    try:
+        assert "anyone who can reach this address" in caplog.text
+        assert explorer.url.startswith(f"http://{socket.gethostname()}:")
+        token = explorer.url.split("?token=")[1]
+        with TestClient(explorer.server.config.app, base_url="http://my-machine.lan") as client:
+            answer = client.get("/api/info", headers={"Authorization": f"Token {token}"})
+        assert answer.status_code == 200  # the machine's own name is now a fine Host
+    finally:
+        explorer.stop()
+
+
+def test_open_starts_a_browser(monkeypatch: pytest.MonkeyPatch) -> None:
+    import webbrowser
+
+    from cnnviz.cli.main import main
+
+    opened: list[str] = []
+    monkeypatch.setattr(webbrowser, "open", opened.append)
+    monkeypatch.setattr(Explorer, "serve_forever", lambda self: self.stop())
+    monkeypatch.setattr("threading.Timer", _ImmediateTimer)
+    assert main(["serve", "--port", "0", "--open"]) == 0
+    assert len(opened) == 1 and opened[0].startswith("http://127.0.0.1:")
+    assert "?token=" in opened[0]
+
+
+class _ImmediateTimer:
+    """threading.Timer that runs its function at start()."""
+
+    def __init__(self, delay: float, function: object, args: tuple[object, ...] = ()) -> None:
+        self.function, self.args = function, args
+
+    def start(self) -> None:
+        self.function(*self.args)  # type: ignore[operator]

@@ -52,16 +52,27 @@ class LayerGraph:
         self.model = model
         self.x = x
         self.layer = layer
-        with autograd_enabled(), LayerCapture(model, [layer], grad=GradFrom.LAYERS) as capture:
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with (
+            autograd_enabled(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+            LayerCapture(model, [layer], grad=GradFrom.LAYERS) as capture,
+        ):
             self.output: Any = capture.forward(x)
         self.activations: torch.Tensor = capture.activations[layer]
+        self._saved_bytes = sum(saved)
 
     @property
     def nbytes(self) -> int:
-        """A rough size: the activations, their gradient and the output (the graph above the
-        layer holds a few tensors of the activations' order of size)."""
-        a = self.activations
-        return 4 * a.numel() * a.element_size() + self.x.numel() * self.x.element_size()
+        """What the kept pass holds: the tensors the graph above the layer saved for backward
+        (counted as they were saved), the activations, one gradient of them and the input."""
+        a, x = self.activations, self.x
+        return self._saved_bytes + 2 * a.numel() * a.element_size() + x.numel() * x.element_size()
 
     def explain(
         self, method: Method, *, target: TargetSpec, class_names: Sequence[str] | None

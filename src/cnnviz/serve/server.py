@@ -156,6 +156,8 @@ def make_explorer(loaded: LoadedModel, images: Sequence[Path], settings: ServeSe
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     shown_host = settings.host if ":" not in settings.host else f"[{settings.host}]"
+    if settings.host in ("0.0.0.0", "::"):  # every address: the URL names this machine
+        shown_host = socket.gethostname()
     config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
     return Explorer(
         url=f"http://{shown_host}:{port}/?token={token}",

@@ -43,6 +43,10 @@ FEATUREVIS_SIDE = 128
 EXEMPLARS_K = 4
 """Exemplar crops shown per channel."""
 
+EXEMPLAR_IMAGES = 256
+"""The images searched for exemplars at most (the first ones listed): a click on a channel
+then costs seconds, not minutes (``cnnviz exemplars`` searches a whole folder)."""
+
 
 def _refused(work: Callable[[], T]) -> T:
     """``work()``, with cnnviz's own errors (unknown layer, …) answered as 400."""
@@ -157,6 +161,7 @@ def channel_json(
         "filter": f"api/filter.png?{where}" if is_conv else None,
         "featurevis": f"api/featurevis.png?{where}",
         "exemplars": f"api/exemplars.png?{where}",
+        "exemplars_among": min(len(session.images()), EXEMPLAR_IMAGES),
     }
 
 
@@ -238,7 +243,7 @@ def featurevis_png(
 def exemplars_png(session: ExplorerSession, side: SideModel, layer: str, channel: int) -> bytes:
     """The channel's top exemplar crops among the explorer's images, side by side."""
     name = layer_name(session, layer)
-    entries = session.images()
+    entries = session.images()[:EXEMPLAR_IMAGES]
     key = ("exemplars", name, tuple(e.id for e in entries))
 
     def collect() -> Exemplars:
