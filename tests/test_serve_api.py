@@ -162,7 +162,7 @@ def test_info_lists_the_model_and_every_method(client: TestClient) -> None:
     info = get(client, "/api/info")
     assert info["model"]["name"] == "efficientnet_lite0"
     assert info["model"]["classes"] == 1000 and info["model"]["input"] == [3, 224, 224]
-    assert info["default_layer"] == "bn2"
+    assert info["default_layer"] == "bn2" and info["default_method"] == "gradcam"
     names = [m["name"] for m in info["methods"]]
     assert names == cnnviz.method_names()
     by_name = {m["name"]: m for m in info["methods"]}
@@ -500,3 +500,25 @@ def test_an_upload_name_is_percent_decoded(client: TestClient) -> None:
     headers = {**AUTH, "Content-Type": "image/png", "X-Filename": "M%C3%BCnchen%20%C3%BC.png"}
     response = client.post("/api/images", content=data, headers=headers)
     assert response.status_code == 201 and response.json()["image"]["name"] == "München ü.png"
+
+
+def test_a_model_without_a_spatial_layer_starts_on_saliency(tmp_path: Path) -> None:
+    """A model with no CAM layer (as a ViT has none): the page starts on saliency, and a CAM
+    request says why it cannot be answered instead of failing."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    flat = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 3)).eval()
+    prep = cnnviz.Preprocessing(input_size=(16, 16))
+    model = cnnviz.from_module(flat, class_names=["a", "b", "c"], preprocessing=prep)
+    session = ExplorerSession(model, [], folder=tmp_path, samples=bundled_samples())
+    with TestClient(create_app(session, TOKEN), base_url=BASE) as c:
+        info = get(c, "/api/info")
+        assert info["default_layer"] is None and info["default_method"] == "saliency"
+        image = image_ids(c)["coffee.jpg"]
+        answer = get(c, f"/api/images/{image}/explanation", method="saliency")
+        assert answer["target"]["label"] in {"a", "b", "c"}
+        refused = c.get(
+            f"/api/images/{image}/explanation", params={"method": "gradcam"}, headers=AUTH
+        )
+        assert refused.status_code == 400 and "layer" in refused.json()["error"].lower()

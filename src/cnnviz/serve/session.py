@@ -228,6 +228,7 @@ class ExplorerSession:
                 "input": list(loaded.preprocessing.input_shape),
             },
             "default_layer": self.default_layer,
+            "default_method": "gradcam" if self.default_layer is not None else "saliency",
             "methods": [method_description(name) for name in method_names()],
             "signs": list(SIGNS),
             "styles": values(MapStyle),

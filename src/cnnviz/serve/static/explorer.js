@@ -327,7 +327,9 @@
       $('method-select'),
       info.methods.map((m) => [m.name, m.title || m.name]),
     );
-    if (info.methods.some((m) => m.name === 'gradcam')) $('method-select').value = 'gradcam';
+    // The server's choice: Grad-CAM, or saliency for a model without a CAM layer (a ViT).
+    const first = info.default_method || 'gradcam';
+    if (info.methods.some((m) => m.name === first)) $('method-select').value = first;
     // 'auto' is the method's own sign: the select's first entry already says so.
     const signs = (info.signs || []).filter((s) => s !== 'auto');
     fillSelect($('sign-select'), signs.map((s) => [s, s]), true);
