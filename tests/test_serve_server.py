@@ -81,6 +81,16 @@ def test_stop_frees_the_port_and_the_uploads() -> None:
         httpx.get(base + "/api/info", timeout=2)
 
 
+def test_connections_are_not_delayed_by_nagle() -> None:
+    """asyncio sets TCP_NODELAY only on sockets made for IPPROTO_TCP; without it every small
+    JSON answer waited 40 ms for the client's delayed ACK (measured: 44 ms → 1.2 ms)."""
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
 def test_a_taken_port_is_a_usage_error() -> None:
     taken = bind("127.0.0.1", 0)
     try:
