@@ -20,6 +20,7 @@ from cnnviz.cli.shared import (
     make_out_dir,
     out_path,
     parse_key_values,
+    say,
     split_list,
     writing_into,
 )
@@ -263,6 +264,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import torch.multiprocessing
 
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
+    from cnnviz.runs.distributed import current_ranks, launch, process_group, without_option
+
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.runs.explain import ALL_METHODS, ExplainSettings, explain_files
 
     # Decoding workers hand tensors over through shared-memory files rather than passed file
@@ -280,6 +284,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
         make_method(args.method, **options)  # bad names and options fail before loading
     elif options:
         raise UsageError("--option applies to one method; drop it or choose one with --method.")
+    ranks = current_ranks()
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc > 1 and not ranks.distributed:
+        say(f"launching {nproc} processes, each a share of the batches")
+        return launch(nproc, without_option(args.argv, "--nproc"))
+    args.device = ranks.device(args.device)
     paths = input_paths(args.images)
     loaded = load(args)
     settings = ExplainSettings(
@@ -303,7 +313,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
     # One line per image on stdout, with -q too (what was written, not progress); not with
     # --json (stdout holds the JSON only, which lists the same items).
-    with writing_into(out):
+    with writing_into(out), process_group(ranks, args.device):
         manifest = explain_files(
             loaded,
             paths,
@@ -312,7 +322,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
             command=args.command,
             progress=not args.quiet,
             on_image=None if args.json else say_image,
+            ranks=ranks,
         )
+    if not ranks.leader:  # rank 0 prints the run's summary; the exit code is each rank's
+        failed = manifest.get("extra", {}).get("run", {}).get("failed", 0)
+        return ExitCode.PARTIAL if failed else ExitCode.OK
     return finish(manifest, out, args)
 
 

@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else ExitCode.OK
     except UsageError as e:
         return _report_error(e, debug=False)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # for a relaunch (--nproc)
     try:
         with cli_logging(args.quiet), _sigterm_as_interrupt(), speaking_cli():
             return int(args.func(args))

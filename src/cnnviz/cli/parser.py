@@ -216,6 +216,14 @@ def _explaining(p: argparse.ArgumentParser, *, layer: bool, top_k: bool = True) 
         help="skip images whose outputs in --out are complete and valid",
     )
     p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="explain with N processes on this machine, each a disjoint share of the batches "
+        "(for several machines: torchrun --nnodes … -m cnnviz explain …)",
+    )
+    p.add_argument(
         "--option",
         action="append",
         default=[],

@@ -22,6 +22,7 @@ is reported and skipped.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -58,7 +59,7 @@ from cnnviz.outputs.image_files import (
     per_image_results,
     write_image_outputs,
 )
-from cnnviz.outputs.manifest import model_record
+from cnnviz.outputs.manifest import MANIFEST_NAME, model_record
 from cnnviz.outputs.records import (
     fingerprint,
     parameter_digest,
@@ -72,6 +73,7 @@ from cnnviz.outputs.records import (
 from cnnviz.progress import Bar, disabled, progress
 from cnnviz.render.colours import colormap_lut
 from cnnviz.render.drawing import DrawingSettings
+from cnnviz.runs.distributed import Ranks, barrier, gathered
 
 logger = logging.getLogger(__name__)
 
@@ -198,9 +200,11 @@ class _Run:
         out: Path,
         settings: ExplainSettings,
         on_image: ImageDone | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
         self.on_image = on_image
+        self.ranks = ranks or Ranks()
         self.methods = _methods_of(settings)
         self.all = settings.method.strip().lower() == ALL_METHODS
         self.tag = ALL_METHODS if self.all else self.methods[0]
@@ -339,10 +343,12 @@ class _Run:
         )
 
     def process(self) -> None:
-        """Decode, explain and write every pending image; writing overlaps the next batch."""
-        chunks = self.pending_chunks()
+        """Decode, explain and write every pending image of this rank's share of the batches
+        (:mod:`cnnviz.runs.distributed`); writing overlaps the next batch."""
+        chunks = self.ranks.share(self.pending_chunks())
         if chunks:
-            with progress(sum(self.pending), self.tag, "img", leave=False) as bar:
+            count = sum(self.pending[i] for chunk in chunks for i in chunk)
+            with progress(count, self.tag, "img", leave=False) as bar:
                 self._process(chunks, bar)
 
     def _process(self, chunks: list[list[int]], bar: Bar) -> None:
@@ -379,6 +385,22 @@ class _Run:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def manifest(self, command: str) -> dict[str, Any]:
+        """The run's manifest: with several ranks, rank 0 gathers every rank's failures, skips
+        and counts and writes it; the others read it once it is written."""
+        if self.ranks.distributed:
+            shares = gathered(self.ranks, (self.failures, self.skipped, self.written))
+            self.failures = [failure for share in shares for failure in share[0]]
+            self.skipped = {key: text for share in shares for key, text in share[1].items()}
+            self.written = sum(share[2] for share in shares)
+            if not self.ranks.leader:
+                barrier(self.ranks)  # rank 0 writes the manifest meanwhile
+                return dict(json.loads((self.out / MANIFEST_NAME).read_text()))
+        manifest = self._manifest(command)
+        if self.ranks.distributed:
+            barrier(self.ranks)
+        return manifest
+
+    def _manifest(self, command: str) -> dict[str, Any]:
         attempted = {
             (str(p), self.tag) for p, todo in zip(self.paths, self.pending, strict=True) if todo
         }
@@ -426,6 +448,7 @@ def explain_files(
     command: str,
     progress: bool = True,
     on_image: ImageDone | None = None,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Explain every image in ``paths`` into ``out_dir``; returns the manifest as a dict.
 
@@ -436,7 +459,9 @@ def explain_files(
     failure, never an exception; an interrupted run (``KeyboardInterrupt``) still writes the
     manifest of what is complete before re-raising. ``on_image`` is called with each image's
     items (those of the manifest) as soon as its files are written; the automatic CAM layer is
-    chosen, and logged, before the progress bar starts.
+    chosen, and logged, before the progress bar starts. With ``ranks`` of a distributed run,
+    this process explains its share only (:mod:`cnnviz.runs.distributed`); every rank must call
+    it with the same arguments.
 
     Raises:
         MethodNotFoundError, LayerError, TargetError, NonFiniteError, ...: for settings that
@@ -446,9 +471,11 @@ def explain_files(
     path_list = [Path(p) for p in paths]
     _validate(loaded, settings, len(path_list))
     _check_cam_layer(loaded, settings)
-    run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings, on_image)
+    ranks = ranks or Ranks()
+    run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings, on_image, ranks)
     remove_stale_temp_files(run.out)
     run.find_complete()
+    barrier(ranks)  # every rank has read the records before any rank writes one
     done = len(path_list) - sum(run.pending)
     if done:
         logger.info("%d of %d image(s) already complete; resuming", done, len(path_list))
@@ -457,9 +484,11 @@ def explain_files(
     if every_method and settings.layer is None and needs_layer and any(run.pending):
         announce_default_layer(loaded)
     try:
-        with disabled(not progress):
+        with disabled(not progress or not ranks.leader):
             run.process()
     except KeyboardInterrupt:
+        if ranks.distributed:  # the other ranks may be gone: the next run rebuilds it
+            raise
         try:
             run.manifest(command)
         except Exception:  # the interruption is what matters; resume rebuilds the manifest

@@ -1,0 +1,163 @@
+"""`cnnviz explain` sharded over processes with torch.distributed (gloo, CPU): every image
+exactly once, the merged results equal a single process's bit for bit, and a rank killed with
+SIGKILL leaves a folder that a rerun with another number of processes completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from cnnviz.runs.distributed import Ranks, current_ranks, without_option
+
+N_IMAGES = 64
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """64 PNGs, a seeded shapes_vgg11 checkpoint and a single-process reference run."""
+    from cnnviz.data.shapes import make_shapes
+    from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
+
+    root = tmp_path_factory.mktemp("distributed")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    batch = make_shapes(N_IMAGES, seed=5)
+    for i in range(N_IMAGES):
+        pixels = (batch.images[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
+        Image.fromarray(pixels).save(inputs / f"shape-{i:02d}.png")
+    torch.manual_seed(7)
+    state = {k: v.contiguous() for k, v in build_shapes_vgg11().state_dict().items()}
+    save_file(state, str(root / "shapes.safetensors"))
+    world = {"root": root, "inputs": inputs, "weights": root / "shapes.safetensors"}
+    reference = root / "reference"
+    done = run_cnnviz(world, reference)
+    assert done.returncode == 0, done.stderr
+    world["reference"] = reference
+    return world
+
+
+def cli_args(world: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [
+        "-q", "explain", str(world["inputs"]), "--model", "shapes_vgg11",
+        "--weights", str(world["weights"]), "--method", "gradcam", "--batch-size", "4",
+        "--workers", "0", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_cnnviz(world: dict[str, Path], out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "cnnviz", *cli_args(world, out, *extra)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env())
+
+
+def maps(folder: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted(folder.glob("*.npy"))}
+
+
+def assert_same_as_reference(world: dict[str, Path], out: Path) -> dict[str, object]:
+    """Every image exactly once: one record each, one manifest item each, the maps bit for bit."""
+    records = sorted((out / "records").glob("*.json"))
+    assert len(records) == N_IMAGES
+    manifest = json.loads((out / "manifest.json").read_text())
+    inputs = [item["input"] for item in manifest["items"]]
+    assert len(inputs) == len(set(inputs)) == N_IMAGES
+    reference = json.loads((world["reference"] / "manifest.json").read_text())
+    assert sorted(inputs) == sorted(item["input"] for item in reference["items"])
+    ours, theirs = maps(out), maps(world["reference"])
+    assert ours.keys() == theirs.keys() and len(ours) == 2 * N_IMAGES  # layer and input maps
+    for name, value in theirs.items():
+        assert np.array_equal(ours[name], value), name  # the same batches: bit for bit
+    return dict(manifest)
+
+
+def test_two_ranks_equal_one_process(world: dict[str, Path], tmp_path: Path) -> None:
+    """`--nproc 2` launches two gloo ranks that meet through a file (nothing listens on the
+    network; torchrun's own stores listen on every interface, which tests may not do)."""
+    out = tmp_path / "two"
+    done = run_cnnviz(world, out, "--nproc", "2")
+    assert done.returncode == 0, done.stderr
+    assert "launching 2 processes" in done.stderr
+    manifest = assert_same_as_reference(world, out)
+    assert manifest["extra"]["run"] == {  # type: ignore[index]
+        "inputs": N_IMAGES,
+        "already_complete": 0,
+        "written": N_IMAGES,  # gathered from both ranks
+        "failed": 0,
+    }
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_a_killed_rank_then_a_rerun_with_one_process(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "cnnviz", *cli_args(world, out, "--nproc", "2")]
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and launcher.poll() is None:
+            written = len(list((out / "records").glob("*.json"))) if out.exists() else 0
+            if written >= 4:
+                break
+            time.sleep(0.05)
+        ranks = children(launcher.pid)
+        assert len(ranks) == 2 and launcher.poll() is None, "the run ended before the kill"
+        os.kill(ranks[1], signal.SIGKILL)
+        launcher.wait(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0  # the dead rank's status (and the other one stopped)
+    assert all(not Path(f"/proc/{pid}").exists() for pid in ranks)
+    before = len(list((out / "records").glob("*.json")))
+    assert 4 <= before < N_IMAGES
+    done = run_cnnviz(world, out, "--resume")  # one process now
+    assert done.returncode == 0, done.stderr
+    manifest = assert_same_as_reference(world, out)
+    run = manifest["extra"]["run"]  # type: ignore[index]
+    assert run["already_complete"] == before and run["written"] == N_IMAGES - before
+
+
+def test_ranks_share_disjointly_and_completely() -> None:
+    chunks = list(range(10))
+    shares = [Ranks(rank, 3).share(chunks) for rank in range(3)]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert sorted(c for share in shares for c in share) == chunks
+
+
+def test_ranks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    ranks = current_ranks()
+    assert ranks == Ranks(2, 4, 0) and not ranks.leader
+    assert ranks.device("cuda") == "cuda:0" and ranks.device("cpu") == "cpu"
+    monkeypatch.delenv("WORLD_SIZE")
+    assert current_ranks() == Ranks() and current_ranks().leader
+
+
+def test_the_relaunch_drops_nproc() -> None:
+    argv = ["explain", "d", "--nproc", "2", "--out", "o", "--nproc=3"]
+    assert without_option(argv, "--nproc") == ["explain", "d", "--out", "o"]
