@@ -275,3 +275,15 @@ def test_method_options_from_the_command_line(tmp_path: Path) -> None:
     x = decode_input(Path(_coffee()), loaded.preprocessing)[1].unsqueeze(0)  # as the CLI does
     e = explain(loaded, x, "integrated-gradients", steps=8, quadrature="riemann_trapezoid")
     np.testing.assert_allclose(written, e.maps[0, 0].numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_a_forward_that_fails_while_choosing_the_cam_layer_is_named(tmp_path: Path) -> None:
+    """Found by the fuzz test: a 1×1 input breaks VGG's pooling inside the automatic choice of
+    the CAM layer; that is the user's input size, said in one line, not an internal error."""
+    from PIL import Image
+
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(tiny)
+    argv = ["-q", "gradcam", str(tiny), "--input-size", "1", "--weights", "random"]
+    argv += ["--model", "shapes_vgg11", "--out", str(tmp_path / "out")]
+    assert main(argv) == 2

@@ -92,6 +92,9 @@ def test_the_page_sets_a_cookie_that_opens_the_api(session: ExplorerSession) -> 
         assert cookie.startswith("cnnviz-token-5151=") and "HttpOnly" in cookie
         assert "samesite=strict" in cookie.lower()
         assert fresh.get("/api/info").status_code == 200  # the cookie alone
+        fresh.cookies.clear()
+        api = fresh.get("/api/info", params={"token": TOKEN})
+        assert api.status_code == 200 and "set-cookie" not in api.headers  # only the page sets it
 
 
 def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from cnnviz.capture.forward import add_forward_hook, model_state_guard
-from cnnviz.errors import LayerError, close_matches, remedy
+from cnnviz.errors import CnnvizError, LayerError, close_matches, remedy
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +194,16 @@ def auto_cam_layer(model: nn.Module, example: torch.Tensor) -> str:
 
         return hook
 
-    _forward_with_hook_on_every_layer(model, example, make_hook)
+    try:
+        _forward_with_hook_on_every_layer(model, example, make_hook)
+    except CnnvizError:
+        raise
+    except Exception as e:  # the model's own forward failed: say so, as LayerCapture does
+        raise LayerError(
+            f"The forward pass of {type(model).__name__} failed on an input of shape "
+            f"{tuple(example.shape)} while choosing the CAM layer ({type(e).__name__}: {e}); "
+            "check the input size (--input-size) and the model."
+        ) from e
     if chosen is None:
         raise LayerError(
             f"{type(model).__name__} has no layer with a spatial (N, C, H, W) output larger "

@@ -75,7 +75,7 @@ def json_error(message: str, status: int) -> JSONResponse:
 
 class TokenGate(BaseHTTPMiddleware):
     """403 for a request without the token; the security headers on every answer; the cookie
-    set when the page is opened with ``?token=``."""
+    set when the page (``/``) is opened with ``?token=``."""
 
     def __init__(self, app: ASGIApp, token: str) -> None:
         super().__init__(app)
@@ -90,7 +90,8 @@ class TokenGate(BaseHTTPMiddleware):
         if any(matched):
             response = await call_next(request)
             from_query = request.query_params.get("token")
-            if from_query is not None and token_matches(from_query, self.token):
+            opened = request.url.path == "/"  # the page itself; its requests need no new cookie
+            if opened and from_query is not None and token_matches(from_query, self.token):
                 response.set_cookie(
                     cookie_name(request), self.token, httponly=True, samesite="strict"
                 )
