@@ -14,11 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-from safetensors.torch import save_file
 
 from cnnviz.runs.distributed import Ranks, current_ranks, without_option
+from shape_folders import seeded_checkpoint, write_shapes
 
 N_IMAGES = 64
 
@@ -28,19 +26,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """64 PNGs, a seeded shapes_vgg11 checkpoint and a single-process reference run."""
-    from cnnviz.data.shapes import make_shapes
-    from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
-
     root = tmp_path_factory.mktemp("distributed")
     inputs = root / "inputs"
-    inputs.mkdir()
-    batch = make_shapes(N_IMAGES, seed=5)
-    for i in range(N_IMAGES):
-        pixels = (batch.images[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(pixels).save(inputs / f"shape-{i:02d}.png")
-    torch.manual_seed(7)
-    state = {k: v.contiguous() for k, v in build_shapes_vgg11().state_dict().items()}
-    save_file(state, str(root / "shapes.safetensors"))
+    write_shapes(inputs, N_IMAGES, seed=5)
+    seeded_checkpoint(root / "shapes.safetensors", seed=7)
     world = {"root": root, "inputs": inputs, "weights": root / "shapes.safetensors"}
     reference = root / "reference"
     done = run_cnnviz(world, reference)

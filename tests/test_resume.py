@@ -29,12 +29,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 from torch import nn
 
 from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models import from_module
 from cnnviz.runs.explain import _WRITERS, ExplainSettings, explain_files
+from shape_folders import seeded_checkpoint, write_shapes
 
 N_IMAGES = 64
 FILES_PER_IMAGE = 7  # per target (2): overlay, layer map, input map; then the image's record
@@ -96,19 +96,10 @@ def _env() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """64 JPEGs, a seeded shapes_vgg11 checkpoint, the driver, and an uninterrupted reference."""
-    from cnnviz.data.shapes import make_shapes
-    from cnnviz.models.shapes_vgg11 import build_shapes_vgg11
-
     root = tmp_path_factory.mktemp("resume")
     inputs = root / "inputs"
-    inputs.mkdir()
-    batch = make_shapes(N_IMAGES, seed=11)
-    for i in range(N_IMAGES):
-        pixels = (batch.images[i].permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
-        Image.fromarray(pixels).save(inputs / f"shape-{i:02d}.jpg", quality=92)
-    torch.manual_seed(3)
-    state = {k: v.contiguous() for k, v in build_shapes_vgg11().state_dict().items()}
-    save_file(state, str(root / "shapes.safetensors"))
+    write_shapes(inputs, N_IMAGES, seed=11, suffix=".jpg")
+    seeded_checkpoint(root / "shapes.safetensors", seed=3)
     (root / "driver.py").write_text(DRIVER, encoding="utf-8")
     world = {"root": root, "inputs": inputs, "weights": root / "shapes.safetensors"}
     reference = root / "reference"

@@ -19,6 +19,8 @@ from starlette.testclient import TestClient
 
 import cnnviz
 from cnnviz.data.samples import bundled_samples
+from cnnviz.featurevis.exemplars import collect_exemplars
+from cnnviz.inspect.filters import conv_weight, filter_tiles
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.serve import explain_views
 from cnnviz.serve.app import create_app
@@ -349,17 +351,24 @@ def test_activation_grid_refuses_a_flat_layer(client: TestClient) -> None:
     assert response.status_code == 400 and "convolutional" in response.json()["error"]
 
 
-def test_channel_detail_filter_featurevis_and_exemplars(client: TestClient) -> None:
+def test_channel_detail_filter_featurevis_and_exemplars(
+    client: TestClient, loaded: LoadedModel, session: ExplorerSession
+) -> None:
     coffee = image_ids(client)["coffee.jpg"]
     detail = get(client, f"/api/images/{coffee}/channel", layer="conv_stem", channel=5)
     assert detail["layer"] == "conv_stem" and detail["channel"] == 5
     assert png_image(client.get("/" + detail["overlay"], headers=AUTH)).shape == (224, 224, 3)
     tile = png_image(client.get("/" + detail["filter"], headers=AUTH))
-    assert tile.shape[0] == tile.shape[1] >= 90  # 3×3 filter magnified
+    weight = conv_weight(loaded.module, "conv_stem")[5:6]
+    expected = filter_tiles(weight)[0].repeat(32, 0).repeat(32, 1)  # 3×3 weights, 32× each
+    assert np.array_equal(tile, expected)
     vis = png_image(client.get("/" + detail["featurevis"] + "&steps=4", headers=AUTH))
     assert vis.shape == (128, 128, 3) and vis.std() > 0
     strip = png_image(client.get("/" + detail["exemplars"], headers=AUTH))
-    assert strip.shape[0] == 64 and strip.shape[1] == 2 * 64 + 2  # two images, two crops
+    found = collect_exemplars(loaded, [e.path for e in session.images()], "conv_stem", k=4)
+    crops = found.crops[found.row(5)][:2]  # two images: two crops, white 2-pixel gap between
+    assert np.array_equal(strip[:, :64], crops[0]) and np.array_equal(strip[:, 66:], crops[1])
+    assert strip.shape == (64, 130, 3) and (strip[:, 64:66] == 255).all()
     no_filter = get(client, f"/api/images/{coffee}/channel", layer="bn2", channel=0)
     assert no_filter["filter"] is None
     out = client.get(
@@ -525,3 +534,15 @@ def test_a_model_without_a_spatial_layer_starts_on_saliency(tmp_path: Path) -> N
             f"/api/images/{image}/explanation", params={"method": "gradcam"}, headers=AUTH
         )
         assert refused.status_code == 400 and "layer" in refused.json()["error"].lower()
+
+
+def test_a_pointwise_filter_shows_its_weight_per_input_channel(
+    client: TestClient, loaded: LoadedModel
+) -> None:
+    """A 1×1 filter's mean over its inputs would be one grey pixel: its 16 input weights are
+    shown as a 4 × 4 grid instead, lowest black and highest white."""
+    weights = conv_weight(loaded.module, "blocks.1.0.conv_pw")[33, :, 0, 0]
+    tile = png_image(get(client, "/api/filter.png", layer="blocks.1.0.conv_pw", channel=33))
+    cells = tile[12::24, 12::24, 0].reshape(-1).astype(int)  # the centre of each 24-pixel cell
+    unit = ((weights - weights.min()) / (weights.max() - weights.min())).numpy()
+    assert tile.shape == (96, 96, 3) and np.abs(cells - np.round(255 * unit)).max() <= 1

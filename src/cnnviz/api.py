@@ -105,6 +105,16 @@ def model_preprocessing(model: nn.Module | LoadedModel, module: nn.Module) -> Pr
     return imagenet_preprocessing_for(module)
 
 
+def method_for_model(
+    name: str, preprocessing: Preprocessing | None, options: dict[str, Any]
+) -> Method:
+    """The method registered as ``name`` with ``options``; a method that takes ``preprocessing``
+    (Integrated Gradients' black baseline) gets the model's unless the options give one."""
+    if preprocessing is not None and "preprocessing" in method_options(get_method(name)):
+        options = {"preprocessing": preprocessing, **options}
+    return make_method(name, **options)
+
+
 def explain(
     model: nn.Module | LoadedModel,
     images: ImagesLike,
@@ -155,9 +165,7 @@ def explain(
         algorithm = method
     else:
         prep = None if isinstance(model, nn.Module) else getattr(model, "preprocessing", None)
-        if prep is not None and "preprocessing" in method_options(get_method(method)):
-            options.setdefault("preprocessing", prep)
-        algorithm = make_method(method, **options)
+        algorithm = method_for_model(method, prep, options)
     given = as_batch(images, model_preprocessing(model, module))
     x = as_model_input(module, given.x)
     check_finite(x, "The input image batch")

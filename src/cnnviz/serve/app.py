@@ -109,32 +109,27 @@ def create_app(
     from cnnviz import __version__
 
     side = unit_views.SideModel(session.loaded)
-    layers_cache: dict[str, Any] = {}
 
+    @functools.cache
     def layers() -> list[dict[str, Any]]:
-        if "layers" not in layers_cache:
-            module = session.module
-            rows = session.run(
-                lambda: layer_table(module, session.loaded.preprocessing.input_shape)
-            )
-            layers_cache["layers"] = [
-                {
-                    "name": row.name,
-                    "alias": row.alias,
-                    "type": row.type,
-                    "shape": None if row.output_shape is None else list(row.output_shape[1:]),
-                    "parameters": row.params,
-                    "spatial": row.output_shape is not None and len(row.output_shape) == 4,
-                    "conv": isinstance(module.get_submodule(row.name), nn.Conv2d),
-                }
-                for row in rows
-            ]
-        return layers_cache["layers"]  # type: ignore[no-any-return]
+        module, shape = session.module, session.loaded.preprocessing.input_shape
+        rows = session.run(lambda: layer_table(module, shape))
+        return [
+            {
+                "name": row.name,
+                "alias": row.alias,
+                "type": row.type,
+                "shape": None if row.output_shape is None else list(row.output_shape[1:]),
+                "parameters": row.params,
+                "spatial": row.output_shape is not None and len(row.output_shape) == 4,
+                "conv": isinstance(module.get_submodule(row.name), nn.Conv2d),
+            }
+            for row in rows
+        ]
 
+    @functools.cache
     def summary() -> dict[str, Any]:
-        if "summary" not in layers_cache:
-            layers_cache["summary"] = session.run(lambda: summarize(session.loaded).to_dict())
-        return layers_cache["summary"]  # type: ignore[no-any-return]
+        return session.run(lambda: summarize(session.loaded).to_dict())
 
     def image_route(handler: Callable[[str, Any], Response]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:

@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnviz.api import cam_layer
+from cnnviz.api import cam_layer, method_for_model
 from cnnviz.api import explain as explain_with
-from cnnviz.errors import CnnvizError
-from cnnviz.methods.base import Explanation, Method
-from cnnviz.methods.layer_graph import LayerGraph, uses_layer_graph
+from cnnviz.methods.base import Explanation
+from cnnviz.methods.layer_graph import uses_layer_graph
 from cnnviz.methods.postprocess import Display, parse_sign
-from cnnviz.methods.registry import get_method, make_method, method_options
+from cnnviz.methods.registry import get_method
 from cnnviz.metrics.faithfulness import deletion, insertion, relevance_maps
 from cnnviz.outputs.files import encode_png
 from cnnviz.outputs.manifest import model_record, utc_now_iso
@@ -31,17 +30,6 @@ FAITHFULNESS_STEPS = 50
 """Steps of the deletion and insertion curves the explorer computes (the report uses 100)."""
 
 
-def method_for(session: ExplorerSession, query: MapQuery) -> Method:
-    """The query's method, built with its options (the model's preprocessing supplied)."""
-    options = dict(query.options)
-    try:
-        if "preprocessing" in method_options(get_method(query.method)):
-            options.setdefault("preprocessing", session.loaded.preprocessing)
-        return make_method(query.method, **options)
-    except CnnvizError as e:
-        raise HttpError(str(e)) from e
-
-
 def explanation_for(session: ExplorerSession, image_id: str, query: MapQuery) -> Explanation:
     """The explanation the query asks for (cached). CAM methods come from the image's forward
     pass at the layer, kept with its graph: a new class or CAM method needs no new forward."""
@@ -49,7 +37,7 @@ def explanation_for(session: ExplorerSession, image_id: str, query: MapQuery) ->
     key = ("explanation", image_id, query.method, query.options, target, query.layer)
 
     def make() -> Explanation:
-        method = method_for(session, query)
+        method = method_for_model(query.method, session.loaded.preprocessing, dict(query.options))
         prepared = session.prepared(image_id)
         module, x = session.module, prepared.x
         layer = None
@@ -59,25 +47,14 @@ def explanation_for(session: ExplorerSession, image_id: str, query: MapQuery) ->
             )
         names = session.class_names
         if uses_layer_graph(method) and layer is not None:
-            graph = session.cached(
-                ("graph", image_id, layer), lambda: LayerGraph(module, x, layer), _graph_size
-            )
+            graph = session.graph(image_id, layer)
             result = graph.explain(method, target=target, class_names=names)
         else:
             result = explain_with(module, x, method, layer=layer, target=target, class_names=names)
         pictures = torch.from_numpy(prepared.picture).unsqueeze(0)
         return dataclasses.replace(result, pictures=pictures)
 
-    try:
-        return session.cached(key, make, _explanation_size)
-    except HttpError:
-        raise
-    except CnnvizError as e:  # an unknown layer, a method that cannot use it, …
-        raise HttpError(str(e)) from e
-
-
-def _graph_size(graph: LayerGraph) -> int:
-    return graph.nbytes
+    return session.cached(key, make, _explanation_size)
 
 
 def _explanation_size(e: Explanation) -> int:
@@ -103,20 +80,13 @@ def map_png(session: ExplorerSession, image_id: str, query: MapQuery) -> bytes:
         )
         return encode_png(_array(picture), compress_level=1)
 
-    try:
-        return session.cache.get_or_make(("map.png", image_id, query), make, len)
-    except CnnvizError as e:  # an unknown colour map
-        raise HttpError(str(e)) from e
+    return session.cache.get_or_make(("map.png", image_id, query), make, len)
 
 
 def colorbar_png(cmap: str, sign: str) -> bytes:
     """The colour bar of maps drawn in ``cmap`` with ``sign`` (``auto`` counts as positive)."""
     display = Display.POSITIVE if sign == "auto" else parse_sign(sign)
-    try:
-        strip = colour_strip(colormap_for(display, cmap), 256, 14)
-    except CnnvizError as e:
-        raise HttpError(str(e)) from e
-    return encode_png(strip, compress_level=1)
+    return encode_png(colour_strip(colormap_for(display, cmap), 256, 14), compress_level=1)
 
 
 def explanation_json(

@@ -25,12 +25,12 @@ from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.targets import class_index, logits_of
 from cnnviz.errors import CnnvizError
 from cnnviz.inputs.decode import decode_input
-from cnnviz.methods.layer_graph import uses_layer_graph
+from cnnviz.methods.layer_graph import LayerGraph, uses_layer_graph
 from cnnviz.methods.registry import get_method, method_names, method_options
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.options import SIGNS, MapStyle, values
-from cnnviz.serve.cache import ByteBudgetCache
-from cnnviz.serve.requests import HttpError, not_found
+from cnnviz.serve.cache import ByteBudgetCache, size_of
+from cnnviz.serve.requests import not_found
 from cnnviz.serve.uploads import UploadError, UploadLimits, checked_upload, store_upload
 
 logger = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ class ExplorerSession:
             picture, tensor, _ = decode_input(entry.path, self.loaded.preprocessing)
             return Prepared(picture, as_model_input(self.module, tensor))
 
-        return self.cache.get_or_make(("prepared", entry.id), make, lambda p: p.nbytes)
+        return self.cache.get_or_make(("prepared", entry.id), make)
 
     # -- the model -----------------------------------------------------------------------------
 
@@ -165,9 +165,12 @@ class ExplorerSession:
         with self.lock:
             return work()
 
-    def cached(self, key: tuple[Any, ...], make: Callable[[], T], size: Callable[[T], int]) -> T:
-        """The cached answer for ``key``, or ``make()``'s, computed with the model locked (and
-        looked up again under the lock: another request may have just made it)."""
+    def cached(
+        self, key: tuple[Any, ...], make: Callable[[], T], size: Callable[[T], int] = size_of
+    ) -> T:
+        """The cached answer for ``key``, or ``make()``'s (``size`` bytes), computed with the
+        model locked (and looked up again under the lock: another request may have just made
+        it)."""
         found = self.cache.get(key)
         if found is not None:
             return found  # type: ignore[no-any-return]  # what make() returned for this key
@@ -180,17 +183,26 @@ class ExplorerSession:
 
         return self.run(locked)
 
+    def graph(self, image_id: str, layer: str) -> LayerGraph:
+        """The image's forward pass kept with its graph above ``layer`` (cached): every CAM for
+        every class at that layer is answered from it."""
+        x = self.prepared(image_id).x
+        return self.cached(("graph", image_id, layer), lambda: LayerGraph(self.module, x, layer))
+
     def logits(self, image_id: str) -> torch.Tensor:
-        """The model's ``(K,)`` output on the image, computed once."""
+        """The model's ``(K,)`` output on the image: the output of its graph at the automatic
+        layer, which the first map then uses too (one forward pass for both), else one forward."""
 
         def make() -> torch.Tensor:
-            x = self.prepared(image_id).x
-            with LayerCapture(self.module, [], grad=GradFrom.NONE) as capture:
-                output = capture.forward(x)
+            if self.default_layer is not None:
+                output = self.graph(image_id, self.default_layer).output
+            else:
+                with LayerCapture(self.module, [], grad=GradFrom.NONE) as capture:
+                    output = capture.forward(self.prepared(image_id).x)
             logits: torch.Tensor = logits_of(output)[0].detach().float().cpu()
             return logits
 
-        return self.cached(("logits", image_id), make, lambda t: t.numel() * 4)
+        return self.cached(("logits", image_id), make)
 
     def predictions(self, image_id: str, k: int) -> list[dict[str, Any]]:
         logits = self.logits(image_id)
@@ -210,10 +222,7 @@ class ExplorerSession:
         """A class index from the query's ``class`` (index or exact name), or the prediction."""
         if target is None:
             return int(self.logits(image_id).argmax())
-        try:
-            return class_index(target, self.class_names, len(self.class_names))
-        except CnnvizError as e:
-            raise HttpError(str(e)) from e
+        return class_index(target, self.class_names, len(self.class_names))
 
     # -- descriptions ------------------------------------------------------------------------
 

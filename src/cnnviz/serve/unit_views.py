@@ -9,8 +9,7 @@ import copy
 import dataclasses
 import math
 import threading
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +17,6 @@ import torch.nn.functional as F
 
 from cnnviz.capture.hooks import GradFrom, LayerCapture
 from cnnviz.capture.layers import resolve_layer
-from cnnviz.errors import CnnvizError
 from cnnviz.featurevis.exemplars import Exemplars, collect_exemplars
 from cnnviz.featurevis.visualise import features
 from cnnviz.inspect.filters import conv_weight, filter_tiles
@@ -28,8 +26,6 @@ from cnnviz.render.colours import colorize, compose
 from cnnviz.render.grids import tile_sheet
 from cnnviz.serve.requests import HttpError
 from cnnviz.serve.session import ExplorerSession
-
-T = TypeVar("T")
 
 TILE = 64
 """Side of one channel's tile in the activation sprite, in pixels."""
@@ -48,18 +44,8 @@ EXEMPLAR_IMAGES = 256
 then costs seconds, not minutes (``cnnviz exemplars`` searches a whole folder)."""
 
 
-def _refused(work: Callable[[], T]) -> T:
-    """``work()``, with cnnviz's own errors (unknown layer, …) answered as 400."""
-    try:
-        return work()
-    except HttpError:
-        raise
-    except CnnvizError as e:
-        raise HttpError(str(e)) from e
-
-
 def layer_name(session: ExplorerSession, layer: str) -> str:
-    return _refused(lambda: resolve_layer(session.module, layer))
+    return resolve_layer(session.module, layer)
 
 
 def activation(session: ExplorerSession, image_id: str, layer: str) -> torch.Tensor:
@@ -73,17 +59,13 @@ def activation(session: ExplorerSession, image_id: str, layer: str) -> torch.Ten
         act: torch.Tensor = c.activations[name][0].float().cpu()
         return act
 
-    act = session.cached(("activation", image_id, name), lambda: _refused(make), _tensor_bytes)
+    act = session.cached(("activation", image_id, name), make)
     if act.dim() != 3:
         raise HttpError(
             f"Layer {name!r} gives shape {tuple(act.shape)}, not channels × height × width; "
             "choose a convolutional layer (the layer table marks them spatial)."
         )
     return act
-
-
-def _tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
 
 
 def channel_order(act: torch.Tensor, sort: str) -> list[int]:
@@ -176,24 +158,31 @@ def channel_png(
     big = F.interpolate(one, size=picture.shape[:2], mode="bilinear", align_corners=False)[0, 0]
     low, high = float(big.min()), float(big.max())
     unit = ((big - low) / (high - low if high > low else 1.0)).clamp(0, 1).numpy()
-    return encode_png(
-        _refused(lambda: compose(picture, unit, cmap=cmap, alpha=alpha)), compress_level=1
-    )
+    return encode_png(compose(picture, unit, cmap=cmap, alpha=alpha), compress_level=1)
 
 
 def filter_png(session: ExplorerSession, layer: str, channel: int) -> bytes:
-    """One output channel's filter (colour for a first layer, else the mean over its inputs)."""
-    weight = _refused(lambda: conv_weight(session.module, layer))
+    """One output channel's filter: colour for a first layer, else the mean over its inputs;
+    a 1×1 (pointwise) filter, whose mean would be one grey pixel, as its weight per input
+    channel instead, in a near-square grid (row-major, grey: lowest black, highest white)."""
+    weight = conv_weight(session.module, layer)
     if not 0 <= channel < weight.shape[0]:
         raise HttpError(f"Layer {layer!r} has filters 0…{weight.shape[0] - 1}; got {channel}.")
-    tile = filter_tiles(weight[channel : channel + 1])[0]
+    one = weight[channel : channel + 1]
+    if one.shape[2:] == (1, 1) and one.shape[1] > 1:
+        per_input = one.flatten()
+        side = math.ceil(math.sqrt(per_input.numel()))
+        grid = torch.full((side * side,), float(per_input.min()))
+        grid[: per_input.numel()] = per_input
+        one = grid.view(1, 1, side, side)  # one grey filter of side × side "pixels"
+    tile = filter_tiles(one)[0]
     factor = max(1, 96 // max(tile.shape[:2]))
     return encode_png(np.ascontiguousarray(tile.repeat(factor, 0).repeat(factor, 1)))
 
 
 def filters_png(session: ExplorerSession, layer: str) -> bytes:
     """A convolution's filters (the first 64) as one sheet."""
-    weight = _refused(lambda: conv_weight(session.module, layer))
+    weight = conv_weight(session.module, layer)
     return encode_png(tile_sheet(filter_tiles(weight)))
 
 
@@ -235,9 +224,7 @@ def featurevis_png(
         picture = np.asarray(result.to_pil(0).convert("RGB"), dtype=np.uint8)
         return encode_png(picture)
 
-    return session.cache.get_or_make(
-        ("featurevis", name, channel, steps), lambda: _refused(make), len
-    )
+    return session.cache.get_or_make(("featurevis", name, channel, steps), make, len)
 
 
 def exemplars_png(session: ExplorerSession, side: SideModel, layer: str, channel: int) -> bytes:
@@ -252,8 +239,8 @@ def exemplars_png(session: ExplorerSession, side: SideModel, layer: str, channel
                 side.loaded, [e.path for e in entries], name, k=EXEMPLARS_K, batch_size=8
             )
 
-    found: Exemplars = session.cache.get_or_make(key, lambda: _refused(collect), _exemplar_size)
-    row = _refused(lambda: found.row(channel))
+    found: Exemplars = session.cache.get_or_make(key, collect, _exemplar_size)
+    row = found.row(channel)
     crops = np.zeros((1, 64, 64, 3), np.uint8)
     if found.crops is not None and (found.peak_sources[row] >= 0).any():
         crops = found.crops[row][found.peak_sources[row] >= 0]  # fewer images than k: no blanks
