@@ -70,6 +70,11 @@ class UsageError(CnnvizError, ValueError):
     """Command-line options that do not fit together or do not parse."""
 
 
+class AuditError(CnnvizError, ValueError):
+    """An audit that cannot be made: too few maps of a class, labels or boxes that do not match
+    the results."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> str:
     """A human phrase listing the candidates closest to ``name`` ('' when none is close)."""
     matches = difflib.get_close_matches(name, list(candidates), n=n, cutoff=0.5)

@@ -23,6 +23,7 @@ from cnnviz.cli.commands import (
     cmd_summary,
 )
 from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
+from cnnviz.cli.audit_command import add_audit_command
 from cnnviz.cli.exemplar_command import add_exemplars_command
 from cnnviz.cli.feature_command import add_features_command
 from cnnviz.cli.serve_command import add_serve_command
@@ -463,4 +464,5 @@ def build_parser() -> argparse.ArgumentParser:
     add_features_command(commands, add_model_options)
     add_exemplars_command(commands, add_model_options)
     add_serve_command(commands, add_model_options)
+    add_audit_command(commands)
     return parser
