@@ -182,7 +182,9 @@ def _audit_class(
         grid=settings.grid,
         seed=settings.seed,
     )
-    where = placement(spectrum.grids, None if masks is None else [masks[i] for i in members])
+    where = placement(
+        spectrum.grids, None if masks is None else [masks[i] for i in members.tolist()]
+    )
     clusters = []
     for k in range(spectrum.count):
         local = spectrum.members(k)

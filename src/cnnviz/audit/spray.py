@@ -132,8 +132,8 @@ def laplacian_spectrum(affinity: np.ndarray, count: int = EIGENVALUES) -> np.nda
 
     lap = laplacian(affinity, normed=True)
     top = min(count, affinity.shape[0]) - 1
-    values = eigh(lap, eigvals_only=True, subset_by_index=[0, top])
-    return np.clip(np.sort(values), 0.0, None)
+    values: np.ndarray = np.sort(np.asarray(eigh(lap, eigvals_only=True, subset_by_index=[0, top])))
+    return np.clip(values, 0.0, None)
 
 
 def eigengap_count(

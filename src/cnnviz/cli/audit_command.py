@@ -36,9 +36,7 @@ def add_audit_command(commands: Any) -> None:
         "JSON); without them a cluster is flagged for a corner or the border only",
     )
     p.add_argument("--neighbours", type=positive_int, default=10, help="k of the k-NN graph")
-    p.add_argument(
-        "--max-clusters", type=positive_int, default=8, help="most clusters per class"
-    )
+    p.add_argument("--max-clusters", type=positive_int, default=8, help="most clusters per class")
     p.add_argument("--grid", type=positive_int, default=8, help="maps are pooled to GRID×GRID")
     p.add_argument(
         "--min-images",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import NoReturn, TypeAlias
 
 from cnnviz import __version__
+from cnnviz.cli.audit_command import add_audit_command
 from cnnviz.cli.commands import (
     cmd_activations,
     cmd_explain,
@@ -23,7 +24,6 @@ from cnnviz.cli.commands import (
     cmd_summary,
 )
 from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
-from cnnviz.cli.audit_command import add_audit_command
 from cnnviz.cli.exemplar_command import add_exemplars_command
 from cnnviz.cli.feature_command import add_features_command
 from cnnviz.cli.serve_command import add_serve_command

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -118,6 +118,18 @@ class Preprocessing:
             "mean": list(self.mean),
             "std": list(self.std),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """The settings :meth:`to_dict` wrote (a manifest's ``model.preprocessing``)."""
+        height, width = (int(v) for v in data["input_size"])
+        return cls(
+            input_size=(height, width),
+            crop_pct=float(data["crop_pct"]),
+            interpolation=str(data["interpolation"]),
+            mean=tuple(float(v) for v in data["mean"]),
+            std=tuple(float(v) for v in data["std"]),
+        )
 
     @property
     def resize_size(self) -> tuple[int, ...]:

@@ -84,8 +84,8 @@ class RunMaps:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        prep = dict(self.model.get("preprocessing") or {})
-        return Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()})
+        """How the run's model saw the images (from its manifest)."""
+        return Preprocessing.from_dict(self.model["preprocessing"])
 
 
 def run_maps(results: Results, method: str | None = None) -> RunMaps:
