@@ -133,7 +133,8 @@ def laplacian_spectrum(affinity: np.ndarray, count: int = EIGENVALUES) -> np.nda
     lap = laplacian(affinity, normed=True)
     top = min(count, affinity.shape[0]) - 1
     values: np.ndarray = np.sort(np.asarray(eigh(lap, eigvals_only=True, subset_by_index=[0, top])))
-    return np.clip(values, 0.0, None)
+    clipped: np.ndarray = np.clip(values, 0.0, None)
+    return clipped
 
 
 def eigengap_count(
