@@ -174,3 +174,26 @@ def test_placement_mean_of_members() -> None:
     summary = where.mean(np.array([0, 1]))
     assert summary.corner == pytest.approx(0.4) and summary.on_object == pytest.approx(0.4)
     assert where.mean(np.array([0])).on_object is None
+
+
+def test_audit_page_draws_every_cluster_and_its_flags() -> None:
+    from cnnviz.render.audit_page import audit_page
+
+    maps, masks = _two_strategies()
+    audit = audit_maps(maps, np.zeros(len(maps), dtype=np.int64), ["horse"], masks=masks)
+    pictures = {i: np.full((64, 64, 3), 40 * (i % 5), dtype=np.uint8) for i in range(len(maps))}
+    page = audit_page(
+        audit,
+        maps,
+        lambda i: None if i == 0 else pictures[i],
+        [f"img{i}.png" for i in range(len(maps))],
+        context={"model": {"name": "m", "architecture": "a"}, "method": "gradcam",
+                 "layer": "conv4_2", "source": "maps/", "files": ["audit.csv"],
+                 "with_boxes": True},
+    )  # fmt: skip
+    assert page.count('class="cluster') == len(audit.classes[0].clusters)
+    assert page.count('class="cluster flagged"') == 1 and "off-object" in page
+    assert page.count("data:image/png;base64,") == 2 + 2 * len(audit.classes[0].clusters)
+    assert "<script" not in page and "http" not in page.replace("http-equiv", "")
+    assert "Audit of 1 class(es), 1 flagged" in repr(audit)
+    assert "<b>1</b> flagged" in audit._repr_html_()

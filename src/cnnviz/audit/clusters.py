@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from html import escape
 
 import numpy as np
 
@@ -108,6 +109,40 @@ class Audit:
     @property
     def flagged_count(self) -> int:
         return sum(len(c.flagged) for c in self.classes)
+
+    def lines(self) -> list[str]:
+        """One line per audited class: its clusters and the flagged ones with their flags."""
+        lines = []
+        for audited in self.classes:
+            flagged = "; ".join(
+                f"cluster {c.index} ({c.size} maps): {', '.join(c.flags)}" for c in audited.flagged
+            )
+            lines.append(
+                f"{audited.label}: {audited.members.size} maps, {len(audited.clusters)} cluster(s)"
+                + (f", flagged {flagged}" if flagged else ", none flagged")
+            )
+        return lines
+
+    def __repr__(self) -> str:
+        head = (
+            f"Audit of {len(self.classes)} class(es), {self.flagged_count} flagged cluster(s)"
+            + (f"; not audited (too few maps): {len(self.skipped)}" if self.skipped else "")
+        )
+        return "\n".join([head, *("  " + line for line in self.lines())])
+
+    def _repr_html_(self) -> str:
+        """A table, one row per class, for Jupyter."""
+        rows = "".join(
+            f"<tr><td>{escape(c.label)}</td><td>{c.members.size}</td><td>{len(c.clusters)}</td>"
+            f"<td>{escape('; '.join(f'{k.index}: ' + ', '.join(k.flags) for k in c.flagged))}"
+            "</td></tr>"
+            for c in self.classes
+        )
+        return (
+            f"<p>Audit of {len(self.classes)} class(es): <b>{self.flagged_count}</b> flagged "
+            "cluster(s)</p><table><tr><th>class</th><th>maps</th><th>clusters</th>"
+            f"<th>flagged</th></tr>{rows}</table>"
+        )
 
 
 def audit_maps(
