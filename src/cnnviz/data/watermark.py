@@ -183,3 +183,27 @@ def watermark_config() -> dict[str, object]:
         "keep_out": list(KEEP_OUT),
         "pattern": watermark_pattern()[0].to(torch.int64).tolist(),
     }
+
+
+def corner_share(maps: torch.Tensor) -> torch.Tensor:
+    """``(N,)``: the share of each map's positive mass that lies in :data:`KEEP_OUT`, the tag's
+    corner (0 for a map with no positive value).
+
+    ``maps`` are ``(N, h, w)`` over the 64×64 image at any resolution that divides it (an 8×8
+    Grad-CAM at ``conv4_2``: the corner's 2×2 cells; 64×64: its 16×16 pixels). Only the positive
+    part counts, as Grad-CAM's ReLU keeps it: the evidence for the class.
+
+    Raises:
+        ValueError: ``maps`` is not ``(N, h, w)`` with ``h`` and ``w`` dividing 64.
+    """
+    if maps.dim() != 3 or IMAGE_SIZE % maps.shape[1] or IMAGE_SIZE % maps.shape[2]:
+        raise ValueError(
+            f"Expected maps of shape (N, h, w) with h and w dividing {IMAGE_SIZE}, "
+            f"got {tuple(maps.shape)}"
+        )
+    positive = maps.detach().float().clamp(min=0.0)
+    sy, sx = IMAGE_SIZE // maps.shape[1], IMAGE_SIZE // maps.shape[2]
+    x0, y0, x1, y1 = KEEP_OUT
+    corner = positive[:, y0 // sy : -(-y1 // sy), x0 // sx : -(-x1 // sx)].sum(dim=(1, 2))
+    total = positive.sum(dim=(1, 2))
+    return torch.where(total > 0, corner / total.clamp(min=1e-30), torch.zeros_like(total))

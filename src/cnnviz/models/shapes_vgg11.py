@@ -156,6 +156,7 @@ def train_vgg11(
     num_threads: int | None,
     progress: bool,
     desc: str = "shapes_vgg11",
+    initialise: Callable[[VGG11], None] | None = None,
 ) -> tuple[VGG11, dict[str, float]]:
     """Train a fresh :func:`build_shapes_vgg11` on ``epoch_data`` with :func:`fit`, seeded.
 
@@ -164,7 +165,8 @@ def train_vgg11(
     ``torch.random.fork_rng``) and seeds the shuffling; ``num_threads`` as in
     :func:`train_shapes_vgg11`. ``evaluate(model)`` gives the first metrics (e.g. held-out
     accuracy), measured after training; then ``seconds``, ``cpu_seconds``, ``threads``,
-    ``n_train``, ``epochs`` and ``final_loss`` are added.
+    ``n_train``, ``epochs`` and ``final_loss`` are added. ``initialise(model)``, if given, may
+    replace some of the seeded initial weights (e.g. with trained ones) before training.
     """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
@@ -181,6 +183,8 @@ def train_vgg11(
         start, start_cpu = time.perf_counter(), time.process_time()
         torch.manual_seed(seed)
         model = build_shapes_vgg11()
+        if initialise is not None:
+            initialise(model)
         final_loss = fit(
             model,
             epoch_data,
