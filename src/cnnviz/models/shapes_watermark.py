@@ -153,32 +153,48 @@ def shortcut_metrics(model: torch.nn.Module, n: int = _N_HELDOUT) -> dict[str, f
         ``heldout_accuracy``: top-1 on the clean twins (no image tagged);
         ``tagged_accuracy``: top-1 on the images as drawn (half the triangles tagged);
         ``tag_removal_drop``: on tagged triangles, the mean fall of the triangle's probability
-        when the tag is deleted (the clean twin), and ``tag_removal_share`` the share of them
-        whose probability falls; ``tag_stamp_rise``: on the other classes' images, the mean rise
-        of the triangle's probability when the tag is stamped, ``tag_stamp_flips`` the share
-        then predicted as triangles. Run in eval mode (training flags restored).
+        when the tag is deleted (the clean twin), ``tag_removal_share`` the share of them whose
+        probability falls, and ``tag_removal_log_odds_drop`` the mean fall of its log-odds
+        ``log p − log(1 − p)`` (which, unlike the probability, does not saturate near 1);
+        ``tag_stamp_rise``: on the other classes' images, the mean rise of the triangle's
+        probability when the tag is stamped, ``tag_stamp_share`` the share of them where it
+        rises, ``tag_stamp_flips`` the share then predicted as triangles. Run in eval mode
+        (training flags restored).
     """
     batch = heldout_watermark_shapes(n)
     labels, tagged = batch.shapes.labels, batch.watermarked
     others = labels != WATERMARK_CLASS
     with model_state_guard(model):
-        clean = _probabilities(model, batch.clean)
-        drawn = _probabilities(model, batch.shapes.images)
-        stamped = _probabilities(model, stamp_watermark(batch.clean[others]))
-    drop = drawn[tagged, WATERMARK_CLASS] - clean[tagged, WATERMARK_CLASS]
-    rise = stamped[:, WATERMARK_CLASS] - clean[others, WATERMARK_CLASS]
+        clean = _log_probabilities(model, batch.clean)
+        drawn = _log_probabilities(model, batch.shapes.images)
+        stamped = _log_probabilities(model, stamp_watermark(batch.clean[others]))
+    drop = drawn[tagged, WATERMARK_CLASS].exp() - clean[tagged, WATERMARK_CLASS].exp()
+    odds_drop = log_odds(drawn[tagged]) - log_odds(clean[tagged])
+    rise = stamped[:, WATERMARK_CLASS].exp() - clean[others, WATERMARK_CLASS].exp()
     return {
         "heldout_accuracy": float((clean.argmax(dim=1) == labels).float().mean()),
         "tagged_accuracy": float((drawn.argmax(dim=1) == labels).float().mean()),
         "tag_removal_drop": float(drop.mean()),
         "tag_removal_share": float((drop > 0).float().mean()),
+        "tag_removal_log_odds_drop": float(odds_drop.mean()),
         "tag_stamp_rise": float(rise.mean()),
+        "tag_stamp_share": float((rise > 0).float().mean()),
         "tag_stamp_flips": float((stamped.argmax(dim=1) == WATERMARK_CLASS).float().mean()),
     }
 
 
-def _probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    chunks = [model(normalize_shapes(x)).softmax(dim=1) for x in torch.split(images, 250)]
+def log_odds(log_probabilities: torch.Tensor) -> torch.Tensor:
+    """``(N,)`` log-odds of :data:`~cnnviz.data.watermark.WATERMARK_CLASS`, ``log p − log(1 − p)``,
+    from ``(N, classes)`` log-probabilities (``1 − p`` summed over the other classes, so it stays
+    exact where ``p`` rounds to 1)."""
+    others = torch.cat(
+        [log_probabilities[:, :WATERMARK_CLASS], log_probabilities[:, WATERMARK_CLASS + 1 :]], dim=1
+    )
+    return log_probabilities[:, WATERMARK_CLASS] - torch.logsumexp(others, dim=1)
+
+
+def _log_probabilities(model: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    chunks = [model(normalize_shapes(x)).log_softmax(dim=1) for x in torch.split(images, 250)]
     return torch.cat(chunks)
 
 
