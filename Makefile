@@ -42,12 +42,13 @@ typecheck: $(VENV)/.dev-installed
 unit: $(VENV)/.dev-installed browser
 	$(BIN)/python -m pytest -n auto --durations=15
 
-# The tests' shapes_vgg11 (trained once on one thread, 1.5–4 min, then cached in build/test-cache,
-# or in $$CNNVIZ_CACHE when set, as in conftest). `make test` trains it while ruff, mypy and the
-# first tests run; tests that need it wait on its lock file.
+# The tests' shapes_vgg11 and shapes_vgg11_watermark (each trained once on one thread, 1.5–4 min,
+# then cached in build/test-cache, or in $$CNNVIZ_CACHE when set, as in conftest). `make test`
+# trains them while ruff, mypy and the first tests run; tests that need one wait on its lock file.
 test-cache: $(VENV)/.dev-installed
 	CNNVIZ_CACHE="$${CNNVIZ_CACHE:-$(CURDIR)/build/test-cache}" CNNVIZ_OFFLINE=1 $(BIN)/python -c \
-	  "from cnnviz.models.shapes_vgg11 import load_shapes_vgg11; load_shapes_vgg11()"
+	  "from cnnviz.models.shapes_vgg11 import load_shapes_vgg11; load_shapes_vgg11(); \
+	  from cnnviz.models.shapes_watermark import load_shapes_vgg11_watermark as load; load()"
 
 checks:
 	@$(MAKE) --no-print-directory lint && $(MAKE) --no-print-directory typecheck && \

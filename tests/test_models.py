@@ -292,7 +292,13 @@ def test_list_models_builds_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(shapes, "load_shapes_vgg11", trained)
     infos = {info.name: info for info in list_models()}
-    assert list(infos) == ["efficientnet_lite0", "vgg11", "vgg11_bn", "shapes_vgg11"]
+    assert list(infos) == [
+        "efficientnet_lite0",
+        "vgg11",
+        "vgg11_bn",
+        "shapes_vgg11",
+        "shapes_vgg11_watermark",
+    ]
     assert infos["efficientnet_lite0"].offline is True
     assert infos["efficientnet_lite0"].num_classes == 1000
     assert infos["shapes_vgg11"].offline is True

