@@ -25,7 +25,7 @@ def _two_strategies(
     n_object: int = 60, n_corner: int = 25, seed: int = 0
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """8×8 maps of one class: evidence on a 16-px object somewhere in the middle, or (the last
-    ``n_corner``) mostly in the bottom-right cell; with the objects' 64×64 masks."""
+    ``n_corner``) in the bottom-right cell and none on the object; with the objects' 64×64 masks."""
     rng = np.random.default_rng(seed)
     maps, masks = [], []
     for i in range(n_object + n_corner):
@@ -33,7 +33,7 @@ def _two_strategies(
         y, x = (int(v) for v in rng.integers(8, 40, size=2))
         mask = np.zeros((64, 64), dtype=bool)
         mask[y : y + 16, x : x + 16] = True
-        strength = 1.0 if i < n_object else 0.2
+        strength = 1.0 if i < n_object else 0.0  # the shortcut: nothing on the object
         m[y // 8 : (y + 16) // 8, x // 8 : (x + 16) // 8] += strength
         if i >= n_object:
             m[7, 7] += 2.0
@@ -93,6 +93,7 @@ def test_placement_shares_by_hand() -> None:
     assert where.border.tolist() == pytest.approx([0.75, 0.0])  # 3 of the 4 cells in the band
     assert where.centre.tolist() == pytest.approx([0.0, 1.0])
     assert np.isnan(where.on_object[0]) and where.on_object[1] == pytest.approx(1.0)
+    assert where.coverage[1] == pytest.approx(4 / 64)
     assert where.centre_x.tolist() == pytest.approx([0.125, 0.5])
     assert (
         cell_coverage(mask, (8, 8))[3, 3] == 1.0
@@ -100,15 +101,22 @@ def test_placement_shares_by_hand() -> None:
     )
 
 
-def _summary(on_object: float | None, corner: float = 0.0, border: float = 0.0) -> PlacementSummary:
-    return PlacementSummary(corner, "bottom-right", border, 0.0, on_object, 0.5, 0.5)
+def _summary(
+    on_object: float | None, corner: float = 0.0, border: float = 0.0, coverage: float = 0.2
+) -> PlacementSummary:
+    covered = None if on_object is None else coverage
+    return PlacementSummary(corner, "bottom-right", border, 0.0, on_object, covered, 0.5, 0.5)
 
 
 def test_flags_off_object_with_masks_corner_and_border_without() -> None:
-    assert _summary(0.6, corner=0.9).flags() == []  # on the object: a corner is no shortcut
-    assert _summary(0.1, corner=0.9).flags() == ["off-object", "corner (bottom-right)"]
-    assert _summary(0.1).flags() == ["off-object"]
+    assert _summary(0.25, corner=0.9).flags() == []  # on the object: a corner is no shortcut
+    assert _summary(0.25, corner=0.9).lift == pytest.approx(1.25)
+    assert _summary(0.15, corner=0.9).flags() == ["off-object", "corner (bottom-right)"]
+    assert _summary(0.15, corner=0.2).flags() == ["off-object", "corner (bottom-right)"]
+    assert _summary(0.15, corner=0.19).flags() == ["off-object"]
+    assert _summary(0.5, coverage=0.6).flags() == ["off-object"]  # a large object: chance is 0.6
     assert _summary(None, corner=0.5).flags() == ["corner (bottom-right)"]
+    assert _summary(None, corner=0.5).lift is None
     assert _summary(None, border=0.85).flags() == ["border"]
     assert _summary(None, corner=0.2, border=0.5).flags() == []
 
@@ -168,11 +176,13 @@ def test_placement_mean_of_members() -> None:
         border=np.array([0.1, 0.3]),
         centre=np.array([0.5, 0.1]),
         on_object=np.array([np.nan, 0.4]),
+        coverage=np.array([np.nan, 0.1]),
         centre_x=np.array([0.2, 0.8]),
         centre_y=np.array([0.4, 0.6]),
     )
     summary = where.mean(np.array([0, 1]))
     assert summary.corner == pytest.approx(0.4) and summary.on_object == pytest.approx(0.4)
+    assert summary.coverage == pytest.approx(0.1) and summary.lift == pytest.approx(4.0)
     assert where.mean(np.array([0])).on_object is None
 
 

@@ -10,14 +10,24 @@ Every statistic reads a map as a distribution of positive mass on a ``g × g'`` 
   cells of an 8 × 8 grid);
 * ``centre``: the share of the middle square, half the image's height and width;
 * ``on_object``: with a ground-truth mask, ``Σ p · f`` where ``f`` is the fraction of each cell
-  the object covers (area-averaged mask), the share of the evidence on the object;
+  the object covers (area-averaged mask), the share of the evidence on the object, and
+  ``coverage = mean(f)``, the share an even spread of evidence would put there (the object's
+  area);
 * ``centre_of_mass``: ``(x, y)`` in [0, 1] of the image's width and height.
 
 A cluster is *flagged* when its members' mean statistics place the evidence away from what
-decides the class (:meth:`PlacementSummary.flags`): off the object where masks are known
-(``on_object < OFF_OBJECT``), otherwise concentrated in a corner (``corner ≥ CORNER``) or at the
-border (``border ≥ BORDER``). Lapuschkin et al. (2019) found the copyright-tag strategy as
-exactly such a cluster: its relevance sat in the image's lower-left corner.
+decides the class (:meth:`PlacementSummary.flags`):
+
+* where masks are known, ``off-object`` when ``on_object < coverage``: less evidence on the object
+  than a map spread evenly over the image would put there. It is a comparison with chance, so it
+  needs no threshold, and it holds for small objects and large ones alike; the flag then names
+  the corner that holds at least ``CORNER_HINT`` of the mass (3 × an even share), if one does;
+* without masks, a corner cannot be told from an object that sits in it, so only strong
+  concentration is flagged: ``corner`` when one corner square holds ``≥ CORNER`` of the mass,
+  ``border`` when the band holds ``≥ BORDER``.
+
+Lapuschkin et al. (2019) found the copyright-tag strategy as exactly such a cluster: its
+relevance sat in the image's lower-left corner, off the horse.
 """
 
 from __future__ import annotations
@@ -28,11 +38,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-OFF_OBJECT = 0.25
-"""A cluster whose mean share of evidence on the object is below this is flagged ``off-object``."""
-
 CORNER = 0.4
 """Without masks: a cluster with this mean share (or more) in one corner square is flagged."""
+
+CORNER_HINT = 0.2
+"""With masks: an ``off-object`` cluster with this mean share (or more) in one corner square says
+which corner (3.2 × the 1/16 an even spread puts there)."""
 
 BORDER = 0.8
 """Without masks: a cluster with this mean share (or more) in the border band is flagged."""
@@ -49,21 +60,23 @@ class Placement:
     border: np.ndarray
     centre: np.ndarray
     on_object: np.ndarray  # NaN where no mask is known
+    coverage: np.ndarray  # the object's share of the image, NaN where no mask is known
     centre_x: np.ndarray
     centre_y: np.ndarray
 
     def mean(self, members: np.ndarray) -> PlacementSummary:
         """The mean statistics of the maps ``members`` (indices); ``on_object`` over the maps
         with a mask (``None`` if none has one); ``corner_name``: the most frequent corner."""
-        on_object = self.on_object[members]
-        known = on_object[~np.isnan(on_object)]
+        on_object, coverage = self.on_object[members], self.coverage[members]
+        known = ~np.isnan(on_object)
         names = [self.corner_name[i] for i in members.tolist()]
         return PlacementSummary(
             corner=float(self.corner[members].mean()),
             corner_name=max(CORNERS, key=names.count),
             border=float(self.border[members].mean()),
             centre=float(self.centre[members].mean()),
-            on_object=float(known.mean()) if known.size else None,
+            on_object=float(on_object[known].mean()) if known.any() else None,
+            coverage=float(coverage[known].mean()) if known.any() else None,
             centre_x=float(self.centre_x[members].mean()),
             centre_y=float(self.centre_y[members].mean()),
         )
@@ -78,18 +91,28 @@ class PlacementSummary:
     border: float
     centre: float
     on_object: float | None
+    coverage: float | None
     centre_x: float
     centre_y: float
 
+    @property
+    def lift(self) -> float | None:
+        """``on_object / coverage``: how many times an even spread's share of the evidence lies
+        on the object (below 1: less than chance)."""
+        if self.on_object is None or not self.coverage:
+            return None
+        return self.on_object / self.coverage
+
     def flags(self) -> list[str]:
-        """``off-object`` where masks are known and the evidence is mostly elsewhere (then also
-        where it is: ``corner (…)``, ``border``); without masks ``corner (…)`` and/or ``border``;
-        none for a group whose evidence is on the object."""
-        flags = []
-        if self.on_object is not None:
-            if self.on_object >= OFF_OBJECT:
+        """``off-object`` (and the corner it favours, if one) where masks are known and less
+        evidence lies on the object than chance puts there; without masks ``corner (…)`` and/or
+        ``border`` for strong concentration; none otherwise (module docstring)."""
+        if self.on_object is not None and self.coverage is not None:
+            if self.on_object >= self.coverage:
                 return []
-            flags.append("off-object")
+            hint = [f"corner ({self.corner_name})"] if self.corner >= CORNER_HINT else []
+            return ["off-object", *hint]
+        flags = []
         if self.corner >= CORNER:
             flags.append(f"corner ({self.corner_name})")
         if self.border >= BORDER:
@@ -129,10 +152,11 @@ def placement(grids: np.ndarray, masks: list[np.ndarray | None] | None = None) -
     corners, border, centre = region_masks(height, width)
     corner_shares = np.stack([grids[:, m].sum(axis=1) for m in corners], axis=1)
     which = corner_shares.argmax(axis=1)
-    on_object = np.full(n, np.nan)
+    on_object, coverage = np.full(n, np.nan), np.full(n, np.nan)
     for i, mask in enumerate(masks or []):
         if mask is not None:
-            on_object[i] = float((grids[i] * cell_coverage(mask, (height, width))).sum())
+            cells = cell_coverage(mask, (height, width))
+            on_object[i], coverage[i] = float((grids[i] * cells).sum()), float(cells.mean())
     xs = (np.arange(width) + 0.5) / width
     ys = (np.arange(height) + 0.5) / height
     return Placement(
@@ -141,6 +165,7 @@ def placement(grids: np.ndarray, masks: list[np.ndarray | None] | None = None) -
         border=grids[:, border].sum(axis=1),
         centre=grids[:, centre].sum(axis=1),
         on_object=on_object,
+        coverage=coverage,
         centre_x=(grids.sum(axis=1) * xs).sum(axis=1),
         centre_y=(grids.sum(axis=2) * ys).sum(axis=1),
     )

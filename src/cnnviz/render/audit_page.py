@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from cnnviz.audit.clusters import Audit, ClassAudit, ClusterAudit
-from cnnviz.audit.placement import BORDER, CORNER, OFF_OBJECT, PlacementSummary, region_masks
+from cnnviz.audit.placement import BORDER, CORNER, CORNER_HINT, PlacementSummary, region_masks
 from cnnviz.render.canvas import new_figure
 from cnnviz.render.colours import colorize, overlay, resize_map, to_uint8
 from cnnviz.render.html import figure_data_uri, png_data_uri, render_page
@@ -86,6 +86,8 @@ def _where(summary: PlacementSummary) -> dict[str, Any]:
         "border": summary.border,
         "centre": summary.centre,
         "on_object": summary.on_object,
+        "coverage": summary.coverage,
+        "lift": summary.lift,
         "centre_x": summary.centre_x,
         "centre_y": summary.centre_y,
     }
@@ -151,7 +153,7 @@ def audit_page(
     grid = audit.classes[0].spectrum.grids.shape[1:] if audit.classes else (8, 8)
     return render_page(
         "audit.html.j2",
-        thresholds={"off_object": OFF_OBJECT, "corner": CORNER, "border": BORDER},
+        thresholds={"corner_hint": CORNER_HINT, "corner": CORNER, "border": BORDER},
         border_area=float(region_masks(*grid)[1].mean()),
         classes=classes,
         summary=summary,

@@ -44,6 +44,7 @@ IMAGE_FIELDS = [
     "border",
     "centre",
     "on_object",
+    "coverage",
     "centre_x",
     "centre_y",
     "true_label",
@@ -61,6 +62,7 @@ CLUSTER_FIELDS = [
     "border",
     "centre",
     "on_object",
+    "coverage",
     "centre_x",
     "centre_y",
     "correct",
@@ -149,7 +151,7 @@ def image_rows(audit: Audit, run: RunMaps, labels: np.ndarray | None) -> list[di
         stats = audited.placements
         for local, i in enumerate(audited.members.tolist()):
             cluster = audited.clusters[int(audit.image_cluster[i])]
-            on_object = float(stats.on_object[local])
+            on_object, coverage = float(stats.on_object[local]), float(stats.coverage[local])
             by_image[i] = {
                 "cluster": cluster.index,
                 "flags": list(cluster.flags),
@@ -158,6 +160,7 @@ def image_rows(audit: Audit, run: RunMaps, labels: np.ndarray | None) -> list[di
                 "border": float(stats.border[local]),
                 "centre": float(stats.centre[local]),
                 "on_object": None if np.isnan(on_object) else on_object,
+                "coverage": None if np.isnan(coverage) else coverage,
                 "centre_x": float(stats.centre_x[local]),
                 "centre_y": float(stats.centre_y[local]),
             }
@@ -191,6 +194,7 @@ def cluster_rows(audit: Audit) -> list[dict[str, Any]]:
             "border": cluster.where.border,
             "centre": cluster.where.centre,
             "on_object": cluster.where.on_object,
+            "coverage": cluster.where.coverage,
             "centre_x": cluster.where.centre_x,
             "centre_y": cluster.where.centre_y,
             "correct": cluster.correct,
