@@ -6,6 +6,7 @@ gathered failures are checked to come back in input order."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -99,12 +100,21 @@ def test_evaluate_two_ranks_equal_one_process(world: dict[str, Path]) -> None:
     ]
 
 
-def test_exemplars_two_ranks_equal_one_process(twins: dict[str, Path]) -> None:
-    argv = [
-        "exemplars", "shapes_vgg11", str(twins["inputs"]), "--weights", str(twins["weights"]),
-        "--layer", "backbone.relu4_2", "--channels", "0-31", "--k", "5", "--batch-size", "4",
+def exemplar_args(twins: dict[str, Path], *inputs: Path) -> list[str]:
+    return [
+        "exemplars", "shapes_vgg11", *(str(i) for i in inputs or [twins["inputs"]]),
+        "--weights", str(twins["weights"]), "--layer", "backbone.relu4_2", "--channels", "0-31",
+        "--k", "5", "--batch-size", "4",
     ]  # fmt: skip
-    one, two = both(twins, argv)
+
+
+@pytest.fixture(scope="module")
+def exemplar_runs(twins: dict[str, Path]) -> tuple[Path, Path]:
+    return both(twins, exemplar_args(twins))
+
+
+def test_exemplars_two_ranks_equal_one_process(exemplar_runs: tuple[Path, Path]) -> None:
+    one, two = exemplar_runs
     ours, theirs = (json.loads((out / "exemplars.json").read_text()) for out in (two, one))
     assert ours == theirs  # every score, peak, position and source, ties included
     crops = sorted(p.relative_to(one) for p in one.glob("channel-*/*.png"))
@@ -120,6 +130,7 @@ def test_exemplars_two_ranks_equal_one_process(twins: dict[str, Path]) -> None:
     assert state[0]["collector"] == state[1]["collector"]  # rank 0 saved the merged state
     assert state[0]["collector"]["seen"] == 40
     assert state[0]["processed"].keys() == state[1]["processed"].keys()
+
     # twins tie; a tie is broken by the lower id, also between the ranks' shares
     def rank(i: int) -> int:
         return (i // 4) % 2  # batch i // 4 of --batch-size 4, to rank batch mod 2
@@ -128,7 +139,7 @@ def test_exemplars_two_ranks_equal_one_process(twins: dict[str, Path]) -> None:
     for channel in ours["channels"]:
         for listed, value in (("top", "score"), ("peaks", "value")):
             entries = channel[listed]
-            for a, b in zip(entries, entries[1:], strict=False):
+            for a, b in itertools.pairwise(entries):
                 assert a[value] > b[value] or (a[value] == b[value] and a["id"] < b["id"])
                 across += a[value] == b[value] and rank(a["id"]) != rank(b["id"])
     assert across > 0
@@ -156,3 +167,20 @@ def test_merged_collectors_equal_one_collector() -> None:
         np.testing.assert_array_equal(merged.arrays()[name], value, err_msg=name)
     with pytest.raises(ValueError, match="one \\(channels, k\\)"):
         ExemplarCollector.merged([whole, ExemplarCollector(6, 3)])
+
+
+def test_exemplars_resumed_by_two_ranks(
+    twins: dict[str, Path], exemplar_runs: tuple[Path, Path]
+) -> None:
+    """One process reads the first 12 files; two ranks resume: rank 0 alone carries the saved
+    collector on (else its images would count twice), and the result is one pass's."""
+    out = twins["root"] / "resumed"
+    first = sorted(twins["inputs"].iterdir())[:12]
+    assert run_cnnviz(*exemplar_args(twins, *first), "--out", str(out)).returncode == 0
+    done = run_cnnviz(*exemplar_args(twins), "--out", str(out), "--resume", "--nproc", "2")
+    assert done.returncode == 1, done.stderr
+    one = exemplar_runs[0]
+    assert (out / "exemplars.json").read_text() == (one / "exemplars.json").read_text()
+    state = json.loads((out / "exemplars-state.json").read_text())
+    assert state["collector"]["seen"] == 40 and len(state["processed"]) == 40
+    assert manifest(out)["extra"]["images"] == 40  # type: ignore[index]

@@ -10,6 +10,11 @@ shards out), and every batch holds the images a
 single-process run would put in it. Ranks write their own per-image outputs and records (atomic
 files); rank 0 gathers the ranks' failures and writes the manifest from the records. The process
 group uses gloo on CPUs and NCCL on GPUs, one device per rank (``cuda:LOCAL_RANK``).
+
+``cnnviz evaluate`` and ``cnnviz exemplars`` (:mod:`cnnviz.runs.evaluate`,
+:mod:`cnnviz.runs.exemplars`) share their work the same way; rank 0 gathers what the ranks
+computed (:func:`in_order`: per-image values back in input order; the exemplar collectors) and
+alone writes the outputs while the others wait (:func:`leader_writes`).
 """
 
 from __future__ import annotations
