@@ -6,6 +6,8 @@ against random-map; ``cnnviz sanity IMAGE --model M --methods a,b --out OUT``
 runs the randomisation tests on one image (:mod:`cnnviz.runs.sanity`). Both exit with 0 when
 everything was written and 1 when some inputs were skipped (listed on stderr and in
 ``manifest.json``); bad options raise :class:`~cnnviz.errors.UsageError` (exit 2).
+``evaluate --nproc N`` (or ``torchrun``) shares the images among N ranks; rank 0 writes and
+prints (:mod:`cnnviz.runs.distributed`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ in batches (bounded memory; ``--resume`` continues an interrupted run from
 ``OUT/exemplars-state.json``) and writes, per channel, its top-k images by mean activation and
 the receptive-field crops of its k strongest peaks (``exemplars.json``, ``exemplars.png``,
 ``channel-XXXX/NN.png``, ``manifest.json``). A file that cannot be read is skipped (exit 1);
-Ctrl-C keeps the state written after the last batch (exit 130).
+Ctrl-C keeps the state written after the last batch (exit 130). ``--nproc N`` (or ``torchrun``)
+shares the batches among N ranks; rank 0 writes and prints (:mod:`cnnviz.runs.distributed`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ image × method × metric (``results.csv``, ``results.json``) and means with see
 intervals, each method compared image by image with the ``random-map`` baseline
 (``summary.csv``, :func:`cnnviz.metrics.statistics.compare_with_baseline`); plots
 (``curves.png``, ``road.png``, ``sanity.png``, ``sanity-maps.png``) and a self-contained
-``index.html`` come with them, written by :mod:`cnnviz.runs.evaluate_outputs`.
+``index.html`` come with them, written by :mod:`cnnviz.runs.evaluate_outputs`. Several ranks
+(:mod:`cnnviz.runs.distributed`) share the images; rank 0 gathers and writes
+(:func:`evaluate_files`).
 
 An unreadable image is reported (stderr and the manifest's failures) and skipped; so is an image
 smaller than ``min_side`` pixels on a side (upsampled to the model input it is a flat picture on

@@ -9,7 +9,8 @@ holds only that state and the current batch. ``resume=True`` reads a matching st
 processes only the files it lacks (one that does not match is logged and ignored); the result
 equals one uninterrupted pass. At the end the peak images are decoded again for their crops,
 and ``exemplars.json``, ``exemplars.png``, ``channel-XXXX/NN.png`` and ``manifest.json`` are
-written.
+written. Several ranks (:mod:`cnnviz.runs.distributed`) share the batches, and rank 0 merges
+their collectors (:func:`exemplar_files`).
 """
 
 from __future__ import annotations
