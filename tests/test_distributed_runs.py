@@ -2,7 +2,8 @@
 each): every image counted exactly once, and what rank 0 writes equals a single process's
 outputs bit for bit (the ranks run the batches one process runs, so no number depends on how
 the images were shared). A file that cannot be read lies in the middle of the folder, so the
-gathered failures are checked to come back in input order."""
+gathered failures are checked to come back in input order; a one-process partial exemplars
+state resumed by two ranks equals one pass."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from cnnviz.featurevis.exemplar_collector import ExemplarCollector
+from cnnviz.runs.distributed import Ranks, in_order, leader_writes
 from shape_folders import seeded_checkpoint, write_shapes
 
 N_IMAGES = 48
@@ -184,3 +186,9 @@ def test_exemplars_resumed_by_two_ranks(
     state = json.loads((out / "exemplars-state.json").read_text())
     assert state["collector"]["seen"] == 40 and len(state["processed"]) == 40
     assert manifest(out)["extra"]["images"] == 40  # type: ignore[index]
+
+
+def test_in_order_merges_by_index_and_keeps_each_index_order() -> None:
+    pairs = [(2, "c"), (0, "a1"), (1, "b"), (0, "a2")]
+    assert in_order(Ranks(), pairs) == ["a1", "a2", "b", "c"]
+    assert leader_writes(Ranks(), lambda: "written", lambda: "read") == "written"
