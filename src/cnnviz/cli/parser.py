@@ -377,7 +377,7 @@ def _evaluate_command(commands: Commands) -> None:
         help="metric groups: deletion, insertion, confidence, road, pointing, sanity",
     )
     _evaluate_numbers(p)
-    add_nproc_option(p, "evaluate")
+    add_nproc_option(p, "evaluate", "images")
 
 
 def _evaluate_numbers(p: argparse.ArgumentParser) -> None:

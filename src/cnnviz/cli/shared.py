@@ -226,14 +226,15 @@ def finish(
     return ExitCode.PARTIAL if failed else ExitCode.OK
 
 
-def add_nproc_option(p: argparse.ArgumentParser, command: str) -> None:
-    """``--nproc N``: run ``command`` as N ranks on this machine (:func:`relaunched`)."""
+def add_nproc_option(p: argparse.ArgumentParser, command: str, share: str = "batches") -> None:
+    """``--nproc N``: run ``command`` as N ranks on this machine (:func:`relaunched`), each a
+    share of the ``share``."""
     p.add_argument(
         "--nproc",
         type=positive_int,
         default=None,
         metavar="N",
-        help=f"{command} with N processes on this machine, each a disjoint share of the batches "
+        help=f"{command} with N processes on this machine, each a disjoint share of the {share} "
         f"(for several machines: torchrun --nnodes … -m cnnviz {command} …)",
     )
 
