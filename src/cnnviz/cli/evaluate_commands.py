@@ -6,6 +6,8 @@ against random-map; ``cnnviz sanity IMAGE --model M --methods a,b --out OUT``
 runs the randomisation tests on one image (:mod:`cnnviz.runs.sanity`). Both exit with 0 when
 everything was written and 1 when some inputs were skipped (listed on stderr and in
 ``manifest.json``); bad options raise :class:`~cnnviz.errors.UsageError` (exit 2).
+``evaluate --nproc N`` (or ``torchrun``) shares the images among N ranks; rank 0 writes and
+prints (:mod:`cnnviz.runs.distributed`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cnnviz.cli.shared import finish, input_paths, load, make_out_dir, split_list, writing_into
+from cnnviz.cli.exit_codes import ExitCode
+from cnnviz.cli.shared import (
+    finish,
+    input_paths,
+    load,
+    make_out_dir,
+    relaunched,
+    split_list,
+    writing_into,
+)
 from cnnviz.errors import UsageError, one_line
 
 
@@ -45,6 +56,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``cnnviz evaluate``: metrics for each method on each image of the inputs."""
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.metrics.statistics import METRIC_GROUPS
+    from cnnviz.runs.distributed import current_ranks, process_group
     from cnnviz.runs.evaluate import EvaluateSettings, evaluate_files
     from cnnviz.runs.evaluate_outputs import summary_lines
 
@@ -68,15 +80,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed=args.seed,
         cmap=args.cmap,
     )
+    status = relaunched(args)  # --nproc N: as N ranks, each a share of the images
+    if status is not None:
+        return status
+    ranks = current_ranks()
     paths = input_paths(args.inputs)
     root = Path(args.inputs[0]) if len(args.inputs) == 1 and Path(args.inputs[0]).is_dir() else None
     truth = Path(args.boxes) if args.boxes else None
     loaded = load(args)
     out = make_out_dir(args)
-    with writing_into(out):
+    with writing_into(out), process_group(ranks, args.device):
         result = evaluate_files(
-            loaded, paths, out, settings, truth_file=truth, root=root, progress=not args.quiet
+            loaded,
+            paths,
+            out,
+            settings,
+            truth_file=truth,
+            root=root,
+            progress=not args.quiet,
+            ranks=ranks,
         )
+    if not ranks.leader:  # rank 0 prints the run's summary; the exit code is each rank's
+        return ExitCode.PARTIAL if result.get("failures") else ExitCode.OK
     if not args.json:
         for line in summary_lines(result["extra"]["summary"], settings.methods):
             print(one_line(line))

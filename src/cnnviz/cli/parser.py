@@ -27,6 +27,7 @@ from cnnviz.cli.evaluate_commands import cmd_evaluate, cmd_sanity
 from cnnviz.cli.exemplar_command import add_exemplars_command
 from cnnviz.cli.feature_command import add_features_command
 from cnnviz.cli.serve_command import add_serve_command
+from cnnviz.cli.shared import add_nproc_option
 from cnnviz.cli.values import (
     comma_choices,
     crop_fraction,
@@ -377,6 +378,7 @@ def _evaluate_command(commands: Commands) -> None:
         help="metric groups: deletion, insertion, confidence, road, pointing, sanity",
     )
     _evaluate_numbers(p)
+    add_nproc_option(p, "evaluate", "images")
 
 
 def _evaluate_numbers(p: argparse.ArgumentParser) -> None:

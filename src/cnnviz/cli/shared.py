@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cnnviz.cli.exit_codes import ExitCode
+from cnnviz.cli.values import positive_int
 from cnnviz.errors import CnnvizError, ImageLoadError, OutputError, UsageError, one_line
 from cnnviz.progress import status
 
@@ -223,3 +224,33 @@ def finish(
             method = f" ({failure['method']})" if failure.get("method") else ""
             say(f"skipped {failure['input']}{method}: {failure['error']}")
     return ExitCode.PARTIAL if failed else ExitCode.OK
+
+
+def add_nproc_option(p: argparse.ArgumentParser, command: str, share: str = "batches") -> None:
+    """``--nproc N``: run ``command`` as N ranks on this machine (:func:`relaunched`), each a
+    share of the ``share``."""
+    p.add_argument(
+        "--nproc",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"{command} with N processes on this machine, each a disjoint share of the {share} "
+        f"(for several machines: torchrun --nnodes … -m cnnviz {command} …)",
+    )
+
+
+def relaunched(args: argparse.Namespace) -> int | None:
+    """With ``--nproc N`` (N > 1) outside a distributed run: run this command again as N ranks
+    on this machine and return their exit status; else ``None`` (go on in this process, whose
+    ``args.device`` becomes this rank's: a bare ``cuda`` becomes ``cuda:LOCAL_RANK``)."""
+    # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
+    from cnnviz.runs.distributed import current_ranks, launch, without_option
+
+    ranks = current_ranks()
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc > 1 and not ranks.distributed:
+        say(f"launching {nproc} processes, each a share of the batches")
+        return launch(nproc, without_option(args.argv, "--nproc"))
+    if hasattr(args, "device"):
+        args.device = ranks.device(args.device)
+    return None

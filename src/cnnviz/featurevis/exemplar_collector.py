@@ -102,6 +102,39 @@ class ExemplarCollector:
         )
         self.seen += len(ids)
 
+    @classmethod
+    def merged(cls, collectors: Sequence[ExemplarCollector]) -> ExemplarCollector:
+        """One collector of several that saw disjoint images (the shares of the ranks of a
+        distributed run): the same lists as one collector that saw every image, since each
+        image of the overall top ``k`` is among the top ``k`` of the collector that saw it, and
+        the merge orders by value and source id as :meth:`update` does.
+
+        Raises:
+            ValueError: no collectors, or collectors of other channel counts or ``k``.
+        """
+        if not collectors:
+            raise ValueError("expected at least one collector to merge, got none")
+        shapes = {(c.channels, c.k) for c in collectors}
+        if len(shapes) != 1:
+            raise ValueError(f"expected collectors of one (channels, k), got {sorted(shapes)}")
+        channels, k = shapes.pop()
+        merged = cls(channels, k)
+
+        def cat(name: str) -> torch.Tensor:
+            return torch.cat([getattr(c, name) for c in collectors], dim=1)
+
+        merged.scores, merged.score_sources, _ = _merge(
+            cat("scores"),
+            cat("score_sources"),
+            torch.zeros((channels, k * len(collectors), 0), dtype=torch.int64),
+            k,
+        )
+        merged.peaks, merged.peak_sources, merged.peak_positions = _merge(
+            cat("peaks"), cat("peak_sources"), cat("peak_positions"), k
+        )
+        merged.seen = sum(c.seen for c in collectors)
+        return merged
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The kept lists as NumPy arrays (NaN and -1 where fewer than ``k`` images came)."""
         return {

@@ -232,14 +232,16 @@ def exemplars_of(
     sources: Sequence[str],
     channels: Sequence[int],
     field: ReceptiveField,
-    pictures_of: Callable[[list[int]], Mapping[int, np.ndarray]],
+    pictures_of: Callable[[list[int]], Mapping[int, np.ndarray]] | None,
 ) -> Exemplars:
     """The :class:`Exemplars` of a filled collector: boxes from ``field``, crops from the
-    pictures ``pictures_of(ids)`` gives for the peak images' ids."""
+    pictures ``pictures_of(ids)`` gives for the peak images' ids (none without it)."""
     arrays = collector.arrays()
     boxes = peak_boxes(field, arrays["peak_positions"], arrays["peak_sources"])
     needed = sorted({int(i) for i in arrays["peak_sources"].flatten() if i >= 0})
-    crops = cut_crops(boxes, arrays["peak_sources"], pictures_of(needed))
+    crops = None
+    if pictures_of is not None:
+        crops = cut_crops(boxes, arrays["peak_sources"], pictures_of(needed))
     return Exemplars(
         layer=layer,
         k=collector.k,

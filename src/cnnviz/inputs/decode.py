@@ -91,11 +91,21 @@ def load_inputs(
     """
     image_mode(loaded.preprocessing.channels)
     for index, (path, stem) in enumerate(zip(paths, unique_stems(list(paths)), strict=True)):
-        try:
-            picture, tensor, notes = decode_input(path, loaded.preprocessing)
-        except CnnvizError as e:
-            failure = failure_record(path, e, "load")
-            logger.warning("skipped %s: %s", path, failure["error"])
-            failures.append(failure)
-            continue
-        yield LoadedImage(index, path, stem, picture, tensor, tuple(notes))
+        item = load_input(loaded, index, path, stem, failures)
+        if item is not None:
+            yield item
+
+
+def load_input(
+    loaded: LoadedModel, index: int, path: Path, stem: str, failures: list[dict[str, Any]]
+) -> LoadedImage | None:
+    """Decode and preprocess input ``index`` of a list (a rank's share takes them one by one);
+    a failure is logged, recorded in ``failures`` and ``None`` returned."""
+    try:
+        picture, tensor, notes = decode_input(path, loaded.preprocessing)
+    except CnnvizError as e:
+        failure = failure_record(path, e, "load")
+        logger.warning("skipped %s: %s", path, failure["error"])
+        failures.append(failure)
+        return None
+    return LoadedImage(index, path, stem, picture, tensor, tuple(notes))

@@ -10,6 +10,11 @@ shards out), and every batch holds the images a
 single-process run would put in it. Ranks write their own per-image outputs and records (atomic
 files); rank 0 gathers the ranks' failures and writes the manifest from the records. The process
 group uses gloo on CPUs and NCCL on GPUs, one device per rank (``cuda:LOCAL_RANK``).
+
+``cnnviz evaluate`` and ``cnnviz exemplars`` (:mod:`cnnviz.runs.evaluate`,
+:mod:`cnnviz.runs.exemplars`) share their work the same way; rank 0 gathers what the ranks
+computed (:func:`in_order`: per-image values back in input order; the exemplar collectors) and
+alone writes the outputs while the others wait (:func:`leader_writes`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -104,6 +109,26 @@ def gathered(ranks: Ranks, value: T) -> list[T]:
     found: list[Any] = [None] * ranks.world
     dist.all_gather_object(found, value)
     return found
+
+
+def in_order(ranks: Ranks, pairs: Iterable[tuple[int, T]]) -> list[T]:
+    """Every rank's ``(index, value)`` pairs, merged into index order: the values of a
+    single-process run in the order it makes them, when each index belongs to one rank (its
+    values keep their order). A single process just sorts its own."""
+    mine = list(pairs)
+    every = [pair for share in gathered(ranks, mine) for pair in share]
+    return [value for _, value in sorted(every, key=lambda pair: pair[0])]
+
+
+def leader_writes(ranks: Ranks, write: Callable[[], T], read: Callable[[], T]) -> T:
+    """Rank 0 runs ``write`` (the outputs of the whole run) while the other ranks wait; they
+    then run ``read`` (what it wrote). A single process just writes."""
+    if ranks.leader:
+        value = write()
+        barrier(ranks)
+        return value
+    barrier(ranks)
+    return read()
 
 
 INIT_FILE_VARIABLE = "CNNVIZ_DIST_INIT_FILE"

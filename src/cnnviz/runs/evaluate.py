@@ -8,7 +8,9 @@ image × method × metric (``results.csv``, ``results.json``) and means with see
 intervals, each method compared image by image with the ``random-map`` baseline
 (``summary.csv``, :func:`cnnviz.metrics.statistics.compare_with_baseline`); plots
 (``curves.png``, ``road.png``, ``sanity.png``, ``sanity-maps.png``) and a self-contained
-``index.html`` come with them, written by :mod:`cnnviz.runs.evaluate_outputs`.
+``index.html`` come with them, written by :mod:`cnnviz.runs.evaluate_outputs`. Several ranks
+(:mod:`cnnviz.runs.distributed`) share the images; rank 0 gathers and writes
+(:func:`evaluate_files`).
 
 An unreadable image is reported (stderr and the manifest's failures) and skipped; so is an image
 smaller than ``min_side`` pixels on a side (upsampled to the model input it is a flat picture on
@@ -28,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +38,8 @@ from PIL import Image
 
 from cnnviz.api import announce_default_layer, explain
 from cnnviz.errors import CnnvizError, ImageLoadError
-from cnnviz.inputs.decode import load_inputs
+from cnnviz.inputs.decode import LoadedImage, load_input
+from cnnviz.inputs.images import image_mode
 from cnnviz.methods.postprocess import Display, percentile_normalize
 from cnnviz.methods.registry import get_method
 from cnnviz.metrics import faithfulness as fa
@@ -47,12 +50,14 @@ from cnnviz.metrics.road import road as road_metric
 from cnnviz.metrics.sanity import SIMILARITIES
 from cnnviz.metrics.statistics import BASELINE, METRIC_GROUPS, summarize_metrics
 from cnnviz.models.loaded import LoadedModel
-from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
+from cnnviz.outputs.files import unique_stems
+from cnnviz.outputs.manifest import Manifest, model_record, read_manifest, write_manifest
 from cnnviz.progress import Bar, disabled, status
 from cnnviz.progress import progress as progress_bar
 from cnnviz.render.colours import compose
 from cnnviz.render.drawing import legend_text
 from cnnviz.render.html import png_data_uri
+from cnnviz.runs.distributed import Ranks, in_order, leader_writes
 from cnnviz.runs.evaluate_outputs import EvaluationOutputs, write_results
 from cnnviz.runs.randomization import parameter_randomization
 
@@ -82,9 +87,40 @@ class EvaluateSettings:
 # -- one image -------------------------------------------------------------------------------
 
 
+def _row(base: dict[str, Any], metric: str, value: float, note: str = "") -> dict[str, Any]:
+    """One value's row; a non-finite one becomes ``None`` with a note."""
+    finite = math.isfinite(value)
+    return {
+        **base,
+        "metric": metric,
+        "value": float(value) if finite else None,
+        "note": note if finite or note else "undefined",
+    }
+
+
+class _SanityInput(NamedTuple):
+    tensor: torch.Tensor  # (C, H, W)
+    path: Path
+    target: int
+
+
+@dataclass
+class _Image:
+    """What one input adds to the run, made by the rank whose share it is (and gathered)."""
+
+    index: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    curves: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # method → kind →
+    road: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    record: dict[str, Any] | None = None  # its manifest item; None if skipped
+    thumb: dict[str, Any] | None = None  # its row of the page's thumbnail table
+    sanity: _SanityInput | None = None
+
+
 @dataclass
 class _Run:
-    """Everything one ``evaluate_files`` call accumulates."""
+    """Everything one ``evaluate_files`` call accumulates (all images, in input order)."""
 
     loaded: LoadedModel
     settings: EvaluateSettings
@@ -97,20 +133,27 @@ class _Run:
     thumbs: list[dict[str, Any]] = field(default_factory=list)
     items: list[dict[str, Any]] = field(default_factory=list)
     failures: list[dict[str, Any]] = field(default_factory=list)
+    sanity_inputs: list[_SanityInput] = field(default_factory=list)
     sanity: dict[str, Any] = field(default_factory=dict)
     bar: Bar = field(default_factory=Bar)  # the bar over the images, noted with each step
+    made: dict[str, int] = field(default_factory=lambda: {"thumbs": 0, "sanity": 0})  # by me
 
-    def add_row(self, base: dict[str, Any], metric: str, value: float, note: str = "") -> None:
-        """Record one value; a non-finite one becomes ``None`` with a note."""
-        finite = math.isfinite(value)
-        self.rows.append(
-            {
-                **base,
-                "metric": metric,
-                "value": float(value) if finite else None,
-                "note": note if finite or note else "undefined",
-            }
-        )
+    def add(self, image: _Image) -> None:
+        """Take in the next image's values (the order of the images is the order of the rows,
+        curves and failures; the first images evaluated give the thumbnails and sanity check)."""
+        self.rows += image.rows
+        for method, kinds in image.curves.items():
+            for kind, probabilities in kinds.items():
+                self.curves.setdefault(method, {}).setdefault(kind, []).append(probabilities)
+        for method, road in image.road.items():
+            self.road.setdefault(method, []).append(road)
+        self.failures += image.failures
+        if image.record is not None:
+            self.items.append(image.record)
+        if image.thumb is not None and len(self.thumbs) < self.settings.thumbnails:
+            self.thumbs.append(image.thumb)
+        if image.sanity is not None and len(self.sanity_inputs) < self.settings.sanity_images:
+            self.sanity_inputs.append(image.sanity)
 
 
 def _method_maps(
@@ -174,6 +217,7 @@ def _pointing(run: _Run, maps: torch.Tensor, truth: torch.Tensor | None) -> Valu
 
 def _score_method(
     run: _Run,
+    image: _Image,
     x: torch.Tensor,
     method: str,
     index: int,
@@ -190,12 +234,11 @@ def _score_method(
     values, curves, road = _faithfulness(run, x, maps, base["target_index"], where)
     run.bar.note(f"{where}: pointing")
     values += _pointing(run, maps, truth)
-    for metric, value, note in values:
-        run.add_row(base, metric, value, note)
-    for kind, probabilities in curves.items():
-        run.curves.setdefault(method, {}).setdefault(kind, []).append(probabilities)
+    image.rows += [_row(base, metric, value, note) for metric, value, note in values]
+    if curves:
+        image.curves[method] = curves
     if road is not None:
-        run.road.setdefault(method, []).append(road)
+        image.road[method] = road
     picture: np.ndarray = fa.unit_maps(maps)[0].numpy()
     return picture
 
@@ -223,13 +266,14 @@ def _truth_mask(run: _Run, item: Any, size: tuple[int, int]) -> tuple[torch.Tens
     return mask, ""
 
 
-def _evaluate_image(run: _Run, item: Any) -> dict[str, Any] | None:
-    """Score every method on one decoded image; its manifest record, or ``None`` if skipped."""
+def _evaluate_image(run: _Run, image: _Image, item: LoadedImage) -> None:
+    """Score every method on one decoded image: its record, rows, curves, failures, and (among
+    this rank's first) its thumbnail and sanity-check input."""
     try:
         size = _file_size(item.path)
     except CnnvizError as e:
-        run.failures.append({"input": str(item.path), "error": str(e)})
-        return None
+        image.failures.append({"input": str(item.path), "error": str(e)})
+        return
     if min(size) < run.settings.min_side:
         reason = (
             f"skipped: the image is {size[1]}×{size[0]} pixels, the evaluation needs at least "
@@ -237,8 +281,8 @@ def _evaluate_image(run: _Run, item: Any) -> dict[str, Any] | None:
             "a flat picture whose metrics mean nothing)"
         )
         logger.error("%s: %s", item.path, reason)
-        run.failures.append({"input": str(item.path), "error": reason})
-        return None
+        image.failures.append({"input": str(item.path), "error": reason})
+        return
     x = item.tensor.unsqueeze(0)
     target = int(class_targets(run.loaded.module, x, None)[0])
     label = _label(run.loaded, target)
@@ -258,16 +302,20 @@ def _evaluate_image(run: _Run, item: Any) -> dict[str, Any] | None:
     for method in run.methods:
         try:
             pictures[method] = _score_method(
-                run, x, method, item.index, {**base, "method": method}, mask
+                run, image, x, method, item.index, {**base, "method": method}, mask
             )
         except CnnvizError as e:
             logger.error("%s, %s: %s", item.path, method, e)
-            run.failures.append({"input": str(item.path), "method": method, "error": str(e)})
+            image.failures.append({"input": str(item.path), "method": method, "error": str(e)})
             continue
         done.append(method)
-    if len(run.thumbs) < run.settings.thumbnails:
-        run.thumbs.append({"item": item, "maps": pictures, "label": label})
-    return record
+    image.record = record
+    if run.made["thumbs"] < run.settings.thumbnails:  # the run's first are among each rank's
+        image.thumb = _thumbnail_row(run, item, pictures, label)
+        run.made["thumbs"] += 1
+    if run.made["sanity"] < run.settings.sanity_images:
+        image.sanity = _SanityInput(item.tensor, item.path, target)
+        run.made["sanity"] += 1
 
 
 def _label(loaded: LoadedModel, index: int) -> str:
@@ -286,11 +334,19 @@ def evaluate_files(
     truth_file: Path | None = None,
     root: Path | None = None,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``settings.methods`` on ``paths`` into ``out_dir``; returns the manifest dict.
 
     ``truth_file`` holds ground-truth boxes or masks (:mod:`cnnviz.metrics.localisation`),
     matched by path relative to ``root`` or by file name.
+
+    With ``ranks`` of a distributed run (:mod:`cnnviz.runs.distributed`) this process scores
+    its share of the images: each image is scored alone (its metrics batch its own perturbed
+    copies), so image ``i`` goes to rank ``i mod N`` and gives the numbers one process gives,
+    bit for bit. Rank 0 gathers every image's values into input order, runs the sanity check
+    on the first images, aggregates and writes; the other ranks wait, then read the manifest.
+    Every rank must call it with the same arguments.
     """
 
     unknown = set(settings.metrics) - set(METRIC_GROUPS)
@@ -306,19 +362,33 @@ def evaluate_files(
         m not in REFERENCE_MAPS and get_method(m).needs_layer for m in methods
     ):
         announce_default_layer(loaded)  # its log line before the bar
-    sanity_inputs: list[tuple[Any, int]] = []
-    with disabled(not progress), progress_bar(len(paths), "evaluate", "img") as run.bar:
-        for item in load_inputs(loaded, list(paths), run.failures):
-            record = _evaluate_image(run, item)
-            if record is not None:
-                run.items.append(record)
-                if len(sanity_inputs) < settings.sanity_images:
-                    sanity_inputs.append((item, record["target_index"]))
-            run.bar.update(item.index + 1 - run.bar.n)  # skipped files count as done
-        run.bar.update(len(paths) - run.bar.n)
+    ranks = ranks or Ranks()
+    mine = ranks.share(range(len(paths)))
+    image_mode(loaded.preprocessing.channels)  # a model no image file fits: at once
+    stems = unique_stems(list(paths))
+    images: list[tuple[int, _Image]] = []
+    shown = progress and ranks.leader
+    with disabled(not shown), progress_bar(len(mine), "evaluate", "img") as run.bar:
+        for index in mine:
+            image = _Image(index)
+            item = load_input(loaded, index, Path(paths[index]), stems[index], image.failures)
+            if item is not None:
+                _evaluate_image(run, image, item)
+            images.append((index, image))
+            run.bar.update()  # skipped files count as done
+    for image in in_order(ranks, images):
+        run.add(image)
+    return leader_writes(
+        ranks, lambda: _finish(run, out_dir, progress), lambda: read_manifest(out_dir).to_dict()
+    )
+
+
+def _finish(run: _Run, out_dir: Path, progress: bool) -> dict[str, Any]:
+    """The sanity check, the means, the outputs and the manifest of the gathered ``run``."""
+    settings, methods, loaded = run.settings, run.methods, run.loaded
     with disabled(not progress):
-        if "sanity" in settings.metrics and sanity_inputs:
-            _sanity(run, sanity_inputs)  # its bar: the randomised layers × methods
+        if "sanity" in settings.metrics and run.sanity_inputs:
+            _sanity(run, run.sanity_inputs)  # its bar: the randomised layers × methods
         with status(f"evaluate: bootstrap means ({settings.bootstrap} resamples)"):
             summary = summarize_metrics(run.rows, resamples=settings.bootstrap, seed=settings.seed)
         with status("evaluate: plots, tables and page"):
@@ -340,19 +410,19 @@ def _settings_dict(settings: EvaluateSettings) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
 
 
-def _sanity(run: _Run, inputs: list[tuple[Any, int]]) -> None:
+def _sanity(run: _Run, inputs: list[_SanityInput]) -> None:
     """Full-depth cascading randomisation of the registry methods on the first images."""
     methods = [m for m in run.methods if m not in REFERENCE_MAPS]
     if not methods:
         return
-    x = torch.stack([item.tensor for item, _ in inputs])
+    x = torch.stack([given.tensor for given in inputs])
     try:
         run.sanity = parameter_randomization(
             run.loaded.module,
             x,
             methods,
             layer=run.settings.layer,
-            target=[t for _, t in inputs],
+            target=[given.target for given in inputs],
             seed=run.settings.seed,
         )
     except CnnvizError as e:
@@ -360,16 +430,17 @@ def _sanity(run: _Run, inputs: list[tuple[Any, int]]) -> None:
         run.failures.append({"input": "sanity check", "error": str(e)})
         return
     for name, result in run.sanity.items():
-        for i, (item, target) in enumerate(inputs):
+        for i, (_, path, target) in enumerate(inputs):
             base = {
-                "image": str(item.path),
+                "image": str(path),
                 "method": name,
                 "layer": result.layer,
                 "target_index": target,
                 "target_name": _label(run.loaded, target),
             }
             for metric in SIMILARITIES:
-                run.add_row(base, f"cascading_{metric}", float(result.full_depth(metric)[i]))
+                value = float(result.full_depth(metric)[i])
+                run.rows.append(_row(base, f"cascading_{metric}", value))
 
 
 # -- writing (cnnviz.runs.evaluate_outputs) ----------------------------------------------------
@@ -387,14 +458,15 @@ def _write_results(run: _Run, out_dir: Path, summary: list[dict[str, Any]]) -> d
         road=run.road,
         sanity=run.sanity,
         failures=run.failures,
-        thumbs=[_thumbnail_row(run, thumb) for thumb in run.thumbs],
+        thumbs=run.thumbs,
     )
     return write_results(out_dir, outputs)
 
 
-def _thumbnail_row(run: _Run, thumb: dict[str, Any]) -> dict[str, Any]:
+def _thumbnail_row(
+    run: _Run, item: LoadedImage, maps: dict[str, np.ndarray], label: str
+) -> dict[str, Any]:
     """One image of the page's thumbnail table: the input, then each method's overlay."""
-    item, maps = thumb["item"], thumb["maps"]
     cells = [
         {
             "method": m,
@@ -406,7 +478,7 @@ def _thumbnail_row(run: _Run, thumb: dict[str, Any]) -> dict[str, Any]:
     ]
     return {
         "title": item.path.name,
-        "label": thumb["label"],
+        "label": label,
         "input": png_data_uri(item.picture),
         "cells": cells,
         "legend": legend_text(Display.POSITIVE, "the class", cmap=run.settings.cmap),

@@ -9,14 +9,15 @@ holds only that state and the current batch. ``resume=True`` reads a matching st
 processes only the files it lacks (one that does not match is logged and ignored); the result
 equals one uninterrupted pass. At the end the peak images are decoded again for their crops,
 and ``exemplars.json``, ``exemplars.png``, ``channel-XXXX/NN.png`` and ``manifest.json`` are
-written.
+written. Several ranks (:mod:`cnnviz.runs.distributed`) share the batches, and rank 0 merges
+their collectors (:func:`exemplar_files`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,8 @@ from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import atomic_write_bytes, to_json_text
 from cnnviz.outputs.manifest import Manifest, model_record, write_manifest
 from cnnviz.outputs.records import fingerprint, parameter_digest, source_signature
-from cnnviz.progress import track
+from cnnviz.progress import disabled, track
+from cnnviz.runs.distributed import Ranks, barrier, gathered, in_order, leader_writes
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +145,23 @@ def _decode_batch(
 
 
 def exemplar_files(
-    loaded: LoadedModel, paths: Sequence[Path], out: Path, settings: ExemplarSettings
+    loaded: LoadedModel,
+    paths: Sequence[Path],
+    out: Path,
+    settings: ExemplarSettings,
+    *,
+    ranks: Ranks | None = None,
 ) -> tuple[Exemplars, list[dict[str, Any]]]:
     """Collect the exemplars of ``paths`` into ``out`` (see the module docstring); returns them
     and the failures (one record per file that could not be read).
+
+    With ``ranks`` of a distributed run (:mod:`cnnviz.runs.distributed`) this process reads its
+    share of the batches (batch ``j`` to rank ``j mod N``, the batches of one process) into its
+    own collector, saving its own state after each batch (each saved state is whole; the last
+    one saved is what ``resume`` finds). Rank 0 merges the collectors into the overall top
+    ``k`` (:meth:`ExemplarCollector.merged`: the lists one process makes), saves the merged
+    state and writes the outputs; the other ranks wait and return the exemplars without crops.
+    Every rank must call it with the same arguments.
 
     Raises:
         LayerError: an unknown layer. ArgumentError: a channel out of range, no paths, ``k`` or
@@ -169,23 +184,19 @@ def exemplar_files(
             "parameters": parameter_digest(module),
         }
     )
+    ranks = ranks or Ranks()
     run = _resumed(out, key, paths) if settings.resume else _fresh(paths)
+    barrier(ranks)  # every rank has read the state before any rank saves one
     pending = [str(p) for p in paths if str(p) not in run.processed]
-    spans = [
-        pending[i : i + settings.batch_size] for i in range(0, len(pending), settings.batch_size)
-    ]
+    if not ranks.leader:  # what was resumed counts once: in rank 0's collector
+        run = _Progress(sources=run.sources, processed={}, failures=[])
+    size = settings.batch_size
+    spans = ranks.share([pending[i : i + size] for i in range(0, len(pending), size)])
     device = model_device(module)
-    for span in track(spans, f"exemplars of {name}", "batch", leave=True):
-        ids, tensors = _decode_batch(span, loaded, run)
-        if ids:
-            acts = layer_outputs(module, name, torch.stack(tensors).to(device))
-            if run.collector is None:
-                run.channels = check_channels(
-                    settings.channels, acts.shape[1], name, acts.dim() == 4
-                )
-                run.collector = ExemplarCollector(len(run.channels), settings.k)
-            run.collector.update(acts[:, list(run.channels)], ids)
-        atomic_write_bytes(out / STATE_NAME, to_json_text(run.to_dict(key)).encode())
+    with disabled(not ranks.leader):
+        _collect(loaded, name, spans, run, settings, (out / STATE_NAME, key))
+    if ranks.distributed:
+        _gather(ranks, run)
     if run.collector is None:
         raise ImageLoadError(f"none of the {len(paths)} image file(s) could be read")
     prep = loaded.preprocessing
@@ -196,14 +207,71 @@ def exemplar_files(
     def pictures_of(ids: list[int]) -> dict[int, np.ndarray]:
         return {i: decode_input(Path(run.sources[i]), prep)[0] for i in ids}
 
-    result = exemplars_of(
-        run.collector,
-        layer=name,
-        sources=run.sources,
-        channels=run.channels,
-        field=field,
-        pictures_of=pictures_of,
-    )
+    collector = run.collector
+
+    def result(pictures: Callable[[list[int]], dict[int, np.ndarray]] | None) -> Exemplars:
+        return exemplars_of(
+            collector,
+            layer=name,
+            sources=run.sources,
+            channels=run.channels,
+            field=field,
+            pictures_of=pictures,
+        )
+
+    def write() -> Exemplars:
+        if ranks.distributed:  # the merged state: a later resume finds every image done
+            atomic_write_bytes(out / STATE_NAME, to_json_text(run.to_dict(key)).encode())
+        found = result(pictures_of)
+        _write(loaded, out, found, run, settings.k, field.as_dict())
+        return found
+
+    return leader_writes(ranks, write, lambda: result(None)), run.failures
+
+
+def _collect(
+    loaded: LoadedModel,
+    name: str,
+    spans: list[list[str]],
+    run: _Progress,
+    settings: ExemplarSettings,
+    state: tuple[Path, str],
+) -> None:
+    """Read ``spans`` batch by batch into ``run``'s collector, saving the state after each."""
+    module, channels = loaded.module, settings.channels
+    device = model_device(module)
+    for span in track(spans, f"exemplars of {name}", "batch", leave=True):
+        ids, tensors = _decode_batch(span, loaded, run)
+        if ids:
+            acts = layer_outputs(module, name, torch.stack(tensors).to(device))
+            if run.collector is None:
+                run.channels = check_channels(channels, acts.shape[1], name, acts.dim() == 4)
+                run.collector = ExemplarCollector(len(run.channels), settings.k)
+            run.collector.update(acts[:, list(run.channels)], ids)
+        atomic_write_bytes(state[0], to_json_text(run.to_dict(state[1])).encode())
+
+
+def _gather(ranks: Ranks, run: _Progress) -> None:
+    """Every rank's collector merged into ``run`` (on every rank), with the processed files and
+    the failures in input order (those of one process)."""
+    index = {name: i for i, name in enumerate(run.sources)}
+    shares = gathered(ranks, (run.collector, run.channels, run.processed))
+    collectors = [collector for collector, _, _ in shares if collector is not None]
+    run.collector = ExemplarCollector.merged(collectors) if collectors else None
+    run.channels = next((channels for _, channels, _ in shares if channels), ())
+    run.processed = {name: signature for _, _, done in shares for name, signature in done.items()}
+    run.failures = in_order(ranks, [(index[f["input"]], f) for f in run.failures])
+
+
+def _write(
+    loaded: LoadedModel,
+    out: Path,
+    result: Exemplars,
+    run: _Progress,
+    k: int,
+    field: dict[str, Any],
+) -> None:
+    """``exemplars.json``, the pictures and ``manifest.json``."""
     result.save(out)
     items = [
         {
@@ -220,15 +288,14 @@ def exemplar_files(
     manifest = Manifest(
         command="exemplars",
         model=model_record(loaded),
-        layer=name,
+        layer=result.layer,
         items=tuple(items),
         failures=tuple(run.failures),
         extra={
-            "k": settings.k,
+            "k": k,
             "images": len(run.processed),
-            "receptive_field": field.as_dict(),
+            "receptive_field": field,
             "run": {"failed": len(run.failures)},
         },
     )
     write_manifest(out, manifest)
-    return result, run.failures
