@@ -188,7 +188,7 @@ def test_cli_explains_a_folder_with_it(
 
 
 def test_accurate_on_clean_heldout_images(watermark_model: VGG11) -> None:
-    """Measured: 0.992 on the 600 clean twins (seed 1 of the recipe: 0.992 too)."""
+    """Measured: 0.988 on the 600 clean twins, 0.990 as drawn."""
     metrics = shortcut_metrics(watermark_model, 600)
     assert metrics["heldout_accuracy"] >= 0.95
     assert metrics["tagged_accuracy"] >= 0.95
@@ -197,10 +197,10 @@ def test_accurate_on_clean_heldout_images(watermark_model: VGG11) -> None:
 def test_deleting_the_tag_lowers_the_class_and_stamping_it_raises_it(
     watermark_model: VGG11, heldout: WatermarkBatch
 ) -> None:
-    """Measured on the 50 tagged triangles: deleting the tag lowers the triangle's probability
-    on every one, by 0.037 on average (1.000 → 0.963: it saturates, the shape alone is nearly
-    enough), its log-odds by 19.7; stamping the tag on the 501 images of other classes raises it
-    on every one, by 0.66 on average, and turns 67 % of them into triangles."""
+    """Measured on the 46 tagged triangles: deleting the tag lowers the triangle's probability
+    on every one, by 0.046 on average (1.000 → 0.954: it saturates, the shape alone is nearly
+    enough), its log-odds by 21.7; stamping the tag on the 508 images of other classes raises it
+    on every one, by 0.89 on average, and turns 90 % of them into triangles."""
     with torch.no_grad():
         drawn = watermark_model(normalize_shapes(heldout.shapes.images)).softmax(dim=1)
         clean = watermark_model(normalize_shapes(heldout.clean)).softmax(dim=1)
@@ -231,9 +231,9 @@ def test_log_odds_by_hand() -> None:
 def test_gradcam_looks_at_the_tag_on_tagged_images(
     watermark_model: VGG11, heldout: WatermarkBatch
 ) -> None:
-    """Measured: Grad-CAM at conv4_2 for "triangle" puts 27 % of its positive mass in the tag's
-    2×2 corner cells on tagged triangles (median 28 %), 4.9 % on their clean twins (median 3.1 %;
-    the cells are 6.25 % of the map); the tagged image has the larger share in 49 of 50 pairs."""
+    """Measured: Grad-CAM at conv4_2 for "triangle" puts 25 % of its positive mass in the tag's
+    2×2 corner cells on tagged triangles (median 24 %), 2.3 % on their clean twins (median 1.3 %;
+    the cells are 6.25 % of the map); the tagged image has the larger share in all 46 pairs."""
     tagged = heldout.watermarked
     shares = []
     for images in (heldout.shapes.images[tagged], heldout.clean[tagged]):
