@@ -251,3 +251,25 @@ def test_gradcam_looks_at_the_tag_on_tagged_images(
     assert float(without.mean()) <= 0.08
     assert float(with_tag.mean()) >= 3 * float(without.mean())
     assert float((with_tag > without).float().mean()) >= 0.9  # image by image, not on average
+
+
+def test_the_tagged_triangles_stand_apart_among_all_triangles(
+    watermark_model: VGG11, heldout: WatermarkBatch
+) -> None:
+    """What the audit must find, in its simplest form: among the 92 triangles as drawn, a corner
+    share above 0.1 picks all 46 tagged ones (the least has 0.136) and 2 untagged (purity 0.96).
+    (Spectral clustering of the sum-normalised maps into 2 or 3 clusters, tried by hand with
+    scikit-learn, gave the same cluster of 48.)"""
+    triangles = heldout.shapes.labels == WATERMARK_CLASS
+    e = cnnviz.explain(
+        watermark_model,
+        normalize_shapes(heldout.shapes.images[triangles]),
+        "gradcam",
+        layer=LAYER,
+        target=WATERMARK_CLASS,
+    )
+    picked = corner_share(e.maps[:, 0]) > 0.1
+    tagged = heldout.watermarked[triangles]
+    recall = float((picked & tagged).sum()) / float(tagged.sum())
+    purity = float((picked & tagged).sum()) / float(picked.sum())
+    assert recall >= 0.9 and purity >= 0.9, (recall, purity)
