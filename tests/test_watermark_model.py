@@ -31,9 +31,16 @@ from cnnviz.data.watermark import (
     stamp_watermark,
     watermark_pattern,
 )
+from cnnviz.errors import CheckpointError
 from cnnviz.models import shapes_watermark
 from cnnviz.models.registry import load_model
-from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING, normalize_shapes, shapes_vgg11_path
+from cnnviz.models.shapes_vgg11 import (
+    SHAPES_PREPROCESSING,
+    build_shapes_vgg11,
+    load_shapes_vgg11,
+    normalize_shapes,
+    shapes_vgg11_path,
+)
 from cnnviz.models.shapes_watermark import (
     load_shapes_vgg11_watermark,
     log_odds,
@@ -152,6 +159,37 @@ def test_its_own_cache_file_and_recipe(tmp_path: Path) -> None:
     for key, value in recipe["train"].items():
         assert signature.parameters[key].default == value, key
     assert recipe["watermark"]["class"] == SHAPE_CLASSES[WATERMARK_CLASS]
+
+
+def test_training_is_deterministic_and_starts_from_shapes_vgg11() -> None:
+    def train() -> tuple[VGG11, dict[str, float]]:
+        return shapes_watermark.train_shapes_vgg11_watermark(
+            n_per_epoch=48, epochs=1, batch_size=16, n_heldout=36, progress=False
+        )
+
+    rng = torch.random.get_rng_state()
+    a, metrics = train()
+    b, _ = train()
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert not a.training and metrics["n_train"] == 48
+    assert {"heldout_accuracy", "tag_removal_drop", "tag_stamp_rise"} <= set(metrics)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # Three steps move the copied conv1 only a little; a fresh initialisation is far away.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        trained = load_shapes_vgg11().backbone.conv1.weight
+        fresh = build_shapes_vgg11().backbone.conv1.weight
+        near = float((a.backbone.conv1.weight - trained).norm() / trained.norm())
+        far = float((fresh - trained).norm() / trained.norm())
+    assert near < 0.2 < far, (near, far)
+
+
+def test_a_damaged_cache_file_names_the_way_out(tmp_path: Path) -> None:
+    path = shapes_vgg11_watermark_path(tmp_path)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"load_shapes_vgg11_watermark\(retrain=True\)"):
+        load_shapes_vgg11_watermark(tmp_path)
 
 
 def test_registered_like_shapes_vgg11() -> None:
