@@ -294,10 +294,12 @@ def test_gradcam_looks_at_the_tag_on_tagged_images(
 def test_the_tagged_triangles_stand_apart_among_all_triangles(
     watermark_model: VGG11, heldout: WatermarkBatch
 ) -> None:
-    """What the audit must find, in its simplest form: among the 92 triangles as drawn, a corner
-    share above 0.1 picks all 46 tagged ones (the least has 0.136) and 2 untagged (purity 0.96).
-    (Spectral clustering of the sum-normalised maps into 2 or 3 clusters, tried by hand with
-    scikit-learn, gave the same cluster of 48.)"""
+    """What the audit must find, in its simplest form: among the 92 triangles as drawn, the
+    corner share ranks a tagged triangle above an untagged one in 98.6 % of pairs (AUC); above
+    0.1 it picks all 46 tagged ones (the least has 0.136) and 2 untagged (purity 0.96).
+    Spectral clustering of the sum-normalised maps into 2 or 3 clusters, tried by hand with
+    scikit-learn, gave the same cluster of 48. Asserted with room for other trainings of the
+    recipe (two others measured: AUC 0.985 and 0.939)."""
     triangles = heldout.shapes.labels == WATERMARK_CLASS
     e = cnnviz.explain(
         watermark_model,
@@ -306,8 +308,7 @@ def test_the_tagged_triangles_stand_apart_among_all_triangles(
         layer=LAYER,
         target=WATERMARK_CLASS,
     )
-    picked = corner_share(e.maps[:, 0]) > 0.1
+    share = corner_share(e.maps[:, 0])
     tagged = heldout.watermarked[triangles]
-    recall = float((picked & tagged).sum()) / float(tagged.sum())
-    purity = float((picked & tagged).sum()) / float(picked.sum())
-    assert recall >= 0.9 and purity >= 0.9, (recall, purity)
+    above = share[tagged].view(-1, 1) > share[~tagged].view(1, -1)
+    assert float(above.float().mean()) >= 0.9
