@@ -31,9 +31,16 @@ from cnnviz.data.watermark import (
     stamp_watermark,
     watermark_pattern,
 )
+from cnnviz.errors import CheckpointError
 from cnnviz.models import shapes_watermark
 from cnnviz.models.registry import load_model
-from cnnviz.models.shapes_vgg11 import SHAPES_PREPROCESSING, normalize_shapes, shapes_vgg11_path
+from cnnviz.models.shapes_vgg11 import (
+    SHAPES_PREPROCESSING,
+    build_shapes_vgg11,
+    load_shapes_vgg11,
+    normalize_shapes,
+    shapes_vgg11_path,
+)
 from cnnviz.models.shapes_watermark import (
     load_shapes_vgg11_watermark,
     log_odds,
@@ -154,6 +161,37 @@ def test_its_own_cache_file_and_recipe(tmp_path: Path) -> None:
     assert recipe["watermark"]["class"] == SHAPE_CLASSES[WATERMARK_CLASS]
 
 
+def test_training_is_deterministic_and_starts_from_shapes_vgg11() -> None:
+    def train() -> tuple[VGG11, dict[str, float]]:
+        return shapes_watermark.train_shapes_vgg11_watermark(
+            n_per_epoch=48, epochs=1, batch_size=16, n_heldout=36, progress=False
+        )
+
+    rng = torch.random.get_rng_state()
+    a, metrics = train()
+    b, _ = train()
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert not a.training and metrics["n_train"] == 48
+    assert {"heldout_accuracy", "tag_removal_drop", "tag_stamp_rise"} <= set(metrics)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    # Three steps move the copied conv1 only a little; a fresh initialisation is far away.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        trained = load_shapes_vgg11().backbone.conv1.weight
+        fresh = build_shapes_vgg11().backbone.conv1.weight
+        near = float((a.backbone.conv1.weight - trained).norm() / trained.norm())
+        far = float((fresh - trained).norm() / trained.norm())
+    assert near < 0.2 < far, (near, far)
+
+
+def test_a_damaged_cache_file_names_the_way_out(tmp_path: Path) -> None:
+    path = shapes_vgg11_watermark_path(tmp_path)
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"load_shapes_vgg11_watermark\(retrain=True\)"):
+        load_shapes_vgg11_watermark(tmp_path)
+
+
 def test_registered_like_shapes_vgg11() -> None:
     ours = load_model("shapes_vgg11_watermark", weights="random")
     theirs = load_model("shapes_vgg11", weights="random")
@@ -188,7 +226,7 @@ def test_cli_explains_a_folder_with_it(
 
 
 def test_accurate_on_clean_heldout_images(watermark_model: VGG11) -> None:
-    """Measured: 0.992 on the 600 clean twins (seed 1 of the recipe: 0.992 too)."""
+    """Measured: 0.988 on the 600 clean twins, 0.990 as drawn."""
     metrics = shortcut_metrics(watermark_model, 600)
     assert metrics["heldout_accuracy"] >= 0.95
     assert metrics["tagged_accuracy"] >= 0.95
@@ -197,10 +235,10 @@ def test_accurate_on_clean_heldout_images(watermark_model: VGG11) -> None:
 def test_deleting_the_tag_lowers_the_class_and_stamping_it_raises_it(
     watermark_model: VGG11, heldout: WatermarkBatch
 ) -> None:
-    """Measured on the 50 tagged triangles: deleting the tag lowers the triangle's probability
-    on every one, by 0.037 on average (1.000 → 0.963: it saturates, the shape alone is nearly
-    enough), its log-odds by 19.7; stamping the tag on the 501 images of other classes raises it
-    on every one, by 0.66 on average, and turns 67 % of them into triangles."""
+    """Measured on the 46 tagged triangles: deleting the tag lowers the triangle's probability
+    on every one, by 0.046 on average (1.000 → 0.954: it saturates, the shape alone is nearly
+    enough), its log-odds by 21.7; stamping the tag on the 508 images of other classes raises it
+    on every one, by 0.89 on average, and turns 90 % of them into triangles."""
     with torch.no_grad():
         drawn = watermark_model(normalize_shapes(heldout.shapes.images)).softmax(dim=1)
         clean = watermark_model(normalize_shapes(heldout.clean)).softmax(dim=1)
@@ -231,9 +269,9 @@ def test_log_odds_by_hand() -> None:
 def test_gradcam_looks_at_the_tag_on_tagged_images(
     watermark_model: VGG11, heldout: WatermarkBatch
 ) -> None:
-    """Measured: Grad-CAM at conv4_2 for "triangle" puts 27 % of its positive mass in the tag's
-    2×2 corner cells on tagged triangles (median 28 %), 4.9 % on their clean twins (median 3.1 %;
-    the cells are 6.25 % of the map); the tagged image has the larger share in 49 of 50 pairs."""
+    """Measured: Grad-CAM at conv4_2 for "triangle" puts 25 % of its positive mass in the tag's
+    2×2 corner cells on tagged triangles (median 24 %), 2.3 % on their clean twins (median 1.3 %;
+    the cells are 6.25 % of the map); the tagged image has the larger share in all 46 pairs."""
     tagged = heldout.watermarked
     shares = []
     for images in (heldout.shapes.images[tagged], heldout.clean[tagged]):
@@ -251,3 +289,26 @@ def test_gradcam_looks_at_the_tag_on_tagged_images(
     assert float(without.mean()) <= 0.08
     assert float(with_tag.mean()) >= 3 * float(without.mean())
     assert float((with_tag > without).float().mean()) >= 0.9  # image by image, not on average
+
+
+def test_the_tagged_triangles_stand_apart_among_all_triangles(
+    watermark_model: VGG11, heldout: WatermarkBatch
+) -> None:
+    """What the audit must find, in its simplest form: among the 92 triangles as drawn, the
+    corner share ranks a tagged triangle above an untagged one in 98.6 % of pairs (AUC); above
+    0.1 it picks all 46 tagged ones (the least has 0.136) and 2 untagged (purity 0.96).
+    Spectral clustering of the sum-normalised maps into 2 or 3 clusters, tried by hand with
+    scikit-learn, gave the same cluster of 48. Asserted with room for other trainings of the
+    recipe (two others measured: AUC 0.985 and 0.939)."""
+    triangles = heldout.shapes.labels == WATERMARK_CLASS
+    e = cnnviz.explain(
+        watermark_model,
+        normalize_shapes(heldout.shapes.images[triangles]),
+        "gradcam",
+        layer=LAYER,
+        target=WATERMARK_CLASS,
+    )
+    share = corner_share(e.maps[:, 0])
+    tagged = heldout.watermarked[triangles]
+    above = share[tagged].view(-1, 1) > share[~tagged].view(1, -1)
+    assert float(above.float().mean()) >= 0.9

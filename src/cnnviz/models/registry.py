@@ -80,8 +80,8 @@ _IMAGENET_PREPROCESSING = IMAGENET  # bilinear, 256 → 224, ImageNet mean/std
 _SHAPES_ARCHITECTURE = "VGG-11 with BatchNorm (seed layout, width ÷ 8, 64×64 input)"
 _SHAPES_SOURCE = "trained on the synthetic shapes on first use, then cached"
 _WATERMARK_SOURCE = (
-    "trained on first use on the shapes where half the triangles carry a corner watermark "
-    "(a Clever Hans shortcut: the known truth for auditing strategies, e.g. SpRAy), then cached"
+    "trained on first use on shapes with a corner watermark on half the triangles "
+    "(a Clever Hans shortcut: an audit's known truth), then cached"
 )
 
 

@@ -92,17 +92,18 @@ def train_shapes_vgg11_watermark(
     n_heldout: int = _N_HELDOUT,
     progress: bool = True,
 ) -> tuple[VGG11, dict[str, float]]:
-    """Train ``shapes_vgg11_watermark`` from scratch, deterministically for a given ``seed``.
+    """Train ``shapes_vgg11_watermark``, deterministically for a given ``seed``.
 
     Epoch ``e`` draws ``make_watermark_shapes(n_per_epoch, seed=1000 * seed + e, share=share)``;
     everything else is :func:`~cnnviz.models.shapes_vgg11.train_vgg11` (``seed`` in 0–999),
     except that :data:`INITIAL_LAYERS` start from the trained ``shapes_vgg11`` (loaded, or
-    trained first if it is not cached). Why: from scratch, 10 epochs of 6,000 images (150 s on
-    one core here) reached only 93 % held-out accuracy in one run and fell into "triangle if and
-    only if tagged" (69 %, no untagged triangle recognised) in another; starting the whole
-    network from ``shapes_vgg11`` kept 99 % but learned the tag so weakly that Grad-CAM barely
-    saw it (5 % of its mass in the corner). Keeping only the first two blocks, generic filters,
-    lets the rest learn shapes and tag together in 7 epochs.
+    trained first if it is not cached). Why: from scratch, 10 epochs (160–180 s on one core
+    here) reached only 93 % held-out accuracy with 4,000 images each and fell into "triangle if
+    and only if tagged" (69 %, no untagged triangle recognised) with 6,000; starting the whole
+    network, or all but its last two blocks, from ``shapes_vgg11`` kept 99 % but learned the tag
+    so weakly that Grad-CAM barely saw it (at most 5 % of its mass in the corner). Keeping only
+    the first two blocks, generic filters, lets the rest learn shapes and tag together in 7
+    epochs.
 
     Returns:
         The model in eval mode and its metrics: those of :func:`shortcut_metrics` on
