@@ -85,12 +85,12 @@ def run_forward(module: Any, batches: list[Any]) -> None:
 def run_loader_forward(loaded: Any, paths: list[Path], batch: int, workers: int) -> None:
     import torch
 
-    from cnnviz.runs.explain import _collate, _ImageFiles
+    from cnnviz.runs.decoding import ImageFiles, collate
 
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, loaded.preprocessing, "bench"),
+        ImageFiles(paths, loaded.preprocessing, "bench"),
         batch_size=batch,
-        collate_fn=_collate,
+        collate_fn=collate,
         num_workers=workers,
     )
     with torch.no_grad():
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cnnviz.inputs.decode import decode_input
     from cnnviz.models import load_model
-    from cnnviz.runs.explain import auto_workers
+    from cnnviz.runs.decoding import auto_workers
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)

@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 
-import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fork (see _ImageFiles)
 from cnnviz.api import announce_default_layer, cam_layer, explain
 from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import resolve_layer
@@ -47,9 +44,8 @@ from cnnviz.errors import (
     TargetError,
     positive_int,
 )
-from cnnviz.inputs.decode import decode_input, failure_record
+from cnnviz.inputs.decode import failure_record
 from cnnviz.inputs.images import image_mode
-from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.registry import get_method, method_names
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import unique_stems
@@ -73,6 +69,7 @@ from cnnviz.outputs.records import (
 from cnnviz.progress import Bar, disabled, progress
 from cnnviz.render.colours import colormap_lut
 from cnnviz.render.drawing import DrawingSettings
+from cnnviz.runs.decoding import Batch, Decoded, ImageFiles, auto_workers, collate, worker_init
 from cnnviz.runs.distributed import Ranks, barrier, gathered
 
 logger = logging.getLogger(__name__)
@@ -97,71 +94,6 @@ class ExplainSettings(DrawingSettings):
     batch_size: int = 8
     num_workers: int | None = None
     resume: bool = False
-
-
-# -- decoding --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    index: int
-    picture: np.ndarray | None
-    tensor: torch.Tensor | None
-    notes: tuple[str, ...]
-    error: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class _Batch:
-    indices: list[int]  # decoded images, in input order
-    pictures: torch.Tensor | None  # (n, H, W, 3) uint8 (a tensor: shared memory between processes)
-    tensors: torch.Tensor | None  # (n, C, H, W), C = the model's input channels
-    notes: list[tuple[str, ...]]
-    failures: list[tuple[int, dict[str, Any]]]
-
-
-class _ImageFiles(torch.utils.data.Dataset[_Decoded]):
-    """Decodes one input per index; never raises for a bad file (the error is returned)."""
-
-    def __init__(self, paths: Sequence[Path], prep: Preprocessing, tag: str) -> None:
-        self.paths, self.prep, self.tag = list(paths), prep, tag
-        # Import the decoders here, in the parent, so forked workers start with them loaded
-        # (torchvision's first import takes seconds, which each worker would otherwise pay).
-        import torchvision.transforms.v2.functional  # noqa: F401  # lazy: only folder runs
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> _Decoded:
-        path = self.paths[index]
-        try:
-            picture, tensor, notes = decode_input(path, self.prep)
-        except Exception as e:  # reported per file (a bug says so); the run goes on
-            return _Decoded(index, None, None, (), failure_record(path, e, self.tag))
-        return _Decoded(index, picture, tensor, tuple(notes), None)
-
-
-def _collate(decoded: list[_Decoded]) -> _Batch:
-    pictures = [torch.from_numpy(d.picture) for d in decoded if d.picture is not None]
-    tensors = [d.tensor for d in decoded if d.tensor is not None]
-    return _Batch(
-        indices=[d.index for d in decoded if d.error is None],
-        pictures=torch.stack(pictures) if pictures else None,
-        tensors=torch.stack(tensors) if tensors else None,
-        notes=[d.notes for d in decoded if d.error is None],
-        failures=[(d.index, d.error) for d in decoded if d.error is not None],
-    )
-
-
-def _worker_init(_worker_id: int) -> None:
-    # The parent handles Ctrl-C and SIGTERM and shuts the workers down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def auto_workers(batches: int) -> int:
-    """Decoding processes for a run of ``batches`` batches: none for one batch, else up to 2."""
-    return 0 if batches <= 1 else min(2, os.cpu_count() or 1)
 
 
 # -- the folder run --------------------------------------------------------------------------
@@ -297,19 +229,19 @@ class _Run:
         chunks = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
         return [chunk for chunk in chunks if any(self.pending[i] for i in chunk)]
 
-    def loader(self, chunks: list[list[int]]) -> torch.utils.data.DataLoader[_Decoded]:
+    def loader(self, chunks: list[list[int]]) -> torch.utils.data.DataLoader[Decoded]:
         """Decodes ``chunks`` in ``num_workers`` processes (automatic by default)."""
         workers = self.settings.num_workers
         workers = auto_workers(len(chunks)) if workers is None else min(workers, len(chunks))
         return torch.utils.data.DataLoader(
-            _ImageFiles(self.paths, self.loaded.preprocessing, self.tag),
+            ImageFiles(self.paths, self.loaded.preprocessing, self.tag),
             batch_sampler=chunks,
-            collate_fn=_collate,
+            collate_fn=collate,
             num_workers=workers,
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=worker_init if workers else None,
         )
 
-    def jobs(self, batch: _Batch) -> Iterator[tuple[int, ImageJob]]:
+    def jobs(self, batch: Batch) -> Iterator[tuple[int, ImageJob]]:
         """Explain one decoded batch; the writing job of each of its pending images."""
         if batch.tensors is None or batch.pictures is None:
             return
