@@ -27,7 +27,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from cnnviz.errors import (
     CnnvizError,
     NotApplicableError,
     TargetError,
+    UsageError,
     positive_int,
 )
 from cnnviz.inputs.decode import failure_record
@@ -66,54 +66,41 @@ from cnnviz.outputs.records import (
     source_signature,
     valid_record,
 )
+from cnnviz.outputs.result_store import MAP_DTYPES
 from cnnviz.progress import Bar, disabled, progress
 from cnnviz.render.colours import colormap_lut
-from cnnviz.render.drawing import DrawingSettings
 from cnnviz.runs.decoding import Batch, Decoded, ImageFiles, auto_workers, collate, worker_init
 from cnnviz.runs.distributed import Ranks, barrier, gathered
+from cnnviz.runs.settings import ALL_METHODS as ALL_METHODS
+from cnnviz.runs.settings import STORES, methods_of
+from cnnviz.runs.settings import ExplainSettings as ExplainSettings
+from cnnviz.runs.store_run import explain_into_store
 
 logger = logging.getLogger(__name__)
 
-ALL_METHODS = "all"
 _WRITERS = 2  # threads that render, encode and write while the model runs
 
 ImageDone = Callable[[list[dict[str, Any]]], None]
 """Called in the run's thread with an image's manifest items once its files are written."""
 
 
-@dataclass(frozen=True)
-class ExplainSettings(DrawingSettings):
-    """What to explain, how to draw it (:class:`~cnnviz.render.drawing.MapDrawing`: ``sign``,
-    ``style``, ``cmap``, ``alpha``, ``outlier_percent``), and how to run (``num_workers=None``:
-    automatic)."""
-
-    method: str = "gradcam"
-    layer: str | None = None
-    target: TargetSpec = None
-    options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 8
-    num_workers: int | None = None
-    resume: bool = False
-
-
 # -- the folder run --------------------------------------------------------------------------
-
-
-def _methods_of(settings: ExplainSettings) -> list[str]:
-    if settings.method.strip().lower() == ALL_METHODS:
-        return method_names()
-    return [get_method(settings.method).name]
 
 
 def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> None:
     """Refuse settings that cannot work, before any folder or file is made."""
-    methods = _methods_of(settings)
+    methods = methods_of(settings)
     if settings.layer is not None and any(get_method(m).needs_layer for m in methods):
         resolve_layer(loaded.module, settings.layer)
     positive_int(settings.batch_size, "batch size")
     if settings.num_workers is not None:
         positive_int(settings.num_workers, "workers (0: decode in this process)", minimum=0)
     colormap_lut(settings.drawing.cmap)
+    if settings.store not in STORES or settings.store_dtype not in MAP_DTYPES:
+        raise UsageError(
+            f"store {settings.store!r} with dtype {settings.store_dtype!r}: choose a store from "
+            f"{', '.join(STORES)} and a dtype from {', '.join(MAP_DTYPES)}."
+        )
     image_mode(loaded.preprocessing.channels)  # a model whose inputs no image file holds
     if isinstance(settings.target, list) and len(settings.target) != count:
         raise TargetError(
@@ -137,7 +124,7 @@ class _Run:
         self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
         self.on_image = on_image
         self.ranks = ranks or Ranks()
-        self.methods = _methods_of(settings)
+        self.methods = methods_of(settings)
         self.all = settings.method.strip().lower() == ALL_METHODS
         self.tag = ALL_METHODS if self.all else self.methods[0]
         self.stems = unique_stems(paths)
@@ -405,6 +392,9 @@ def explain_files(
     _check_cam_layer(loaded, settings)
     ranks = ranks or Ranks()
     run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings, on_image, ranks)
+    if settings.store == "zarr":  # one chunked store instead of files per image
+        with disabled(not progress or not ranks.leader):
+            return explain_into_store(run, command=command)
     remove_stale_temp_files(run.out)
     run.find_complete()
     barrier(ranks)  # every rank has read the records before any rank writes one
