@@ -131,6 +131,8 @@ def probe_shapes(run: FolderRun) -> tuple[dict[str, MapShapes], dict[str, str | 
 def _prepare(run: FolderRun) -> tuple[list[bool], dict[str, str]]:
     """Rank 0: create the store or, to resume, check it; returns which images are pending."""
     key, settings = store_key(run), run.settings
+    for name in (MANIFEST_NAME, TABLE_NAME):  # they describe an earlier run: rewritten at the end
+        (run.out / name).unlink(missing_ok=True)
     store = ResultStore.open(run.out) if settings.resume else None
     if store is not None:
         if store.attrs.get("fingerprint") != key:
