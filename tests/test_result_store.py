@@ -17,16 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from PIL import Image
-from torch import nn
 
 import cnnviz
 from cnnviz.errors import CnnvizError
-from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models import from_module
 from cnnviz.runs.explain import ExplainSettings, explain_files
-from shape_folders import seeded_checkpoint, write_shapes
+from shape_folders import TINY_PREP, TinyNet, random_images, seeded_checkpoint, write_shapes
 
 N_IMAGES = 32
 BATCH = 4  # 8 chunks
@@ -242,36 +238,10 @@ def test_a_folder_without_results_is_refused(tmp_path: Path) -> None:
 # -- the library: failures and every method ------------------------------------------------------
 
 
-class _Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.fc(self.conv(x).relu().mean(dim=(2, 3)))
-        return logits
-
-
-PREP = Preprocessing(input_size=(16, 16), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
-
-
-def _images(folder: Path, count: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(count):
-        path = folder / f"img{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
 def test_failed_images_and_every_method(tmp_path: Path) -> None:
-    paths = _images(tmp_path / "in", 5)
+    paths = random_images(tmp_path / "in", 5)
     paths[2].write_bytes(b"not a png")
-    loaded = from_module(_Net().eval(), preprocessing=PREP)
+    loaded = from_module(TinyNet().eval(), preprocessing=TINY_PREP)
     settings = ExplainSettings(method="all", batch_size=2, num_workers=0, store="zarr")
     manifest = explain_files(loaded, paths, tmp_path / "out", settings, command="t")
     assert [Path(f["input"]).name for f in manifest["failures"]] == ["img02.png"]
