@@ -46,6 +46,7 @@ from cnnviz.errors import (
 )
 from cnnviz.inputs.decode import failure_record
 from cnnviz.inputs.images import image_mode
+from cnnviz.methods.base import Explanation
 from cnnviz.methods.registry import get_method, method_names
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import unique_stems
@@ -172,8 +173,13 @@ class _Run:
         logger.warning("skipped %s: %s", failure["input"], failure["error"])
         self.failures.append(failure)
 
-    def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
-        """Per method, one result per image of the batch.
+    def explain_batch(
+        self,
+        x: torch.Tensor,
+        indices: list[int],
+        convert: Callable[[Explanation], Any] | None = None,
+    ) -> list[Any]:
+        """Per method, one result per image of the batch (or ``convert`` of the explanation).
 
         With ``method="all"`` a method that raises :class:`NotApplicableError` (it does not apply
         to this model or layer) is skipped for the rest of the run, and the reason recorded in
@@ -183,7 +189,7 @@ class _Run:
         if isinstance(target, list):
             target = [target[i] for i in indices]
         options = {} if self.all else self.settings.options
-        results: list[list[Any]] = []
+        results: list[Any] = []
         first_error: NotApplicableError | None = None
         methods = [m for m in self.methods if m not in self.skipped]
         # With --method all, a bar over the methods (described by the one running) below the
@@ -202,7 +208,10 @@ class _Run:
                     self.skipped[method] = " ".join(str(e).split())
                     logger.warning("method %s skipped: %s", method, self.skipped[method])
                 else:
-                    results.append(per_image_results(explanation, self.settings.drawing))
+                    if convert is not None:
+                        results.append(convert(explanation))
+                    else:
+                        results.append(per_image_results(explanation, self.settings.drawing))
                 bar.update()
         if not results:  # nothing can explain this model: a settings problem, not a skip
             raise first_error or NotApplicableError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,9 +24,9 @@ import torch
 
 from cnnviz.api import explain
 from cnnviz.errors import CnnvizError, NotApplicableError, OutputError
+from cnnviz.methods.base import Explanation
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import to_json_text
-from cnnviz.outputs.image_files import MethodResult
 from cnnviz.outputs.manifest import MANIFEST_NAME, Manifest, model_record, write_manifest
 from cnnviz.outputs.records import fingerprint, parameter_digest
 from cnnviz.outputs.result_store import (
@@ -73,7 +74,9 @@ class FolderRun(Protocol):
     written: int
 
     def fail(self, failure: dict[str, Any]) -> None: ...
-    def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]: ...
+    def explain_batch(
+        self, x: torch.Tensor, indices: list[int], convert: Callable[[Explanation], Any] | None
+    ) -> list[Any]: ...
     def pending_chunks(self) -> list[list[int]]: ...
     def loader(self, chunks: list[list[int]]) -> torch.utils.data.DataLoader[Decoded]: ...
 
@@ -177,15 +180,20 @@ def _prepare(run: FolderRun) -> tuple[list[bool], dict[str, str]]:
     return [True] * len(run.paths), dict(run.skipped)
 
 
-def _stacked(results: list[MethodResult]) -> ChunkResult:
-    return ChunkResult(
-        layer=np.stack([r.raw for r in results]),
-        input=np.stack([r.raw_input for r in results]),
-        targets=np.array([[-1 if v is None else v for v in r.indices] for r in results], np.int64),
-        scores=np.array([r.scores for r in results], np.float64),
-        probabilities=np.array(
-            [[np.nan if v is None else v for v in r.probabilities] for r in results], np.float64
-        ),
+def chunk_result(explanation: Explanation, input_maps: bool) -> tuple[str, ChunkResult]:
+    """The values one chunk stores of a batch ``explanation`` (NumPy, on the CPU)."""
+    maps = explanation.maps.detach().float().cpu().numpy()
+    upsampled = explanation.upsampled() if input_maps else explanation.maps[:, :, :0, :0]
+    indices, probabilities = explanation.targets.indices, explanation.probabilities
+    shape = maps.shape[:2]
+    return explanation.method, ChunkResult(
+        layer=maps,
+        input=upsampled.detach().float().cpu().numpy(),
+        targets=np.full(shape, -1, np.int64) if indices is None else indices.cpu().numpy(),
+        scores=explanation.scores.detach().float().cpu().numpy().astype(np.float64),
+        probabilities=np.full(shape, np.nan)
+        if probabilities is None
+        else probabilities.detach().cpu().numpy().astype(np.float64),
     )
 
 
@@ -196,8 +204,11 @@ def _write(run: FolderRun, store: ResultStore, chunk: list[int], batch: Batch) -
     results: dict[str, ChunkResult] = {}
     decoded = list(batch.indices)
     if batch.tensors is not None:
-        for per_image in run.explain_batch(batch.tensors, batch.indices):
-            results[per_image[0].method] = _stacked(per_image)
+        maps = run.settings.store_input_maps
+        for method, result in run.explain_batch(
+            batch.tensors, batch.indices, lambda e: chunk_result(e, maps)
+        ):
+            results[method] = result
         finite = np.ones(len(decoded), bool)
         for result in results.values():
             finite &= np.isfinite(result.layer).all(axis=(1, 2, 3))
