@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import cnnviz
 from cnnviz.errors import CnnvizError
@@ -253,3 +255,32 @@ def test_failed_images_and_every_method(tmp_path: Path) -> None:
         assert maps.shape[0] == 5 and np.isnan(maps[2]).all() and np.isfinite(maps[[0, 1, 3]]).all()
     failed = [row for row in results.rows() if row["status"] == "failed"]
     assert len(failed) == len(results.methods) and failed[0]["target_index"] is None
+    assert cnnviz.open_results(tmp_path / "out" / "results.zarr").paths == results.paths
+
+
+def test_a_killed_file_layout_run_opens_from_its_records(tmp_path: Path) -> None:
+    paths = random_images(tmp_path / "in", 4)
+    loaded = from_module(TinyNet().eval(), preprocessing=TINY_PREP)
+    out = tmp_path / "out"
+    explain_files(loaded, paths, out, ExplainSettings(num_workers=0), command="t")
+    whole = cnnviz.open_results(out)
+    (out / "manifest.json").unlink()
+    (out / "records" / "img03.gradcam.json").unlink()  # as if killed before its record
+    partial = cnnviz.open_results(out)
+    assert partial.paths == [str(p) for p in paths[:3]] and partial.complete.all()
+    assert np.array_equal(np.asarray(partial.maps()), np.asarray(whole.maps())[:3])
+    assert repr(partial).startswith("<cnnviz results (files)") and "3 of 3 images" in repr(partial)
+
+
+def test_float16_overflow_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    paths = random_images(tmp_path / "in", 2)
+    net = TinyNet().eval()
+    with torch.no_grad():
+        net.conv.weight.mul_(1e4)
+        net.fc.weight.mul_(1e4)
+    loaded = from_module(net, preprocessing=TINY_PREP)
+    settings = ExplainSettings(num_workers=0, store="zarr")
+    with caplog.at_level(logging.WARNING, logger="cnnviz"):
+        explain_files(loaded, paths, tmp_path / "out", settings, command="t")
+    assert "exceed the float16 range" in caplog.text
+    assert np.isinf(np.asarray(cnnviz.open_results(tmp_path / "out").maps()[:])).any()

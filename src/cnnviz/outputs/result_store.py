@@ -22,6 +22,7 @@ zarr is imported on first use only.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ from typing import Any
 import numpy as np
 
 from cnnviz.errors import OutputError
+
+logger = logging.getLogger(__name__)
 
 STORE_NAME = "results.zarr"
 TABLE_NAME = "results.csv"
@@ -82,6 +85,7 @@ class ResultStore:
     def __init__(self, group: Any) -> None:
         self.group = group
         self.attrs: dict[str, Any] = dict(group.attrs)
+        self.warned = False  # said once that float16 overflowed
 
     @classmethod
     def create(
@@ -164,7 +168,15 @@ class ResultStore:
             for name in names:
                 values = getattr(result, name)
                 block = np.full((n, *values.shape[1:]), np.nan, dtype=dtype)
-                block[rows] = values.astype(dtype)
+                with np.errstate(over="ignore"):  # said once below
+                    block[rows] = values.astype(dtype)
+                if not np.isfinite(block[rows]).all() and not self.warned:
+                    self.warned = True
+                    logger.warning(
+                        "%s maps exceed the float16 range (±65504) and are stored as infinite; "
+                        "run with --store-dtype float32 to keep them",
+                        method,
+                    )
                 self.group[f"{method}/{name}"][start:stop] = block
             for name, fill, kind in (
                 ("targets", -1, np.int64),
