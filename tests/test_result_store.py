@@ -218,6 +218,7 @@ def test_sigkill_then_resume_completes_exactly_the_rest(
     refused = run_cnnviz(world, out, "--store", "zarr", "--resume")  # float16 now
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert "other settings" in refused.stderr and "drop --resume" in refused.stderr
+    assert (out / "manifest.json").is_file() and (out / "results.csv").is_file()  # kept
 
 
 def test_open_results_reads_the_file_layout_lazily(world: dict[str, Path]) -> None:

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from cnnviz.api import explain
-from cnnviz.errors import CnnvizError, NotApplicableError, OutputError
+from cnnviz.errors import CnnvizError, NonFiniteError, NotApplicableError, OutputError
+from cnnviz.inputs.decode import failure_record
 from cnnviz.methods.base import Explanation
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import to_json_text
@@ -134,17 +135,17 @@ def probe_shapes(run: FolderRun) -> tuple[dict[str, MapShapes], dict[str, str | 
 def _prepare(run: FolderRun) -> tuple[list[bool], dict[str, str]]:
     """Rank 0: create the store or, to resume, check it; returns which images are pending."""
     key, settings = store_key(run), run.settings
+    store = ResultStore.open(run.out) if settings.resume else None
+    if store is not None and store.attrs.get("fingerprint") != key:
+        raise OutputError(
+            f"{run.out / STORE_NAME} was written with other settings (model, weights, "
+            "method, layer, target, inputs, batch size or --store-dtype/--store-input-maps)"
+            "; resume with the settings it was written with, or drop --resume to replace it "
+            "(or choose another --out)."
+        )
     for name in (MANIFEST_NAME, TABLE_NAME):  # they describe an earlier run: rewritten at the end
         (run.out / name).unlink(missing_ok=True)
-    store = ResultStore.open(run.out) if settings.resume else None
     if store is not None:
-        if store.attrs.get("fingerprint") != key:
-            raise OutputError(
-                f"{run.out / STORE_NAME} was written with other settings (model, weights, "
-                "method, layer, target, inputs, batch size or --store-dtype/--store-input-maps)"
-                "; resume with the settings it was written with, or drop --resume to replace it "
-                "(or choose another --out)."
-            )
         status = store.status()
         for i in np.flatnonzero(status == DONE):  # an input changed since: explain it again
             if not np.array_equal(store.group["sha256"][int(i)], file_sha256(run.paths[int(i)])):
@@ -215,7 +216,11 @@ def _write(run: FolderRun, store: ResultStore, chunk: list[int], batch: Batch) -
             finite &= np.isfinite(result.input).all(axis=(1, 2, 3))
         for k in np.flatnonzero(~finite):
             path = run.paths[decoded[k]]
-            run.fail({"input": str(path), "method": run.tag, "error": "NaN or infinite map"})
+            problem = NonFiniteError(
+                f"{path}: a map contains NaN or infinite values; its maps are stored as NaN. "
+                "Check the model's weights."
+            )
+            run.fail(failure_record(path, problem, run.tag))
         keep = np.flatnonzero(finite)
         decoded = [decoded[k] for k in keep]
         results = {
