@@ -205,10 +205,13 @@ def test_sigkill_then_resume_completes_exactly_the_rest(
     assert np.array_equal(np.asarray(partial.maps("gradcam")[:])[done], whole["layer"][done])
     assert np.isnan(np.asarray(partial.maps("gradcam")[:])[~done]).all()
     first_chunk = out / "results.zarr" / "gradcam" / "layer" / "c" / "0" / "0" / "0" / "0"
+    left = out / "results.zarr" / "status" / "c" / ".2.0123abcd.partial"  # as zarr names them
+    left.write_bytes(b"half")
     before = first_chunk.stat().st_mtime_ns
     finish = run_cnnviz(world, out, *ZARR32, "--resume")
     assert finish.returncode == 0, finish.stderr
     assert first_chunk.stat().st_mtime_ns == before  # a done chunk is not written again
+    assert not left.exists()
     run = json.loads((out / "manifest.json").read_text())["extra"]["run"]
     assert run == {"inputs": N_IMAGES, "already_complete": 8, "written": 24, "failed": 0}
     ours = store_arrays(out)

@@ -146,6 +146,8 @@ def _prepare(run: FolderRun) -> tuple[list[bool], dict[str, str]]:
     for name in (MANIFEST_NAME, TABLE_NAME):  # they describe an earlier run: rewritten at the end
         (run.out / name).unlink(missing_ok=True)
     if store is not None:
+        for left in (run.out / STORE_NAME).rglob("*.partial"):  # zarr's, of a killed run
+            left.unlink(missing_ok=True)
         status = store.status()
         for i in np.flatnonzero(status == DONE):  # an input changed since: explain it again
             if not np.array_equal(store.group["sha256"][int(i)], file_sha256(run.paths[int(i)])):
