@@ -8,6 +8,8 @@ cost what they cost on real photos):
   over the 64 images already decoded and preprocessed in memory;
 * **pipeline**: :func:`cnnviz.runs.explain.explain_files` from the JPEG files on disk to overlays,
   raw maps, records and manifest in a fresh output folder (what the CLI command runs);
+* **pipeline (zarr)**: the same into one chunked result store (``--store zarr``: float16 maps
+  at the layer's resolution, ``results.csv``; no overlays or files per image);
 * for reference, **forward + decoding**: the same forward fed by the same DataLoader.
 
 Repeats alternate between the cases (so a busy machine slows all of them alike); medians are
@@ -85,12 +87,12 @@ def run_forward(module: Any, batches: list[Any]) -> None:
 def run_loader_forward(loaded: Any, paths: list[Path], batch: int, workers: int) -> None:
     import torch
 
-    from cnnviz.runs.explain import _collate, _ImageFiles
+    from cnnviz.runs.decoding import ImageFiles, collate
 
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, loaded.preprocessing, "bench"),
+        ImageFiles(paths, loaded.preprocessing, "bench"),
         batch_size=batch,
-        collate_fn=_collate,
+        collate_fn=collate,
         num_workers=workers,
     )
     with torch.no_grad():
@@ -98,12 +100,15 @@ def run_loader_forward(loaded: Any, paths: list[Path], batch: int, workers: int)
             loaded.module(decoded.tensors)
 
 
-def run_pipeline(loaded: Any, paths: list[Path], out: Path, batch: int, workers: int) -> None:
+def run_pipeline(
+    loaded: Any, paths: list[Path], out: Path, batch: int, workers: int, store: str = "files"
+) -> None:
     from cnnviz.runs.explain import ExplainSettings, explain_files
 
-    settings = ExplainSettings(method="gradcam", batch_size=batch, num_workers=workers)
+    settings = ExplainSettings(method="gradcam", batch_size=batch, num_workers=workers, store=store)
     manifest = explain_files(loaded, paths, out, settings, command="explain", progress=False)
-    if manifest["failures"] or len(manifest["items"]) != len(paths):
+    written = manifest["extra"]["run"]["written"]
+    if manifest["failures"] or written != len(paths):
         raise RuntimeError(f"the pipeline run failed: {manifest['failures'][:3]}")
 
 
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cnnviz.inputs.decode import decode_input
     from cnnviz.models import load_model
-    from cnnviz.runs.explain import auto_workers
+    from cnnviz.runs.decoding import auto_workers
 
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
@@ -140,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             "forward": lambda k: run_forward(loaded.module, batches),
             "pipeline": lambda k: run_pipeline(
                 loaded, paths, root / f"out{k}", args.batch_size, workers
+            ),
+            "pipeline (zarr)": lambda k: run_pipeline(
+                loaded, paths, root / f"zarr{k}", args.batch_size, workers, "zarr"
             ),
             "forward+decoding": lambda k: run_loader_forward(
                 loaded, paths, args.batch_size, workers
@@ -167,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "ratio_pipeline_to_forward": rates["pipeline"] / rates["forward"],
         "ratio_pipeline_to_forward_with_decoding": rates["pipeline"] / rates["forward+decoding"],
+        "ratio_zarr_to_files_pipeline": rates["pipeline (zarr)"] / rates["pipeline"],
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(),
@@ -189,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "  pipeline ÷ (forward + decoding): "
         f"{result['ratio_pipeline_to_forward_with_decoding']:.2f}"
     )
+    print(f"  pipeline (--store zarr) ÷ pipeline: {result['ratio_zarr_to_files_pipeline']:.2f}")
     return 0
 
 

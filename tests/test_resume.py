@@ -29,12 +29,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
-from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.models import from_module
 from cnnviz.runs.explain import _WRITERS, ExplainSettings, explain_files
-from shape_folders import seeded_checkpoint, write_shapes
+from shape_folders import TINY_PREP, TinyNet, random_images, seeded_checkpoint, write_shapes
 
 N_IMAGES = 64
 FILES_PER_IMAGE = 7  # per target (2): overlay, layer map, input map; then the image's record
@@ -305,39 +303,13 @@ def test_two_runs_into_one_folder_lose_nothing(world: dict[str, Path]) -> None:
 # -- the library: what --resume trusts ---------------------------------------------------------
 
 
-class _Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.fc(self.conv(x).relu().mean(dim=(2, 3)))
-        return logits
-
-
-PREP = Preprocessing(input_size=(16, 16), crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
-
-
-def _images(folder: Path, count: int, seed: int = 0) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(count):
-        path = folder / f"img{i:02d}.png"
-        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
 def _snapshot(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in out.iterdir() if p.suffix in (".png", ".npy")}
 
 
 def test_resume_redoes_exactly_the_damaged_images(tmp_path: Path) -> None:
-    paths = _images(tmp_path / "in", 12)
-    loaded = from_module(_Net().eval(), preprocessing=PREP)
+    paths = random_images(tmp_path / "in", 12)
+    loaded = from_module(TinyNet().eval(), preprocessing=TINY_PREP)
     out = tmp_path / "out"
     settings = ExplainSettings(batch_size=4, num_workers=0, target=None)
     first = explain_files(loaded, paths, out, settings, command="t")
@@ -371,13 +343,13 @@ def test_resume_redoes_exactly_the_damaged_images(tmp_path: Path) -> None:
 
 
 def test_manifest_keeps_other_runs_items_and_failures(tmp_path: Path) -> None:
-    _images(tmp_path / "a", 3, seed=1)
+    random_images(tmp_path / "a", 3, seed=1)
     (tmp_path / "a" / "zz-broken.png").write_text("no")
-    b = _images(tmp_path / "b", 2, seed=2)
+    b = random_images(tmp_path / "b", 2, seed=2)
     for i, path in enumerate(b):
         path.rename(path.with_name(f"other{i}.png"))
     b = sorted((tmp_path / "b").iterdir())
-    loaded = from_module(_Net().eval(), preprocessing=PREP)
+    loaded = from_module(TinyNet().eval(), preprocessing=TINY_PREP)
     out = tmp_path / "out"
     settings = ExplainSettings(num_workers=0)
     first = explain_files(loaded, sorted((tmp_path / "a").iterdir()), out, settings, command="t")
@@ -390,8 +362,8 @@ def test_manifest_keeps_other_runs_items_and_failures(tmp_path: Path) -> None:
 
 
 def test_workers_give_the_same_bytes_as_no_workers(tmp_path: Path) -> None:
-    paths = _images(tmp_path / "in", 10)
-    loaded = from_module(_Net().eval(), preprocessing=PREP)
+    paths = random_images(tmp_path / "in", 10)
+    loaded = from_module(TinyNet().eval(), preprocessing=TINY_PREP)
     runs = []
     for workers in (0, 2):
         out = tmp_path / f"w{workers}"

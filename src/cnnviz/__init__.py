@@ -47,6 +47,7 @@ _PUBLIC = {
     "method_names": "cnnviz.methods.registry",
     "TopK": "cnnviz.capture.targets",
     "build_report": "cnnviz.runs.report",
+    "open_results": "cnnviz.outputs.results",
     "subplots": "cnnviz.render.canvas",
     # what units want to see
     "features": "cnnviz.featurevis.visualise",

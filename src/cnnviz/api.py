@@ -21,6 +21,7 @@ from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import Explanation, Method, check_finite
 from cnnviz.methods.registry import get_method, make_method, method_options
 from cnnviz.models.own import imagenet_preprocessing_for
+from cnnviz.outputs.results import open_results as open_results  # public: cnnviz.open_results
 
 if TYPE_CHECKING:
     from cnnviz.models.loaded import LoadedModel

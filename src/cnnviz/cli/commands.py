@@ -305,6 +305,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.workers,
         resume=args.resume,
+        store=args.store,
+        store_dtype=args.store_dtype,
+        store_input_maps=args.store_input_maps,
     )
     out = out_path(args)
 
@@ -327,6 +330,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not ranks.leader:  # rank 0 prints the run's summary; the exit code is each rank's
         failed = manifest.get("extra", {}).get("run", {}).get("failed", 0)
         return ExitCode.PARTIAL if failed else ExitCode.OK
+    if args.store == "zarr":
+        store = manifest.get("extra", {}).get("store", {})
+        done = f"{store.get('done', 0)} of {store.get('images', 0)} image(s) complete"
+        what = f"results.zarr ({done})"
+        return finish(manifest, out, args, what=what, files=("results.csv", "manifest.json"))
     return finish(manifest, out, args)
 
 

@@ -226,6 +226,24 @@ def _explaining(p: argparse.ArgumentParser, *, layer: bool, top_k: bool = True) 
         "(for several machines: torchrun --nnodes … -m cnnviz explain …)",
     )
     p.add_argument(
+        "--store",
+        choices=("files", "zarr"),
+        default="files",
+        help="files: PNG and NPY files per image (default); zarr: one chunked store "
+        "OUT/results.zarr with results.csv, no files per image (read it with cnnviz.open_results)",
+    )
+    p.add_argument(
+        "--store-dtype",
+        choices=("float16", "float32"),
+        default="float16",
+        help="the maps' dtype in the zarr store (default float16)",
+    )
+    p.add_argument(
+        "--store-input-maps",
+        action="store_true",
+        help="also keep the maps upsampled to the input size in the zarr store",
+    )
+    p.add_argument(
         "--option",
         action="append",
         default=[],

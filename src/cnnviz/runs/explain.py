@@ -24,19 +24,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-import cnnviz.inputs.images  # noqa: F401  # loaded before DataLoader workers fork (see _ImageFiles)
 from cnnviz.api import announce_default_layer, cam_layer, explain
 from cnnviz.capture.forward import as_model_input
 from cnnviz.capture.layers import resolve_layer
@@ -45,11 +41,12 @@ from cnnviz.errors import (
     CnnvizError,
     NotApplicableError,
     TargetError,
+    UsageError,
     positive_int,
 )
-from cnnviz.inputs.decode import decode_input, failure_record
+from cnnviz.inputs.decode import failure_record
 from cnnviz.inputs.images import image_mode
-from cnnviz.inputs.preprocess import Preprocessing
+from cnnviz.methods.base import Explanation
 from cnnviz.methods.registry import get_method, method_names
 from cnnviz.models.loaded import LoadedModel
 from cnnviz.outputs.files import unique_stems
@@ -70,118 +67,41 @@ from cnnviz.outputs.records import (
     source_signature,
     valid_record,
 )
+from cnnviz.outputs.result_store import MAP_DTYPES
 from cnnviz.progress import Bar, disabled, progress
 from cnnviz.render.colours import colormap_lut
-from cnnviz.render.drawing import DrawingSettings
+from cnnviz.runs.decoding import Batch, Decoded, ImageFiles, auto_workers, collate, worker_init
 from cnnviz.runs.distributed import Ranks, barrier, gathered
+from cnnviz.runs.settings import ALL_METHODS as ALL_METHODS
+from cnnviz.runs.settings import STORES, methods_of
+from cnnviz.runs.settings import ExplainSettings as ExplainSettings
+from cnnviz.runs.store_run import explain_into_store
 
 logger = logging.getLogger(__name__)
 
-ALL_METHODS = "all"
 _WRITERS = 2  # threads that render, encode and write while the model runs
 
 ImageDone = Callable[[list[dict[str, Any]]], None]
 """Called in the run's thread with an image's manifest items once its files are written."""
 
 
-@dataclass(frozen=True)
-class ExplainSettings(DrawingSettings):
-    """What to explain, how to draw it (:class:`~cnnviz.render.drawing.MapDrawing`: ``sign``,
-    ``style``, ``cmap``, ``alpha``, ``outlier_percent``), and how to run (``num_workers=None``:
-    automatic)."""
-
-    method: str = "gradcam"
-    layer: str | None = None
-    target: TargetSpec = None
-    options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 8
-    num_workers: int | None = None
-    resume: bool = False
-
-
-# -- decoding --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    index: int
-    picture: np.ndarray | None
-    tensor: torch.Tensor | None
-    notes: tuple[str, ...]
-    error: dict[str, Any] | None
-
-
-@dataclass(frozen=True)
-class _Batch:
-    indices: list[int]  # decoded images, in input order
-    pictures: torch.Tensor | None  # (n, H, W, 3) uint8 (a tensor: shared memory between processes)
-    tensors: torch.Tensor | None  # (n, C, H, W), C = the model's input channels
-    notes: list[tuple[str, ...]]
-    failures: list[tuple[int, dict[str, Any]]]
-
-
-class _ImageFiles(torch.utils.data.Dataset[_Decoded]):
-    """Decodes one input per index; never raises for a bad file (the error is returned)."""
-
-    def __init__(self, paths: Sequence[Path], prep: Preprocessing, tag: str) -> None:
-        self.paths, self.prep, self.tag = list(paths), prep, tag
-        # Import the decoders here, in the parent, so forked workers start with them loaded
-        # (torchvision's first import takes seconds, which each worker would otherwise pay).
-        import torchvision.transforms.v2.functional  # noqa: F401  # lazy: only folder runs
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> _Decoded:
-        path = self.paths[index]
-        try:
-            picture, tensor, notes = decode_input(path, self.prep)
-        except Exception as e:  # reported per file (a bug says so); the run goes on
-            return _Decoded(index, None, None, (), failure_record(path, e, self.tag))
-        return _Decoded(index, picture, tensor, tuple(notes), None)
-
-
-def _collate(decoded: list[_Decoded]) -> _Batch:
-    pictures = [torch.from_numpy(d.picture) for d in decoded if d.picture is not None]
-    tensors = [d.tensor for d in decoded if d.tensor is not None]
-    return _Batch(
-        indices=[d.index for d in decoded if d.error is None],
-        pictures=torch.stack(pictures) if pictures else None,
-        tensors=torch.stack(tensors) if tensors else None,
-        notes=[d.notes for d in decoded if d.error is None],
-        failures=[(d.index, d.error) for d in decoded if d.error is not None],
-    )
-
-
-def _worker_init(_worker_id: int) -> None:
-    # The parent handles Ctrl-C and SIGTERM and shuts the workers down.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def auto_workers(batches: int) -> int:
-    """Decoding processes for a run of ``batches`` batches: none for one batch, else up to 2."""
-    return 0 if batches <= 1 else min(2, os.cpu_count() or 1)
-
-
 # -- the folder run --------------------------------------------------------------------------
-
-
-def _methods_of(settings: ExplainSettings) -> list[str]:
-    if settings.method.strip().lower() == ALL_METHODS:
-        return method_names()
-    return [get_method(settings.method).name]
 
 
 def _validate(loaded: LoadedModel, settings: ExplainSettings, count: int) -> None:
     """Refuse settings that cannot work, before any folder or file is made."""
-    methods = _methods_of(settings)
+    methods = methods_of(settings)
     if settings.layer is not None and any(get_method(m).needs_layer for m in methods):
         resolve_layer(loaded.module, settings.layer)
     positive_int(settings.batch_size, "batch size")
     if settings.num_workers is not None:
         positive_int(settings.num_workers, "workers (0: decode in this process)", minimum=0)
     colormap_lut(settings.drawing.cmap)
+    if settings.store not in STORES or settings.store_dtype not in MAP_DTYPES:
+        raise UsageError(
+            f"store {settings.store!r} with dtype {settings.store_dtype!r}: choose a store from "
+            f"{', '.join(STORES)} and a dtype from {', '.join(MAP_DTYPES)}."
+        )
     image_mode(loaded.preprocessing.channels)  # a model whose inputs no image file holds
     if isinstance(settings.target, list) and len(settings.target) != count:
         raise TargetError(
@@ -205,7 +125,7 @@ class _Run:
         self.loaded, self.paths, self.out, self.settings = loaded, paths, out, settings
         self.on_image = on_image
         self.ranks = ranks or Ranks()
-        self.methods = _methods_of(settings)
+        self.methods = methods_of(settings)
         self.all = settings.method.strip().lower() == ALL_METHODS
         self.tag = ALL_METHODS if self.all else self.methods[0]
         self.stems = unique_stems(paths)
@@ -253,8 +173,13 @@ class _Run:
         logger.warning("skipped %s: %s", failure["input"], failure["error"])
         self.failures.append(failure)
 
-    def explain_batch(self, x: torch.Tensor, indices: list[int]) -> list[list[Any]]:
-        """Per method, one result per image of the batch.
+    def explain_batch(
+        self,
+        x: torch.Tensor,
+        indices: list[int],
+        convert: Callable[[Explanation], Any] | None = None,
+    ) -> list[Any]:
+        """Per method, one result per image of the batch (or ``convert`` of the explanation).
 
         With ``method="all"`` a method that raises :class:`NotApplicableError` (it does not apply
         to this model or layer) is skipped for the rest of the run, and the reason recorded in
@@ -264,7 +189,7 @@ class _Run:
         if isinstance(target, list):
             target = [target[i] for i in indices]
         options = {} if self.all else self.settings.options
-        results: list[list[Any]] = []
+        results: list[Any] = []
         first_error: NotApplicableError | None = None
         methods = [m for m in self.methods if m not in self.skipped]
         # With --method all, a bar over the methods (described by the one running) below the
@@ -283,7 +208,10 @@ class _Run:
                     self.skipped[method] = " ".join(str(e).split())
                     logger.warning("method %s skipped: %s", method, self.skipped[method])
                 else:
-                    results.append(per_image_results(explanation, self.settings.drawing))
+                    if convert is not None:
+                        results.append(convert(explanation))
+                    else:
+                        results.append(per_image_results(explanation, self.settings.drawing))
                 bar.update()
         if not results:  # nothing can explain this model: a settings problem, not a skip
             raise first_error or NotApplicableError(
@@ -297,19 +225,19 @@ class _Run:
         chunks = [list(range(s, min(s + size, n))) for s in range(0, n, size)]
         return [chunk for chunk in chunks if any(self.pending[i] for i in chunk)]
 
-    def loader(self, chunks: list[list[int]]) -> torch.utils.data.DataLoader[_Decoded]:
+    def loader(self, chunks: list[list[int]]) -> torch.utils.data.DataLoader[Decoded]:
         """Decodes ``chunks`` in ``num_workers`` processes (automatic by default)."""
         workers = self.settings.num_workers
         workers = auto_workers(len(chunks)) if workers is None else min(workers, len(chunks))
         return torch.utils.data.DataLoader(
-            _ImageFiles(self.paths, self.loaded.preprocessing, self.tag),
+            ImageFiles(self.paths, self.loaded.preprocessing, self.tag),
             batch_sampler=chunks,
-            collate_fn=_collate,
+            collate_fn=collate,
             num_workers=workers,
-            worker_init_fn=_worker_init if workers else None,
+            worker_init_fn=worker_init if workers else None,
         )
 
-    def jobs(self, batch: _Batch) -> Iterator[tuple[int, ImageJob]]:
+    def jobs(self, batch: Batch) -> Iterator[tuple[int, ImageJob]]:
         """Explain one decoded batch; the writing job of each of its pending images."""
         if batch.tensors is None or batch.pictures is None:
             return
@@ -473,6 +401,9 @@ def explain_files(
     _check_cam_layer(loaded, settings)
     ranks = ranks or Ranks()
     run = _Run(loaded, path_list, prepare_out_dir(out_dir), settings, on_image, ranks)
+    if settings.store == "zarr":  # one chunked store instead of files per image
+        with disabled(not progress or not ranks.leader):
+            return explain_into_store(run, command=command)
     remove_stale_temp_files(run.out)
     run.find_complete()
     barrier(ranks)  # every rank has read the records before any rank writes one
