@@ -98,6 +98,12 @@ class Results:
         self.status = np.array([STATUS_NAMES[int(s)] for s in status], dtype=object)
         self.complete = np.asarray(status == DONE, dtype=bool)
         self.class_names: list[str] = []
+        self.model: dict[str, Any] = {}  # the manifest's model record (name, preprocessing, …)
+        self.layers: dict[str, str | None] = {}  # method → the layer its maps come from
+
+    def layer(self, method: str | None = None) -> str | None:
+        """The layer ``method``'s maps come from (``None``: an input-space method)."""
+        return self.layers.get(self._method(method))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -235,6 +241,8 @@ class ZarrResults(Results):
         super().__init__(root, list(attrs["inputs"]), list(attrs["methods"]), group["status"][:])
         self.class_names = list(attrs.get("class_names", []))
         self.attrs = attrs
+        self.model = dict(attrs.get("model", {}))
+        self.layers = dict(attrs.get("layers", {}))
 
     def has(self, method: str, resolution: str) -> bool:
         return f"{method}/{resolution}" in self.group
@@ -259,7 +267,13 @@ class FileResults(Results):
 
     layout = "files"
 
-    def __init__(self, root: Path, items: list[dict[str, Any]], failed: Sequence[str]) -> None:
+    def __init__(
+        self,
+        root: Path,
+        items: list[dict[str, Any]],
+        failed: Sequence[str],
+        model: dict[str, Any] | None = None,
+    ) -> None:
         paths = sorted({str(i["input"]) for i in items} | set(failed))
         methods = list(dict.fromkeys(str(i["method"]) for i in items))
         index = {p: k for k, p in enumerate(paths)}
@@ -278,6 +292,8 @@ class FileResults(Results):
             if item.get("target_index") is not None:
                 names[int(item["target_index"])] = str(item["target_name"])
         self.class_names = [names.get(k, str(k)) for k in range(1 + max(names, default=-1))]
+        self.model = dict(model or {})
+        self.layers = {str(i["method"]): i.get("layer") for i in items}
 
     def _of(self, method: str) -> list[dict[str, Any]]:
         return [i for i in self.items if i["method"] == method]
@@ -331,7 +347,7 @@ def open_results(folder: str | Path) -> Results:
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise OutputError(f"{manifest} does not read ({e}); run the folder again.") from e
         failed = [str(f.get("input")) for f in data.get("failures", [])]
-        return FileResults(root, list(data.get("items", [])), failed)
+        return FileResults(root, list(data.get("items", [])), failed, data.get("model"))
     if (root / RECORDS_DIR).is_dir():  # killed before its manifest: the records say it all
         items = [item for record in read_records(root) for item in record["items"]]
         return FileResults(root, items, [])

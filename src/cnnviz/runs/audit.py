@@ -97,6 +97,11 @@ def run_maps(results: Results, method: str | None = None) -> RunMaps:
         AuditError: several methods and none chosen, an unknown method, or no complete image.
     """
     methods = list(results.methods)
+    if not results.model.get("preprocessing"):
+        raise AuditError(
+            f"{results.root} does not say how its model saw the images (its manifest is "
+            "missing: the run was interrupted); finish it with cnnviz explain … --resume."
+        )
     if method is None:
         if len(methods) != 1:
             raise AuditError(
@@ -109,12 +114,13 @@ def run_maps(results: Results, method: str | None = None) -> RunMaps:
     done = np.flatnonzero(np.asarray(results.complete, dtype=bool))
     if done.size == 0:
         raise AuditError(
-            f"{results.path} holds no complete image; run cnnviz explain (or --resume) first."
+            f"{results.root} holds no complete image; run cnnviz explain (or --resume) first."
         )
     maps = np.asarray(results.maps(method, "layer")[...], dtype=np.float32)[done, 0]
     targets = np.asarray(results.targets(method), dtype=np.int64)[done, 0]
     labels = results.labels(method)
-    names = {int(targets[k]): str(labels[i][0]) for k, i in enumerate(done.tolist())}
+    names = dict(enumerate(results.class_names))
+    names.update({int(targets[k]): str(labels[i][0]) for k, i in enumerate(done.tolist())})
     return RunMaps(
         paths=[Path(results.paths[i]) for i in done.tolist()],
         maps=maps,
