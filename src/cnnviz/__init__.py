@@ -53,6 +53,8 @@ _PUBLIC = {
     "features": "cnnviz.featurevis.visualise",
     "FeatureVisualization": "cnnviz.featurevis.result",
     "RobustnessTransforms": "cnnviz.featurevis.transforms",
+    # whole datasets: the audit (`cnnviz audit`)
+    "audit_results": "cnnviz.runs.audit",
     # the explorer (`cnnviz serve`)
     "explore": "cnnviz.serve.server",
     # hooks and layers, for your own code

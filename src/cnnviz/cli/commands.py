@@ -20,7 +20,7 @@ from cnnviz.cli.shared import (
     make_out_dir,
     out_path,
     parse_key_values,
-    say,
+    relaunched,
     split_list,
     writing_into,
 )
@@ -264,7 +264,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     import torch.multiprocessing
 
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
-    from cnnviz.runs.distributed import current_ranks, launch, process_group, without_option
+    from cnnviz.runs.distributed import current_ranks, process_group
 
     # lazy: the stages load torch and NumPy; `cnnviz --help` must stay instant
     from cnnviz.runs.explain import ALL_METHODS, ExplainSettings, explain_files
@@ -284,12 +284,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         make_method(args.method, **options)  # bad names and options fail before loading
     elif options:
         raise UsageError("--option applies to one method; drop it or choose one with --method.")
+    status = relaunched(args)  # --nproc N: as N ranks, each a share of the batches
+    if status is not None:
+        return status
     ranks = current_ranks()
-    nproc = getattr(args, "nproc", None)
-    if nproc is not None and nproc > 1 and not ranks.distributed:
-        say(f"launching {nproc} processes, each a share of the batches")
-        return launch(nproc, without_option(args.argv, "--nproc"))
-    args.device = ranks.device(args.device)
     paths = input_paths(args.images)
     loaded = load(args)
     settings = ExplainSettings(
