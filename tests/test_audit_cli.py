@@ -67,8 +67,8 @@ def test_labels_naming_unknown_images_are_listed(
 ) -> None:
     labels = small_run / "bad-labels.csv"
     labels.write_text("image,label\ns00.png,circle\nnot-there.png,ring\n")
-    err = _error(capsys, ["audit", str(small_run / "maps"), "--method", "gradcam", "--labels",
-                          str(labels), "--neighbours", "1", "--out", str(small_run / "c")])  # fmt: skip
+    argv = ["audit", str(small_run / "maps"), "--method", "gradcam", "--labels", str(labels)]
+    err = _error(capsys, [*argv, "--neighbours", "1", "--out", str(small_run / "c")])
     assert "1 label row(s) name no image of the results (not-there.png)" in err
 
 
@@ -76,8 +76,9 @@ def test_a_small_audit_of_the_file_layout(
     small_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = small_run / "d"
-    code = main(["audit", str(small_run / "maps"), "--method", "gradcam", "--labels",
-                 str(small_run / "labels.csv"), "--neighbours", "1", "--out", str(out)])  # fmt: skip
+    labels = str(small_run / "labels.csv")
+    argv = ["audit", str(small_run / "maps"), "--method", "gradcam", "--labels", labels]
+    code = main([*argv, "--neighbours", "1", "--out", str(out)])
     assert code == 0
     assert "audited" in capsys.readouterr().err
     with open(out / "audit.csv", newline="") as handle:
