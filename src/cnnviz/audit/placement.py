@@ -32,6 +32,7 @@ relevance sat in the image's lower-left corner, off the horse.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,20 @@ class Placement:
     centre_x: np.ndarray
     centre_y: np.ndarray
 
+    def row(self, i: int) -> dict[str, float | str | None]:
+        """Map ``i``'s statistics by name (``None`` where no mask is known)."""
+        on_object, coverage = float(self.on_object[i]), float(self.coverage[i])
+        return {
+            "corner": float(self.corner[i]),
+            "corner_name": self.corner_name[i],
+            "border": float(self.border[i]),
+            "centre": float(self.centre[i]),
+            "on_object": None if np.isnan(on_object) else on_object,
+            "coverage": None if np.isnan(coverage) else coverage,
+            "centre_x": float(self.centre_x[i]),
+            "centre_y": float(self.centre_y[i]),
+        }
+
     def mean(self, members: np.ndarray) -> PlacementSummary:
         """The mean statistics of the maps ``members`` (indices); ``on_object`` over the maps
         with a mask (``None`` if none has one); ``corner_name``: the most frequent corner."""
@@ -94,6 +109,10 @@ class PlacementSummary:
     coverage: float | None
     centre_x: float
     centre_y: float
+
+    def record(self) -> dict[str, float | str | None]:
+        """The statistics by name, the lift included."""
+        return {**dataclasses.asdict(self), "lift": self.lift}
 
     @property
     def lift(self) -> float | None:

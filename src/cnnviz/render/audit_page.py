@@ -80,17 +80,7 @@ def _fit(image: np.ndarray) -> np.ndarray:
 
 
 def _where(summary: PlacementSummary) -> dict[str, Any]:
-    return {
-        "corner": summary.corner,
-        "corner_name": summary.corner_name,
-        "border": summary.border,
-        "centre": summary.centre,
-        "on_object": summary.on_object,
-        "coverage": summary.coverage,
-        "lift": summary.lift,
-        "centre_x": summary.centre_x,
-        "centre_y": summary.centre_y,
-    }
+    return summary.record()
 
 
 def _cluster_view(

@@ -34,11 +34,7 @@ from cnnviz.render.audit_page import audit_page
 
 logger = logging.getLogger(__name__)
 
-IMAGE_FIELDS = [
-    "image",
-    "class",
-    "cluster",
-    "flags",
+PLACEMENT_FIELDS = [
     "corner",
     "corner_name",
     "border",
@@ -47,27 +43,15 @@ IMAGE_FIELDS = [
     "coverage",
     "centre_x",
     "centre_y",
-    "true_label",
 ]
+"""Where the evidence lies (:class:`~cnnviz.audit.placement.Placement`): columns of both tables."""
+
+IMAGE_FIELDS = ["image", "class", "cluster", "flags", *PLACEMENT_FIELDS, "true_label"]
 """The columns of ``audit.csv``."""
 
 CLUSTER_FIELDS = [
-    "class",
-    "cluster",
-    "size",
-    "share",
-    "flags",
-    "corner",
-    "corner_name",
-    "border",
-    "centre",
-    "on_object",
-    "coverage",
-    "centre_x",
-    "centre_y",
-    "correct",
-    "labelled",
-]
+    "class", "cluster", "size", "share", "flags", *PLACEMENT_FIELDS, "correct", "labelled"
+]  # fmt: skip
 """The columns of ``clusters.csv``."""
 
 
@@ -157,18 +141,10 @@ def image_rows(audit: Audit, run: RunMaps, labels: np.ndarray | None) -> list[di
         stats = audited.placements
         for local, i in enumerate(audited.members.tolist()):
             cluster = audited.clusters[int(audit.image_cluster[i])]
-            on_object, coverage = float(stats.on_object[local]), float(stats.coverage[local])
             by_image[i] = {
                 "cluster": cluster.index,
                 "flags": list(cluster.flags),
-                "corner": float(stats.corner[local]),
-                "corner_name": stats.corner_name[local],
-                "border": float(stats.border[local]),
-                "centre": float(stats.centre[local]),
-                "on_object": None if np.isnan(on_object) else on_object,
-                "coverage": None if np.isnan(coverage) else coverage,
-                "centre_x": float(stats.centre_x[local]),
-                "centre_y": float(stats.centre_y[local]),
+                **stats.row(local),
             }
     for i, path in enumerate(run.paths):
         truth = None if labels is None or labels[i] == -1 else labels[i]
@@ -195,14 +171,7 @@ def cluster_rows(audit: Audit) -> list[dict[str, Any]]:
             "size": cluster.size,
             "share": cluster.size / audited.members.size,
             "flags": list(cluster.flags),
-            "corner": cluster.where.corner,
-            "corner_name": cluster.where.corner_name,
-            "border": cluster.where.border,
-            "centre": cluster.where.centre,
-            "on_object": cluster.where.on_object,
-            "coverage": cluster.where.coverage,
-            "centre_x": cluster.where.centre_x,
-            "centre_y": cluster.where.centre_y,
+            **cluster.where.record(),
             "correct": cluster.correct,
             "labelled": cluster.labelled if cluster.correct is not None else None,
         }
