@@ -127,3 +127,50 @@ def test_the_model_trained_without_the_tag_has_no_flagged_cluster(
     tables = _audit(root, "shapes_vgg11")
     assert len({r["class"] for r in tables["clusters.csv"]}) == len(SHAPE_CLASSES)
     assert [r for r in tables["clusters.csv"] if r["flags"]] == []
+
+
+@pytest.mark.browser
+def test_the_audit_page_renders_in_headless_chromium(
+    watermark_folder: tuple[Path, np.ndarray], tmp_path: Path
+) -> None:
+    """Every picture of the page decodes, nothing is requested from anywhere, no error is
+    logged (the page's Content-Security-Policy allows data: images only), and the flagged
+    cluster is drawn first in its class. ``CNNVIZ_SCREENSHOTS=DIR`` keeps a screenshot."""
+    import os
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed and could not be installed (make test tries)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright")
+    root, _ = watermark_folder
+    _audit(root, "shapes_vgg11_watermark")
+    page_file = root / "audit-shapes_vgg11_watermark-True" / "index.html"
+    problems: list[str] = []
+    requests: list[str] = []
+    with sync_api.sync_playwright() as p:
+        args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        browser = p.chromium.launch(executable_path=chromium, args=args, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1600})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(page_file.as_uri())
+            counts = page.evaluate(
+                "() => { const all = [...document.images];"
+                " return [all.length, all.filter(i => i.complete && i.naturalWidth > 0).length]; }"
+            )
+            first = page.locator(".cluster").first
+            assert "flagged" in (first.get_attribute("class") or "")
+            assert "off-object" in first.inner_text()
+            page.screenshot(path=str(tmp_path / "audit.png"), full_page=False)
+            folder = os.environ.get("CNNVIZ_SCREENSHOTS")
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(tmp_path / "audit.png", Path(folder) / "audit-watermark.png")
+        finally:
+            browser.close()
+    assert counts[0] >= 2 + 2 * 6 and counts[0] == counts[1]  # 6 classes: plot, mean, clusters
+    assert problems == []
+    assert [u for u in requests if not u.startswith(("file:", "data:"))] == []
