@@ -269,6 +269,14 @@ CASES: list[Case] = [
         Case("cnnviz", name, cnnviz_method(name), batches=(1, 8), memory=False)
         for name in GRADIENT_CAMS
     ),
+    Case("cnnviz", "eigengradcam", cnnviz_method("eigengradcam"), batches=(1, 8), memory=False),
+    Case(
+        "pytorch-grad-cam",
+        "eigengradcam",
+        pgc_method("EigenGradCAM"),
+        batches=(1, 8),
+        memory=False,
+    ),
     Case("cnnviz", "saliency", cnnviz_method("saliency", layer=False), batches=(1, 8)),
     Case("captum", "saliency", captum_saliency, batches=(1, 8)),
     Case(

@@ -6,9 +6,9 @@ combination; the papers' ReLU is applied by post-processing
 (:func:`cnnviz.methods.postprocess.relu`, the default
 :class:`~cnnviz.methods.postprocess.Display.POSITIVE`).
 
-Gradient-weighted CAMs (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiResCAM) subclass
-:class:`GradientCAM` and supply :meth:`GradientCAM.combine`; gradient-free ones (CAM, Eigen-CAM,
-and Score-CAM / Ablation-CAM in :mod:`cnnviz.methods.cam_perturbation`) subclass
+Gradient-weighted CAMs (Grad-CAM, Grad-CAM++, XGrad-CAM, Layer-CAM, HiResCAM, EigenGrad-CAM)
+subclass :class:`GradientCAM` and supply :meth:`GradientCAM.combine`; gradient-free ones (CAM,
+Eigen-CAM, and Score-CAM / Ablation-CAM in :mod:`cnnviz.methods.cam_perturbation`) subclass
 :class:`ActivationCAM` and supply :meth:`ActivationCAM.compute`.
 """
 
@@ -333,14 +333,49 @@ class EigenCAM(ActivationCAM):
     ) -> torch.Tensor:
         A = run.activations
         n, _, h, w = A.shape
-        M = A.flatten(2).transpose(1, 2).double()  # (N, hw, K); SVD in float64 for stability
-        M = M - M.mean(dim=1, keepdim=True)
-        _, _, vh = torch.linalg.svd(M, full_matrices=False)
-        projection = (M @ vh[:, 0, :, None]).squeeze(2)  # (N, hw)
-        total = A.sum(dim=1).flatten(1).double()
-        sign = torch.where((projection * total).sum(dim=1, keepdim=True) < 0, -1.0, 1.0)
-        maps: torch.Tensor = (sign * projection).to(A.dtype).reshape(n, 1, h, w)
+        maps = first_component(A, A.sum(dim=1)).reshape(n, 1, h, w)
         return maps.expand(n, run.targets.per_image, h, w).clone()
+
+
+def first_component(M: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The projection of ``M`` ``(N, K, h, w)``, centred per channel over the pixels, on its first
+    principal component: ``(N, h, w)``, the sign chosen to correlate non-negatively with
+    ``reference`` ``(N, h, w)``. The SVD runs in float64; the result has ``M``'s dtype."""
+    n, _, h, w = M.shape
+    rows = M.flatten(2).transpose(1, 2).double()  # (N, hw, K)
+    rows = rows - rows.mean(dim=1, keepdim=True)
+    _, _, vh = torch.linalg.svd(rows, full_matrices=False)
+    projection = (rows @ vh[:, 0, :, None]).squeeze(2)  # (N, hw)
+    sign = torch.where(
+        (projection * reference.flatten(1).double()).sum(dim=1, keepdim=True) < 0, -1.0, 1.0
+    )
+    result: torch.Tensor = (sign * projection).to(M.dtype).reshape(n, h, w)
+    return result
+
+
+@register
+class EigenGradCAM(GradientCAM):
+    """EigenGrad-CAM (pytorch-grad-cam, Gildenblat et al. 2021): Eigen-CAM
+    (Muhammad & Yeasin, IJCNN 2020) applied to the gradient-weighted activations, so that the
+    first principal component is class-specific.
+
+    With ``M = ∂y/∂A ⊙ A`` reshaped to ``(hw, K)`` and centred per channel, and ``v₁`` the first
+    right singular vector of ``M``: ``map = M v₁`` reshaped to ``(h, w)``. The sign of ``v₁`` is
+    arbitrary; cnnviz picks the one that correlates non-negatively with ``Σ_k M_k`` (the HiResCAM
+    map: where gradient and activation agree, the map is high). pytorch-grad-cam keeps the sign
+    its SVD returns; otherwise the maps are equal (tested). Example::
+
+        >>> e = explain(model, x, "eigengradcam", layer="conv5_2", target=TopK(2))
+    """
+
+    name = "eigengradcam"
+    title = "EigenGrad-CAM"
+    paper = "Gildenblat et al., pytorch-grad-cam 2021"
+    summary = "First principal component of the gradient-weighted activations (class-specific)."
+
+    def combine(self, A: torch.Tensor, dA: torch.Tensor) -> torch.Tensor:
+        M = dA * A
+        return first_component(M, M.sum(dim=1))
 
 
 def final_linear(model: nn.Module) -> tuple[str, nn.Linear]:
