@@ -194,7 +194,7 @@ def test_audit_page_draws_every_cluster_and_its_flags() -> None:
     pictures = {i: np.full((64, 64, 3), 40 * (i % 5), dtype=np.uint8) for i in range(len(maps))}
     page = audit_page(
         audit,
-        maps,
+        lambda i: maps[i],
         lambda i: None if i == 0 else pictures[i],
         [f"img{i}.png" for i in range(len(maps))],
         context={"model": {"name": "m", "architecture": "a"}, "method": "gradcam",

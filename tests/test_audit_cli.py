@@ -106,3 +106,21 @@ def test_an_interrupted_run_without_its_manifest_is_refused(
     err = _error(capsys, ["audit", str(copy), "--method", "gradcam", "--out",
                           str(small_run / "e")])  # fmt: skip
     assert "finish it with cnnviz explain … --resume" in err
+
+
+def test_maps_are_read_block_by_block(small_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit never holds the run's raw maps at once: blocks of 7 images give the same mass
+    distributions as all of them together, and a drawn map is read on demand."""
+    import cnnviz.runs.audit as audit_run
+    from cnnviz.audit.spray import mass_grids
+    from cnnviz.outputs.results import open_results
+
+    results = open_results(small_run / "maps")
+    whole = audit_run.run_maps(results, "gradcam")
+    monkeypatch.setattr(audit_run, "READ_BLOCK", 7)
+    blocks = audit_run.run_maps(results, "gradcam")
+    every = np.asarray(results.maps("gradcam")[...], dtype=np.float32)[results.complete, 0]
+    np.testing.assert_array_equal(blocks.grids, whole.grids)
+    np.testing.assert_array_equal(blocks.grids, mass_grids(every, 8))
+    np.testing.assert_array_equal(blocks.raw_map(5), every[5])
+    assert blocks.grids.shape == (N_IMAGES, 4, 4)  # bn5_2: a 4 × 4 map keeps its size

@@ -25,6 +25,9 @@ MOSAIC_MEMBERS = 18  # members drawn per cluster (the first ones, by image order
 Picture = Callable[[int], np.ndarray | None]
 """Image ``i`` as the model saw it, ``(H, W, 3)`` uint8, or ``None`` if it cannot be read."""
 
+RawMap = Callable[[int], np.ndarray]
+"""Image ``i``'s ``(h, w)`` map (read when its tile is drawn)."""
+
 
 def eigenvalue_figure_uri(audited: ClassAudit) -> str:
     """The Laplacian's smallest eigenvalues with the eigengap that chose the cluster count."""
@@ -52,7 +55,7 @@ def prototype_uri(prototype: np.ndarray) -> str:
 
 
 def mosaic(
-    members: Sequence[int], maps: np.ndarray, picture: Picture, columns: int = MOSAIC_COLUMNS
+    members: Sequence[int], map_of: RawMap, picture: Picture, columns: int = MOSAIC_COLUMNS
 ) -> np.ndarray:
     """Members' maps (positive part, scaled to each map's maximum) over their images, in a grid
     of ``TILE``-pixel tiles with 2-pixel white gaps; a missing image is drawn grey."""
@@ -60,7 +63,7 @@ def mosaic(
     width = min(columns, max(1, len(members)))
     sheet = np.full((rows * (TILE + 2), width * (TILE + 2), 3), 255, dtype=np.uint8)
     for k, index in enumerate(members):
-        positive = np.clip(maps[index], 0.0, None)
+        positive = np.clip(map_of(index), 0.0, None)
         peak = float(positive.max())
         map01 = positive / peak if peak > 0 else positive
         image = picture(index)
@@ -86,7 +89,7 @@ def _where(summary: PlacementSummary) -> dict[str, Any]:
 def _cluster_view(
     cluster: ClusterAudit,
     audited: ClassAudit,
-    maps: np.ndarray,
+    map_of: RawMap,
     picture: Picture,
     names: Sequence[str],
 ) -> dict[str, Any]:
@@ -100,7 +103,7 @@ def _cluster_view(
         "correct": cluster.correct,
         "labelled": cluster.labelled,
         "prototype": prototype_uri(cluster.prototype),
-        "mosaic": png_data_uri(mosaic(shown, maps, picture)),
+        "mosaic": png_data_uri(mosaic(shown, map_of, picture)),
         "shown": len(shown),
         "names": [names[i] for i in shown],
     }
@@ -108,21 +111,23 @@ def _cluster_view(
 
 def audit_page(
     audit: Audit,
-    maps: np.ndarray,
+    map_of: RawMap,
     picture: Picture,
     names: Sequence[str],
     *,
     context: dict[str, Any],
     max_classes: int = 50,
 ) -> str:
-    """The audit's HTML page; ``maps`` ``(n, h, w)`` and ``names`` (one per image) are the run's,
+    """The audit's HTML page; ``map_of(i)`` and ``names`` (one per image) are the run's,
     ``context`` adds the template's ``model``, ``method``, ``layer``, ``source`` and ``files``."""
     ordered = sorted(audit.classes, key=lambda c: (-len(c.flagged), c.index))
     classes = [
         {
             "label": audited.label,
             "count": int(audited.members.size),
-            "clusters": [_cluster_view(c, audited, maps, picture, names) for c in audited.clusters],
+            "clusters": [
+                _cluster_view(c, audited, map_of, picture, names) for c in audited.clusters
+            ],
             "flagged": len(audited.flagged),
             "eigen": eigenvalue_figure_uri(audited),
             "where": _where(audited.where),

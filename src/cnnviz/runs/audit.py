@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from cnnviz.audit.clusters import Audit, AuditSettings, audit_maps
+from cnnviz.audit.spray import GRID, mass_grids
 from cnnviz.audit.truth import read_labels, read_masks
 from cnnviz.errors import AuditError, ImageLoadError
 from cnnviz.inputs.preprocess import Preprocessing
@@ -55,13 +56,21 @@ CLUSTER_FIELDS = [
 """The columns of ``clusters.csv``."""
 
 
+READ_BLOCK = 512
+"""Images whose maps are read at once: a saliency run's 224 × 224 maps of 50,000 images would
+take 10 GB in memory, their 8 × 8 mass distributions take 26 MB."""
+
+
 @dataclass(frozen=True)
 class RunMaps:
-    """What an audit reads from a run: per complete image its path, first target's map at the
-    layer's resolution and explained class; the run's model record, method and layer."""
+    """What an audit reads from a run: per complete image its path, its first target's map as a
+    mass distribution (:func:`~cnnviz.audit.spray.mass_grids`, read block by block) and on demand
+    at the layer's resolution, and the class it explains; the run's model record, method, layer.
+    """
 
     paths: list[Path]
-    maps: np.ndarray  # (n, h, w) float32
+    grids: np.ndarray  # (n, g, g') mass distributions
+    raw_map: Callable[[int], np.ndarray]  # image k's (h, w) map, read when drawn
     classes: np.ndarray  # (n,) class indices
     class_names: dict[int, str]
     model: dict[str, Any]
@@ -74,7 +83,7 @@ class RunMaps:
         return Preprocessing.from_dict(self.model["preprocessing"])
 
 
-def run_maps(results: Results, method: str | None = None) -> RunMaps:
+def run_maps(results: Results, method: str | None = None, grid: int = GRID) -> RunMaps:
     """The maps of ``method`` (the run's only method if ``None``) of ``results``' complete images.
 
     Raises:
@@ -100,14 +109,26 @@ def run_maps(results: Results, method: str | None = None) -> RunMaps:
         raise AuditError(
             f"{results.root} holds no complete image; run cnnviz explain (or --resume) first."
         )
-    maps = np.asarray(results.maps(method, "layer")[...], dtype=np.float32)[done, 0]
+    stored = results.maps(method, "layer")
+    grids = []
+    for start in range(0, len(results), READ_BLOCK):
+        wanted = done[(done >= start) & (done < start + READ_BLOCK)] - start
+        if wanted.size:
+            block = np.asarray(stored[start : start + READ_BLOCK], dtype=np.float32)
+            grids.append(mass_grids(block[wanted, 0], grid))
+
+    def raw_map(k: int) -> np.ndarray:
+        values: np.ndarray = np.asarray(stored[int(done[k])], dtype=np.float32)[0]
+        return values
+
     targets = np.asarray(results.targets(method), dtype=np.int64)[done, 0]
     labels = results.labels(method)
     names = dict(enumerate(results.class_names))
     names.update({int(targets[k]): str(labels[i][0]) for k, i in enumerate(done.tolist())})
     return RunMaps(
         paths=[Path(results.paths[i]) for i in done.tolist()],
-        maps=maps,
+        grids=np.concatenate(grids),
+        raw_map=raw_map,
         classes=targets,
         class_names=names,
         model=dict(results.model),
@@ -212,12 +233,13 @@ def audit_results(
         AuditError: too few maps per class, labels or boxes that name no image of the run, a
             method the run does not hold.
     """
-    run = run_maps(open_results(results_dir), method)
+    settings = settings or AuditSettings()
+    run = run_maps(open_results(results_dir), method, settings.grid)
     index = {name: c for c, name in run.class_names.items()}
     truth = None if labels is None else read_labels(Path(labels), run.paths, index)
     masks = None if boxes is None else read_masks(Path(boxes), run.paths, run.preprocessing)
     names = [run.class_names.get(c, str(c)) for c in range(max(run.class_names) + 1)]
-    audit = audit_maps(run.maps, run.classes, names, labels=truth, masks=masks, settings=settings)
+    audit = audit_maps(run.grids, run.classes, names, labels=truth, masks=masks, settings=settings)
     out = prepare_out_dir(Path(out_dir))
     files = ["index.html", "audit.csv", "clusters.csv", "audit.json"]
     atomic_write_bytes(
@@ -229,7 +251,7 @@ def audit_results(
     write_json(out / "audit.json", _record(audit, run, results_dir))
     page = audit_page(
         audit,
-        run.maps,
+        run.raw_map,
         _pictures(run),
         [p.name for p in run.paths],
         context={
