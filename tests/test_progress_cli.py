@@ -210,7 +210,7 @@ def test_method_all_draws_a_bar_over_the_methods_and_clears_it(
     """``--method all`` (three methods here, to keep it short) on a terminal: below the bar over
     the images, one over the methods, described by the method running; both gone at the end."""
     monkeypatch.setattr(
-        "cnnviz.runs.explain.method_names", lambda: ["gradcam", "saliency", "gradxinput"]
+        "cnnviz.runs.settings.method_names", lambda: ["gradcam", "saliency", "gradxinput"]
     )
     terminal = Terminal()
     monkeypatch.setattr(sys, "stderr", terminal)
