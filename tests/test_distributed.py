@@ -150,3 +150,52 @@ def test_ranks_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_relaunch_drops_nproc() -> None:
     argv = ["explain", "d", "--nproc", "2", "--out", "o", "--nproc=3"]
     assert without_option(argv, "--nproc") == ["explain", "d", "--out", "o"]
+
+
+def test_a_killed_rank_of_a_store_run_then_a_rerun_with_one_process(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    """``--store zarr`` over 2 ranks, one SIGKILLed mid-run: the store still opens, every image
+    it calls complete equals a single process's, and ``--resume`` in one process completes
+    exactly the rest, bit for bit (float32 store, the same batches)."""
+    from cnnviz.outputs.results import open_results
+
+    store = ("--store", "zarr", "--store-dtype", "float32", "--batch-size", "2")
+    reference = tmp_path / "reference"
+    assert run_cnnviz(world, reference, *store).returncode == 0
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "cnnviz", *cli_args(world, out, *store, "--nproc", "2")]
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
+    )
+    status = out / "results.zarr" / "status"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and launcher.poll() is None:
+            chunks = [p for p in status.rglob("*") if p.is_file()] if status.exists() else []
+            if len(chunks) >= 4:  # 4 of the 32 chunks written (and zarr.json)
+                break
+            time.sleep(0.01)
+        ranks = children(launcher.pid)
+        assert len(ranks) == 2 and launcher.poll() is None, "the run ended before the kill"
+        os.kill(ranks[1], signal.SIGKILL)
+        launcher.wait(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    killed, whole = open_results(out), open_results(reference)
+    done = killed.complete
+    assert 0 < done.sum() < N_IMAGES and whole.complete.all()
+    ours, theirs = np.asarray(killed.maps()[...]), np.asarray(whole.maps()[...])
+    assert np.array_equal(ours[done], theirs[done])
+    before = int(done.sum())
+    rerun = run_cnnviz(world, out, *store, "--resume")  # one process now
+    assert rerun.returncode == 0, rerun.stderr
+    resumed = open_results(out)
+    assert resumed.complete.all()
+    assert np.array_equal(np.asarray(resumed.maps()[...]), theirs)
+    assert np.array_equal(resumed.scores(), whole.scores())
+    assert (out / "results.csv").read_text() == (reference / "results.csv").read_text()
+    run = json.loads((out / "manifest.json").read_text())["extra"]["run"]
+    assert run["already_complete"] == before and run["written"] == N_IMAGES - before
