@@ -163,6 +163,20 @@ def captum_saliency(s: Setup) -> Runner:
     return lambda: attr.Saliency(s.module).attribute(s.x, target=s.classes, abs=True)
 
 
+ABLATION_PATCH = 32  # 7 × 7 patches on a 224 px input: 49 ablated copies per image
+
+
+def captum_feature_ablation(s: Setup) -> Runner:
+    attr = _import("captum.attr")
+    groups = _import("cnnviz.methods.region_ablation").patch_groups
+    h, w = s.x.shape[-2:]
+    mask = groups(h, w, ABLATION_PATCH).expand(s.x.shape[0], 1, h, w)
+    ablation = attr.FeatureAblation(s.module)
+    return lambda: ablation.attribute(
+        s.x, target=s.classes, feature_mask=mask, baselines=0.0, perturbations_per_eval=STREAM_ROWS
+    )
+
+
 def captum_ig(s: Setup) -> Runner:
     attr = _import("captum.attr")
     ig = attr.IntegratedGradients(s.module)
@@ -279,6 +293,24 @@ CASES: list[Case] = [
     ),
     Case("cnnviz", "saliency", cnnviz_method("saliency", layer=False), batches=(1, 8)),
     Case("captum", "saliency", captum_saliency, batches=(1, 8)),
+    Case(
+        "cnnviz",
+        "feature-ablation",
+        cnnviz_method(
+            "feature-ablation", layer=False, patch=ABLATION_PATCH, batch_size=STREAM_ROWS
+        ),
+        batches=(1,),
+        memory=False,
+        note=f"{ABLATION_PATCH} px patches, {STREAM_ROWS} ablated images per pass",
+    ),
+    Case(
+        "captum",
+        "feature-ablation",
+        captum_feature_ablation,
+        batches=(1,),
+        memory=False,
+        note=f"perturbations_per_eval={STREAM_ROWS}",
+    ),
     Case(
         "plain",
         "forward-x32",

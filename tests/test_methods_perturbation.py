@@ -244,7 +244,11 @@ def test_rise_probability_scores_and_targets_share_the_forward_passes() -> None:
 
 @pytest.mark.parametrize(
     ("method", "options"),
-    [("occlusion", {"window": 16, "stride": 16}), ("rise", {"masks": 20, "grid": 4})],
+    [
+        ("occlusion", {"window": 16, "stride": 16}),
+        ("rise", {"masks": 20, "grid": 4}),
+        ("feature-ablation", {"patch": 16}),
+    ],
 )
 def test_model_left_as_found_and_float64_works(method: str, options: dict[str, Any]) -> None:
     model = small_vgg().double()

@@ -15,7 +15,8 @@ import cnnviz.methods.cam_perturbation  # registers Score-CAM, Ablation-CAM
 import cnnviz.methods.gradients  # registers saliency, Gradient × Input, SmoothGrad
 import cnnviz.methods.guided  # registers Guided Backprop, DeconvNet, Guided Grad-CAM
 import cnnviz.methods.integrated  # registers Integrated Gradients
-import cnnviz.methods.perturbation  # noqa: F401  # registers Occlusion, RISE
+import cnnviz.methods.perturbation  # registers Occlusion, RISE
+import cnnviz.methods.region_ablation  # noqa: F401  # registers Feature Ablation
 from cnnviz.errors import CnnvizError, close_matches
 from cnnviz.methods.base import Method, registered_methods
 

@@ -250,8 +250,9 @@ class ExplorerSession:
         }
 
 
-HIDDEN_OPTIONS = frozenset({"preprocessing"})
-"""Method options the explorer supplies itself (the model's preprocessing)."""
+HIDDEN_OPTIONS = frozenset({"preprocessing", "mask"})
+"""Method options the page does not offer: the explorer supplies the model's preprocessing, and
+Feature Ablation's segmentation ``mask`` is a tensor (Python only)."""
 
 
 def method_description(name: str) -> dict[str, Any]:
