@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -222,21 +223,24 @@ def test_method_all_draws_one_grid_and_skips_what_cannot_run(tmp_path: Path) -> 
     grid_name = {i["files"]["grid"] for i in manifest["items"]}
     assert grid_name == {"a.grid.png"}
     grid = np.asarray(Image.open(tmp_path / "o" / "a.grid.png"))
-    # 19 methods × 2 targets, near square: each method's two tiles side by side, ⌈√(19/2)⌉ = 4
-    # methods per row, so 5 rows × 8 columns of 32×32 tiles in 36-pixel cells (was 19 × 2).
-    assert grid_shape(len(methods), 2) == (5, 8)
-    assert grid.shape[1] == 4 + 8 * 36
+    # M methods × 2 targets, near square: each method's two tiles side by side, ⌈√(M/2)⌉
+    # methods per row (21 methods: 4 per row, so 6 rows × 8 columns of 32×32 tiles in 36-pixel
+    # cells), not M rows × 2.
+    per_row = math.ceil(math.sqrt(len(methods) / 2))
+    rows = math.ceil(len(methods) / per_row)
+    assert grid_shape(len(methods), 2) == (rows, 2 * per_row)
+    assert grid.shape[1] == 4 + 2 * per_row * 36
     tops: dict[int, set[int]] = {}
     for item in manifest["items"]:
         m, t = methods.index(item["method"]), item["target_rank"]
-        left = 4 + ((m % 4) * 2 + t) * 36
+        left = 4 + ((m % per_row) * 2 + t) * 36
         overlay = np.asarray(Image.open(tmp_path / "o" / item["files"]["overlay"]))
         column = grid[:, left : left + 32]
         found = [y for y in range(len(column) - 31) if np.array_equal(column[y : y + 32], overlay)]
         assert len(found) == 1, item["method"]
-        tops.setdefault(m // 4, set()).add(found[0])
-    assert sorted(tops) == list(range(5)) and all(len(y) == 1 for y in tops.values())
-    assert sorted(min(y) for y in tops.values()) == [min(tops[r]) for r in range(5)]
+        tops.setdefault(m // per_row, set()).add(found[0])
+    assert sorted(tops) == list(range(rows)) and all(len(y) == 1 for y in tops.values())
+    assert sorted(min(y) for y in tops.values()) == [min(tops[r]) for r in range(rows)]
 
 
 def test_unknown_method_fails_before_the_model_loads(
