@@ -92,6 +92,9 @@ def process_group(ranks: Ranks, device: str) -> Iterator[None]:
     )
     try:
         yield
+        # Every rank is done before any tears its connections down: a rank that destroyed its
+        # group while a peer's gloo threads still used their pair could abort that peer at exit.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
