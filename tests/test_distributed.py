@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,21 +97,23 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in path.read_text().split()] if path.exists() else []
 
 
-def test_a_killed_rank_then_a_rerun_with_one_process(
-    world: dict[str, Path], tmp_path: Path
-) -> None:
-    out = tmp_path / "killed"
-    command = [sys.executable, "-m", "cnnviz", *cli_args(world, out, "--nproc", "2")]
+def _files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def kill_a_rank(argv: list[str], ready: Callable[[], bool]) -> list[int]:
+    """Run ``cnnviz ARGV`` (``--nproc 2``), SIGKILL its second rank once ``ready()`` holds, and
+    wait: the launcher fails and stops the other rank. Returns the ranks' pids."""
     launcher = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
+        [sys.executable, "-m", "cnnviz", *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env(),
     )
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and launcher.poll() is None:
-            written = len(list((out / "records").glob("*.json"))) if out.exists() else 0
-            if written >= 4:
-                break
-            time.sleep(0.05)
+        while time.monotonic() < deadline and launcher.poll() is None and not ready():
+            time.sleep(0.01)
         ranks = children(launcher.pid)
         assert len(ranks) == 2 and launcher.poll() is None, "the run ended before the kill"
         os.kill(ranks[1], signal.SIGKILL)
@@ -119,6 +122,15 @@ def test_a_killed_rank_then_a_rerun_with_one_process(
         if launcher.poll() is None:
             launcher.kill()
     assert launcher.returncode != 0  # the dead rank's status (and the other one stopped)
+    return ranks
+
+
+def test_a_killed_rank_then_a_rerun_with_one_process(
+    world: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    records = out / "records"
+    ranks = kill_a_rank(cli_args(world, out, "--nproc", "2"), lambda: _files(records) >= 4)
     assert all(not Path(f"/proc/{pid}").exists() for pid in ranks)
     before = len(list((out / "records").glob("*.json")))
     assert 4 <= before < N_IMAGES
@@ -164,26 +176,8 @@ def test_a_killed_rank_of_a_store_run_then_a_rerun_with_one_process(
     reference = tmp_path / "reference"
     assert run_cnnviz(world, reference, *store).returncode == 0
     out = tmp_path / "killed"
-    command = [sys.executable, "-m", "cnnviz", *cli_args(world, out, *store, "--nproc", "2")]
-    launcher = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
-    )
-    status = out / "results.zarr" / "status"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and launcher.poll() is None:
-            chunks = [p for p in status.rglob("*") if p.is_file()] if status.exists() else []
-            if len(chunks) >= 4:  # 4 of the 32 chunks written (and zarr.json)
-                break
-            time.sleep(0.01)
-        ranks = children(launcher.pid)
-        assert len(ranks) == 2 and launcher.poll() is None, "the run ended before the kill"
-        os.kill(ranks[1], signal.SIGKILL)
-        launcher.wait(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
-    assert launcher.returncode != 0
+    status = out / "results.zarr" / "status"  # 4 of the 32 chunks written (and zarr.json):
+    kill_a_rank(cli_args(world, out, *store, "--nproc", "2"), lambda: _files(status) >= 4)
     killed, whole = open_results(out), open_results(reference)
     done = killed.complete
     assert 0 < done.sum() < N_IMAGES and whole.complete.all()

@@ -48,6 +48,14 @@ def parse_score(value: str | Score) -> Score:
         raise ValueError(f"score must be 'logit' or 'probability', got {value!r}") from None
 
 
+def reference_scores(clean: CleanPass, probability: bool) -> torch.Tensor:
+    """The unperturbed ``(N, T)`` scores a score drop is measured from: the probabilities when
+    ``probability`` (class targets), else the logits (or a callable target's scalar)."""
+    if probability and clean.probabilities is not None:
+        return clean.probabilities
+    return clean.scores
+
+
 def pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
     """``(h, w)`` from one positive int or two."""
     values = (value, value) if isinstance(value, int) else tuple(value)
@@ -137,9 +145,7 @@ class Occlusion(Method):
         ]
         clean = clean_pass(model, x, target, class_names)
         probability = self.score is Score.PROBABILITY
-        reference = clean.scores
-        if probability and clean.probabilities is not None:
-            reference = clean.probabilities
+        reference = reference_scores(clean, probability)
         total = x.new_zeros((n, clean.targets.per_image, height, width))
         count = x.new_zeros((height, width))
         for span in batches(list(chunks(len(windows), n, self.batch_size)), self.title):

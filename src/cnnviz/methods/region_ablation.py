@@ -17,7 +17,7 @@ from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import positive_int
 from cnnviz.methods.base import Explanation, Method, register
 from cnnviz.methods.gradients import chunks, clean_pass, forward_scores, repeated_rows
-from cnnviz.methods.perturbation import Score, map_result, parse_score
+from cnnviz.methods.perturbation import Score, map_result, parse_score, reference_scores
 from cnnviz.methods.postprocess import Display
 from cnnviz.progress import batches
 
@@ -117,9 +117,7 @@ class FeatureAblation(Method):
         count = int(groups.max()) + 1
         clean = clean_pass(model, x, target, class_names)
         probability = self.score is Score.PROBABILITY
-        reference = clean.scores
-        if probability and clean.probabilities is not None:
-            reference = clean.probabilities
+        reference = reference_scores(clean, probability)
         maps = x.new_zeros((n, clean.targets.per_image, *x.shape[-2:]))
         for span in batches(list(chunks(count, n, self.batch_size)), self.title):
             ids = torch.arange(span.start, span.stop, device=x.device)
