@@ -54,6 +54,20 @@ from bench_cases import (
     make_setup,
 )
 
+BENCHMARKS = Path(__file__).resolve().parent
+
+
+def method_family_cases() -> list[Case]:
+    """The cases of every ``benchmarks/cases_*.py`` (one module per family of methods, each
+    with its ``CASES`` list), in file-name order, after those of ``bench_cases``."""
+    found: list[Case] = []
+    for path in sorted(BENCHMARKS.glob("cases_*.py")):
+        found.extend(importlib.import_module(path.stem).CASES)
+    return found
+
+
+ALL_CASES: list[Case] = CASES + method_family_cases()
+
 
 @dataclass
 class Result:
@@ -130,7 +144,7 @@ def read_status(key: str) -> int:
 def measure_memory(case_id: str, device: torch.device) -> dict[str, Any]:
     """In this (fresh) process: the extra peak memory of one call of one case, in bytes."""
     model, batch_text, name = case_id.split("/")
-    case = next(c for c in CASES + SLOW_PEERS if c.name == name)
+    case = next(c for c in ALL_CASES + SLOW_PEERS if c.name == name)
     s = make_setup(model, int(batch_text.lstrip("b")), device)
     run = case.build(s)
     settle(s)
@@ -174,7 +188,7 @@ def memory_of(case_id: str, args: argparse.Namespace) -> tuple[float | None, str
 
 def group_cases(batch: int, slow: bool, args: argparse.Namespace) -> list[Case]:
     """The cases of one group (the yardsticks always), filtered by ``--cases``."""
-    cases = CASES + (SLOW_PEERS if args.slow_peers else [])
+    cases = ALL_CASES + (SLOW_PEERS if args.slow_peers else [])
     return [
         c
         for c in cases
