@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,8 +13,15 @@ from torch import nn
 
 from cnnviz.capture.targets import Targets, TargetSpec
 from cnnviz.errors import positive_int
-from cnnviz.inputs.preprocess import Preprocessing, gaussian_blur
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import Explanation, Method, check_finite, register
+from cnnviz.methods.baselines import (
+    Baseline,
+    BaselineContext,
+    BaselineSpec,
+    baseline_tensor,
+    parse_baseline,
+)
 from cnnviz.methods.gradients import (
     ChannelReduction,
     chunks,
@@ -24,7 +30,6 @@ from cnnviz.methods.gradients import (
     forward_scores,
     input_gradients,
     input_space_result,
-    make_generator,
     parse_reduction,
     repeated_rows,
 )
@@ -80,39 +85,6 @@ def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch
     return (k + offset) / steps, torch.full((steps,), 1 / steps, dtype=torch.float64)
 
 
-class PathBaseline(enum.Enum):
-    """Named IG baselines x′, in the model-input space."""
-
-    BLACK = "black"
-    """The preprocessed black image with ``preprocessing`` given, else zeros."""
-    BLURRED = "blurred"
-    """x blurred by a Gaussian of ``blur_sigma`` pixels (default 5 % of the longer side)."""
-    UNIFORM = "uniform"
-    """Seeded uniform noise over the pixel range [0, 1] normalised with ``preprocessing``,
-    else over each image's own value range [min x, max x]."""
-
-
-def channel_normalisation(
-    prep: Preprocessing | None, x: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``prep``'s mean and std as ``(1, C, 1, 1)`` tensors like ``x`` (``None`` without ``prep``).
-
-    Raises:
-        ValueError: ``prep`` has another channel count than ``x`` (``(N, C, H, W)``).
-    """
-    if prep is None:
-        return None
-    if prep.channels != x.shape[1]:
-        raise ValueError(
-            f"The preprocessing has {prep.channels} channel(s) (mean {prep.mean}) but the input "
-            f"has {x.shape[1]}; give a Preprocessing with one mean and std per input channel "
-            "(Preprocessing.with_channels adapts one)."
-        )
-    mean = torch.tensor(prep.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(prep.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return mean, std
-
-
 @register
 class IntegratedGradients(Method):
     """Integrated Gradients (Sundararajan, Taly & Yan, "Axiomatic Attribution for Deep
@@ -146,8 +118,10 @@ class IntegratedGradients(Method):
     report does, which prints the gap under the picture).
 
     ``baseline`` x′ is in the model-input space: "black" (default; zeros unless
-    ``preprocessing`` gives the mean/std that map a black image), "blurred" (``blur_sigma``),
-    "uniform" (``seed``), a number, or a tensor broadcastable to x; :func:`cnnviz.explain` passes
+    ``preprocessing`` gives the mean/std that map a black image), "mean" (zeros), "blurred"
+    (``blur_sigma``), "uniform" (``seed``), a number, or a tensor broadcastable to x (the
+    baselines of :mod:`cnnviz.methods.baselines`, shared with DeepLift and the perturbation
+    methods); :func:`cnnviz.explain` passes
     a LoadedModel's ``preprocessing``. Steps stream through the model ``batch_size`` (16) rows
     at a time (at least one step of every image). Example::
 
@@ -167,7 +141,7 @@ class IntegratedGradients(Method):
         *,
         steps: int = 64,
         quadrature: str | Quadrature = Quadrature.ADAPTIVE,
-        baseline: str | PathBaseline | float | torch.Tensor = PathBaseline.BLACK,
+        baseline: BaselineSpec = Baseline.BLACK,
         preprocessing: Preprocessing | None = None,
         blur_sigma: float | None = None,
         seed: int = 0,
@@ -196,21 +170,8 @@ class IntegratedGradients(Method):
             ):
                 raise ValueError(f"tolerance must be a fraction in (0, 1), got {tolerance!r}")
         self.tolerance = None if tolerance is None else float(tolerance)
-        if isinstance(baseline, str):
-            try:
-                baseline = PathBaseline(baseline.strip().lower())
-            except ValueError:
-                choices = ", ".join(b.value for b in PathBaseline)
-                raise ValueError(
-                    f"baseline must be one of {choices}, a number or a tensor; got {baseline!r}"
-                ) from None
-        elif isinstance(baseline, bool) or not isinstance(
-            baseline, (PathBaseline, int, float, torch.Tensor)
-        ):
-            raise TypeError(f"baseline must be a name, number or tensor, got {baseline!r}")
-        if blur_sigma is not None and not (math.isfinite(blur_sigma) and blur_sigma > 0):
-            raise ValueError(f"blur_sigma must be a positive number of pixels, got {blur_sigma!r}")
-        self.baseline = baseline
+        self.baseline = parse_baseline(baseline)
+        self.context = BaselineContext(preprocessing, blur_sigma, int(seed))
         self.preprocessing = preprocessing
         self.blur_sigma = blur_sigma
         self.seed = int(seed)
@@ -220,33 +181,7 @@ class IntegratedGradients(Method):
 
     def baseline_for(self, x: torch.Tensor) -> torch.Tensor:
         """The baseline x′ for ``x``, same shape, dtype and device."""
-        b = self.baseline
-        if isinstance(b, torch.Tensor):
-            try:
-                return torch.broadcast_to(b.to(x), x.shape).clone()
-            except RuntimeError as e:
-                raise ValueError(
-                    f"A baseline tensor of shape {tuple(b.shape)} does not broadcast to the "
-                    f"input shape {tuple(x.shape)}; give (C, H, W), (N, C, H, W) or (C, 1, 1)."
-                ) from e
-        if not isinstance(b, PathBaseline):
-            return torch.full_like(x, float(b))
-        if b is PathBaseline.BLURRED:
-            sigma = self.blur_sigma or 0.05 * max(x.shape[-2:])
-            return gaussian_blur(x, sigma)
-        normalisation = channel_normalisation(self.preprocessing, x)
-        if b is PathBaseline.BLACK:
-            if normalisation is None:
-                return torch.zeros_like(x)
-            mean, std = normalisation
-            return (-mean / std).expand_as(x).clone()
-        u = torch.rand(x.shape, generator=make_generator(self.seed, x.device), device=x.device)
-        u = u.to(x.dtype)
-        if normalisation is not None:
-            mean, std = normalisation
-            return (u - mean) / std
-        low = x.amin(dim=(1, 2, 3), keepdim=True)
-        return low + u * (x.amax(dim=(1, 2, 3), keepdim=True) - low)
+        return baseline_tensor(self.baseline, x, self.context)
 
     def explain(
         self,

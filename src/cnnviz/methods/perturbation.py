@@ -17,7 +17,9 @@ from torch import nn
 
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import NotApplicableError, positive_int
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import Explanation, Method, check_finite, register
+from cnnviz.methods.baselines import BaselineContext, BaselineSpec, baseline_tensor, parse_baseline
 from cnnviz.methods.gradients import (
     CleanPass,
     chunks,
@@ -81,7 +83,8 @@ class Occlusion(Method):
 
     A ``window`` (16 px) slides over the image with ``stride`` (default half the window),
     replacing all channels under it by ``baseline`` (0 in model-input units: the dataset mean
-    colour for normalised inputs, the paper's grey square). Each pixel gets the mean score
+    colour for normalised inputs, the paper's grey square; any baseline of
+    :mod:`cnnviz.methods.baselines`). Each pixel gets the mean score
     drop of the windows covering it:  a_p = mean_{w ∋ p} (S_c(x) − S_c(x with w occluded)).
     ``score`` is "logit" (default, as captum) or "probability". Positive = evidence for the
     class (display POSITIVE). Attributions repeat the map over the colour channels.
@@ -102,7 +105,8 @@ class Occlusion(Method):
         *,
         window: int | Sequence[int] = 16,
         stride: int | Sequence[int] | None = None,
-        baseline: float | torch.Tensor = 0.0,
+        baseline: BaselineSpec = 0.0,
+        preprocessing: Preprocessing | None = None,
         score: str | Score = Score.LOGIT,
         batch_size: int = 64,
     ) -> None:
@@ -114,9 +118,8 @@ class Occlusion(Method):
                 f"stride {self.stride} is larger than window {self.window}, which leaves pixels "
                 "that no window covers; use a stride no larger than the window."
             )
-        if isinstance(baseline, bool) or not isinstance(baseline, (int, float, torch.Tensor)):
-            raise TypeError(f"baseline must be a number or a tensor, got {baseline!r}")
-        self.baseline = baseline
+        self.baseline = parse_baseline(baseline)
+        self.context = BaselineContext(preprocessing)
         self.score = parse_score(score)
         self.batch_size = positive_int(batch_size, "batch_size")
 
@@ -130,14 +133,7 @@ class Occlusion(Method):
         class_names: Sequence[str] | None,
     ) -> Explanation:
         (n, _, height, width), (wh, ww) = x.shape, self.window
-        try:
-            fill = torch.broadcast_to(torch.as_tensor(self.baseline).to(x), x.shape)
-        except RuntimeError as e:
-            raise ValueError(
-                f"An occlusion baseline of shape {tuple(torch.as_tensor(self.baseline).shape)} "
-                f"does not broadcast to the input shape {tuple(x.shape)}; give a number, "
-                "(C, 1, 1), (C, H, W) or (N, C, H, W)."
-            ) from e
+        fill = baseline_tensor(self.baseline, x, self.context, "occlusion baseline")
         windows = [
             (top, left)
             for top in window_starts(height, wh, self.stride[0])

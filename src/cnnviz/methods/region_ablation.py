@@ -15,7 +15,9 @@ from torch import nn
 
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.errors import positive_int
+from cnnviz.inputs.preprocess import Preprocessing
 from cnnviz.methods.base import Explanation, Method, register
+from cnnviz.methods.baselines import BaselineContext, BaselineSpec, baseline_tensor, parse_baseline
 from cnnviz.methods.gradients import chunks, clean_pass, forward_scores, repeated_rows
 from cnnviz.methods.perturbation import Score, map_result, parse_score, reference_scores
 from cnnviz.methods.postprocess import Display
@@ -57,7 +59,8 @@ class FeatureAblation(Method):
     The pixels are partitioned into groups ``g`` — ``patch``-px squares (default: a 14 × 14
     grid, ``patch = ⌈min(H, W) / 14⌉``) or the integer ids of ``mask`` (``(H, W)`` or
     ``(N, H, W)``, e.g. superpixels) — and every pixel gets the score drop of its group set, in
-    all channels, to ``baseline`` (0 in model-input units: the dataset mean colour):
+    all channels, to ``baseline`` (0 in model-input units: the dataset mean colour; any baseline
+    of :mod:`cnnviz.methods.baselines`):
 
         a_p = S_c(x) − S_c(x with g(p) ablated).
 
@@ -79,7 +82,8 @@ class FeatureAblation(Method):
         *,
         patch: int | None = None,
         mask: torch.Tensor | None = None,
-        baseline: float = 0.0,
+        baseline: BaselineSpec = 0.0,
+        preprocessing: Preprocessing | None = None,
         score: str | Score = Score.LOGIT,
         batch_size: int = 64,
     ) -> None:
@@ -89,9 +93,8 @@ class FeatureAblation(Method):
         if mask is not None and patch is not None:
             raise ValueError("give either patch or mask, not both")
         self.mask = mask
-        if isinstance(baseline, bool) or not isinstance(baseline, (int, float)):
-            raise TypeError(f"baseline must be a number, got {baseline!r}")
-        self.baseline = float(baseline)
+        self.baseline = parse_baseline(baseline)
+        self.context = BaselineContext(preprocessing)
         self.score = parse_score(score)
         self.batch_size = positive_int(batch_size, "batch_size")
 
@@ -118,11 +121,12 @@ class FeatureAblation(Method):
         clean = clean_pass(model, x, target, class_names)
         probability = self.score is Score.PROBABILITY
         reference = reference_scores(clean, probability)
+        fill = baseline_tensor(self.baseline, x, self.context)
         maps = x.new_zeros((n, clean.targets.per_image, *x.shape[-2:]))
         for span in batches(list(chunks(count, n, self.batch_size)), self.title):
             ids = torch.arange(span.start, span.stop, device=x.device)
             ablated = (groups.unsqueeze(0) == ids.view(-1, 1, 1, 1)).unsqueeze(2)  # (k,N,1,H,W)
-            batch = torch.where(ablated, torch.full_like(x, self.baseline), x).flatten(0, 1)
+            batch = torch.where(ablated, fill, x).flatten(0, 1)
             rows = repeated_rows(n, len(span), x.device)
             scores = forward_scores(model, batch, clean.targets, rows, probability=probability)
             drops = reference.unsqueeze(0) - scores.view(len(span), n, -1)  # (k, N, T)
