@@ -1,12 +1,11 @@
 """Methods that change the backward pass of ReLU modules: Guided Backprop, DeconvNet, and
 Guided Grad-CAM.
 
-:class:`ReluOverride` owns the hooks. For each ``nn.ReLU``/``nn.ReLU6`` module a forward
-pre-hook keeps the module's input ``x`` (and hands an in-place ReLU a copy, so ``x`` keeps its
-autograd node), and a forward hook replaces the output by :class:`_RuleOutput` applied to
-``(x, output values)``: the same values, with the rule's gradient to ``x`` instead of the
-ReLU's own. Only ReLU *modules* can be overridden; a ``torch.relu``/``F.relu`` call inside a
-``forward`` keeps its ordinary gradient (a warning is logged when a model has no ReLU module).
+:class:`ReluOverride` gives every ``nn.ReLU``/``nn.ReLU6`` module a backward rule through the one
+hook mechanism, :class:`cnnviz.capture.module_rules.ModuleRules` (the same values forward, the
+rule's gradient back; in-place ReLUs and ReLUs used twice in one forward are handled there).
+Only ReLU *modules* can be overridden; a ``torch.relu``/``F.relu`` call inside a ``forward``
+keeps its ordinary gradient (a warning is logged when a model has no ReLU module).
 """
 
 from __future__ import annotations
@@ -15,14 +14,11 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.hooks import RemovableHandle
 
-from cnnviz.capture.forward import add_forward_hook, require_hooks
-from cnnviz.capture.hooks import HookOwner
+from cnnviz.capture.module_rules import ModuleRules
 from cnnviz.capture.targets import TargetSpec
 from cnnviz.methods.base import Explanation, Method, gradient_pass, register
 from cnnviz.methods.cam import GradCAM
@@ -52,25 +48,20 @@ class ReluRule(enum.Enum):
     """max(g, 0) — Zeiler & Fergus: the ReLU applied to the signal, ignoring the forward."""
 
 
-class _RuleOutput(torch.autograd.Function):
-    """Returns ``values`` in the forward pass; sends the rule's gradient to ``x``."""
+class ReluBackward:
+    """The backward rule of a ReLU module for :class:`ReluRule` ``rule``."""
 
-    @staticmethod
-    def forward(
-        ctx: Any, x: torch.Tensor, values: torch.Tensor, passed: torch.Tensor | None
+    def __init__(self, rule: ReluRule) -> None:
+        self.rule = rule
+
+    def backward(
+        self, module: nn.Module, x: torch.Tensor, y: torch.Tensor, grad: torch.Tensor
     ) -> torch.Tensor:
-        ctx.guided = passed is not None
-        if passed is not None:
-            ctx.save_for_backward(passed)
-        return values.clone()
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         grad = grad.clamp(min=0)
-        if ctx.guided:
-            (passed,) = ctx.saved_tensors
-            grad = grad * passed
-        return grad, None, None
+        if self.rule is ReluRule.DECONVNET:
+            return grad
+        upper = float(getattr(module, "max_val", float("inf")))  # 6 for ReLU6
+        return grad * ((y > 0) & (y < upper))  # 0 < x (< 6), read off the output
 
 
 def parse_modules(modules: Sequence[str]) -> tuple[type[nn.Module], ...]:
@@ -85,7 +76,7 @@ def parse_modules(modules: Sequence[str]) -> tuple[type[nn.Module], ...]:
     return tuple(RELU_MODULES[m] for m in modules)
 
 
-class ReluOverride(HookOwner):
+class ReluOverride(ModuleRules):
     """Context manager: for its block, every module of ``types`` in ``model`` backpropagates by
     ``rule``. The forward values are unchanged; hooks are removed on exit (idempotent), also
     after an exception, and the model is left exactly as found.
@@ -100,26 +91,13 @@ class ReluOverride(HookOwner):
         rule: ReluRule,
         types: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6),
     ) -> None:
-        self.model = model
         self.rule = ReluRule(rule)
         self.types = types
-        self.modules: list[str] = []
-        self._handles: list[RemovableHandle] = []
-        self._inputs: dict[nn.Module, torch.Tensor] = {}
+        backward = ReluBackward(self.rule)
+        super().__init__(model, lambda _name, m: backward if isinstance(m, types) else None)
 
     def __enter__(self) -> ReluOverride:
-        require_hooks(
-            self.model
-        )  # a TorchScript model has no nn.ReLU: it would be a plain gradient
-        try:
-            for name, module in self.model.named_modules():
-                if isinstance(module, self.types):
-                    self._handles.append(add_forward_hook(module, self._keep_input, before=True))
-                    self._handles.append(add_forward_hook(module, self._replace_output))
-                    self.modules.append(name)
-        except BaseException:
-            self.remove()
-            raise
+        super().__enter__()
         if not self.modules:
             logger.warning(
                 "%s has no %s modules: the %s gradient equals the plain gradient "
@@ -129,35 +107,6 @@ class ReluOverride(HookOwner):
                 self.rule.value,
             )
         return self
-
-    def remove(self) -> None:
-        """Remove every hook; safe to call more than once."""
-        while self._handles:
-            self._handles.pop().remove()
-        self._inputs.clear()
-
-    def _keep_input(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or not (torch.is_grad_enabled() and x.requires_grad):
-            return None
-        self._inputs[module] = x
-        if getattr(module, "inplace", False):
-            return (x.clone(), *args[1:])  # the in-place op acts on the copy; x keeps its node
-        return None
-
-    def _replace_output(
-        self, module: nn.Module, _args: tuple[Any, ...], output: Any
-    ) -> torch.Tensor | None:
-        x = self._inputs.pop(module, None)
-        if x is None or not isinstance(output, torch.Tensor):
-            return None
-        values = output.detach()
-        passed = None
-        if self.rule is ReluRule.GUIDED:
-            upper = float(getattr(module, "max_val", float("inf")))  # 6 for ReLU6
-            passed = (values > 0) & (values < upper)  # 0 < x (< 6), read off the output
-        result: torch.Tensor = _RuleOutput.apply(x, values, passed)
-        return result
 
 
 class ModifiedReluGradient(Method):
