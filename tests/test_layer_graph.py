@@ -38,7 +38,7 @@ def small_vgg() -> nn.Module:
 def test_the_cams_are_answered_from_the_graph() -> None:
     assert set(CAMS) == {
         "gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "eigencam", "eigengradcam",
-        "cam", "scorecam", "ablationcam",
+        "cam", "scorecam", "ablationcam", "randomcam",
     }  # fmt: skip
     assert not uses_layer_graph(get_method("saliency"))
 
