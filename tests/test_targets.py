@@ -88,3 +88,11 @@ def test_callable_targets_score_once_with_t_columns() -> None:
     assert torch.equal(t.scores(three, rows=rows)[:, 1], torch.tensor([3.0, 3.0, 0.1]))
     with pytest.raises(TargetError, match=r"shape \(2, 2\) for a batch of 3 images"):
         t.scores(LOGITS, rows=rows)
+
+
+def test_per_image_lists_give_several_targets_each() -> None:
+    t = resolve_targets([["espresso", 4], [0, 1]], LOGITS, NAMES)
+    assert t.indices is not None and t.indices.tolist() == [[NAMES.index("espresso"), 4], [0, 1]]
+    assert t.labels[1] == (NAMES[0], NAMES[1])
+    with pytest.raises(TargetError, match="same, non-zero length"):
+        resolve_targets([[1, 2], [3]], LOGITS, NAMES)

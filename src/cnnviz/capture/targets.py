@@ -4,7 +4,8 @@ A target specification (``TargetSpec``) is one of:
 
 * ``None`` — the predicted class of each image (arg-max of the logits);
 * an ``int`` class index or a ``str`` class name — the same class for every image;
-* a sequence with one index or name per image (its length must match the batch);
+* a sequence with one index or name per image (its length must match the batch), or with one
+  sequence of ``T`` indices or names per image (``[[3, 7], [1, 2]]``: ``T`` targets each);
 * :class:`TopK` — the ``k`` highest-scoring classes of each image (``k`` targets per image);
 * a callable mapping the model output to a tensor of shape ``(N,)`` or ``(N, T)`` — any scalar
   (or ``T`` scalars) per image: multi-label, regression, a segmentation class summed over a
@@ -37,7 +38,9 @@ class TopK:
             raise TargetError(f"top-k needs a positive whole number k, got {self.k!r}")
 
 
-TargetSpec: TypeAlias = int | str | Sequence[int | str] | TopK | ScoreFn | None
+TargetSpec: TypeAlias = (
+    int | str | Sequence[int | str] | Sequence[Sequence[int | str]] | TopK | ScoreFn | None
+)
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -254,8 +257,15 @@ def _resolve_classes(
                 f"{len(spec)} targets given for a batch of {n} images; give one per image "
                 "or a single target for all."
             )
+        rows = [v if isinstance(v, Sequence) and not isinstance(v, str) else [v] for v in spec]
+        if len({len(row) for row in rows}) != 1 or not rows[0]:
+            raise TargetError(
+                "Per-image target lists must all have the same, non-zero length; got lengths "
+                f"{[len(row) for row in rows]}."
+            )
         index = torch.tensor(
-            [[class_index(v, class_names, num_classes)] for v in spec], dtype=torch.long
+            [[class_index(v, class_names, num_classes) for v in row] for row in rows],
+            dtype=torch.long,
         )
     else:
         raise TypeError(

@@ -16,6 +16,7 @@ import cnnviz.methods.cam_random  # registers RandomCAM
 import cnnviz.methods.gradients  # registers saliency, Gradient × Input, SmoothGrad
 import cnnviz.methods.guided  # registers Guided Backprop, DeconvNet, Guided Grad-CAM
 import cnnviz.methods.integrated  # registers Integrated Gradients
+import cnnviz.methods.noise_tunnel  # registers the noise tunnel
 import cnnviz.methods.perturbation  # registers Occlusion, RISE
 import cnnviz.methods.region_ablation  # noqa: F401  # registers Feature Ablation
 from cnnviz.errors import CnnvizError, close_matches
