@@ -11,8 +11,14 @@ import torch
 from torch import nn
 
 from cnnviz.capture.targets import TargetSpec
-from cnnviz.errors import positive_int
-from cnnviz.methods.base import Explanation, Method, check_finite, register
+from cnnviz.errors import close_matches, positive_int
+from cnnviz.methods.base import (
+    Explanation,
+    Method,
+    check_finite,
+    register,
+    registered_methods,
+)
 from cnnviz.methods.gradients import (
     ChannelReduction,
     SmoothGrad,
@@ -103,13 +109,16 @@ class NoiseTunnel(Method):
         seed: int = 0,
         batch_size: int = 16,
     ) -> None:
-        # lazy: the registry imports this module to register it
-        from cnnviz.methods.registry import make_method
-
         if isinstance(around, str):
-            if around.strip().lower() == self.name:
+            key, methods = around.strip().lower().replace("_", "-"), registered_methods()
+            if key == self.name:
                 raise ValueError("a noise tunnel cannot wrap another noise tunnel by name")
-            around = make_method(around)
+            if key not in methods:
+                raise ValueError(
+                    f"Unknown method {around!r} to wrap.{close_matches(key, methods)} "
+                    "List the methods with `cnnviz methods`."
+                )
+            around = methods[key]()
         if not isinstance(around, Method):
             raise TypeError(f"around must be a method name or a Method, got {around!r}")
         self.method = around
