@@ -169,7 +169,9 @@ def test_slic_and_quickshift_are_skimages_on_the_unnormalised_picture() -> None:
     mean, std = torch.tensor(prep.mean).view(3, 1, 1), torch.tensor(prep.std).view(3, 1, 1)
     x = (pixels - mean) / std
     close(picture(x, prep), pixels.permute(0, 2, 3, 1), 1e-5)
-    close(picture(pixels * 4 - 1), pixels.permute(0, 2, 3, 1).sub(pixels.amin((1, 2, 3), True).permute(0, 2, 3, 1)).div((pixels.amax((1, 2, 3), True) - pixels.amin((1, 2, 3), True)).permute(0, 2, 3, 1)), 1e-5)  # fmt: skip
+    low = pixels.amin(dim=(1, 2, 3), keepdim=True)
+    scaled = (pixels - low) / (pixels.amax(dim=(1, 2, 3), keepdim=True) - low)
+    close(picture(pixels * 4 - 1), scaled.permute(0, 2, 3, 1), 1e-5)  # min-max per image
     ours, counts = Superpixels.parse("slic", None, n_segments=9, compactness=5.0).groups(x, prep)
     quick, _ = Superpixels.parse("quickshift", None, max_dist=6.0).groups(x, prep)
     for i in range(2):
@@ -269,7 +271,7 @@ def test_options_are_refused_at_the_boundary(method: str, options: dict, match: 
 
 def test_lime_options_and_a_float_mask_are_refused() -> None:
     for options in ({"kernel_width": 0.0}, {"alpha": -0.1}, {"alpha": float("nan")}):
-        with pytest.raises(CnnvizError, match="kernel_width|alpha"):
+        with pytest.raises(CnnvizError, match=r"kernel_width|alpha"):
             make_method("lime", **options)
     with pytest.raises(CnnvizError, match="kernel_width"):
         make_method("kernelshap", kernel_width=2.0)  # LIME's option only

@@ -81,7 +81,10 @@ def coalition_scores(
                 x[image].flatten(1).float(), batch.flatten(1).float(), dim=1
             )
             gaps[rows] = 1 - similarity
-    return Sampled(list(scores.split(sizes)), None if gaps is None else list(gaps.split(sizes)))
+    split = [len(z) for z in coalitions]
+    return Sampled(
+        list(torch.split(scores, split)), None if gaps is None else list(torch.split(gaps, split))
+    )
 
 
 class SegmentSampling(Method):

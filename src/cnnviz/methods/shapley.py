@@ -58,10 +58,10 @@ class ShapleySampling(SegmentSampling):
     Equal to captum's ``ShapleyValueSampling(model).attribute(x_i, target=c,
     feature_mask=segments_i, baselines=x′, n_samples=samples)`` per image and target (tested,
     1e-5) after ``torch.manual_seed(seed)``: cnnviz draws the same orders from its own
-    generator, seeded ``seed`` for each image. Deviation: captum walks one order shared by the images of a
-    batch (over the largest segment count); cnnviz gives each image its own orders over its own
-    segments, and streams every walk of every image and target through one batched stream of
-    forwards. Example::
+    generator, seeded ``seed`` for each image. Deviation: captum walks one order shared by the
+    images of a batch (over the largest segment count); cnnviz gives each image its own orders
+    over its own segments, and streams every walk of every image and target through one batched
+    stream of forwards. Example::
 
         >>> e = explain(model, x, "shapley-sampling", target=3, samples=8, n_segments=30)
     """

@@ -63,8 +63,8 @@ def positive_number(value: object, what: str, *, zero: bool = False) -> float:
 @dataclass(frozen=True)
 class Superpixels:
     """A checked segmentation setting (see :class:`Segments`); scikit-image's defaults except
-    ``n_segments`` (50), ``sigma`` (1 px of Gaussian pre-smoothing, so that pixel noise does not shatter
-    the segments) and ``start_label`` (0)."""
+    ``n_segments`` (50), ``sigma`` (1 px of Gaussian pre-smoothing, so that pixel noise does not
+    shatter the segments) and ``start_label`` (0)."""
 
     kind: Segments = Segments.SLIC
     n_segments: int = 50
@@ -162,7 +162,7 @@ class Superpixels:
                 channel_axis=-1,
             )
         else:
-            labels = segmentation.quickshift(
+            labels = segmentation.quickshift(  # type: ignore[no-untyped-call]  # untyped upstream
                 array,
                 ratio=self.ratio,
                 kernel_size=self.kernel_size,

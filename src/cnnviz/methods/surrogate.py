@@ -116,11 +116,12 @@ class LIME(SegmentSampling):
     Segments: SLIC superpixels by default (see :class:`SegmentSampling` for ``segments``,
     ``mask``, ``n_segments``, … and the other options). Equal to captum's
     ``Lime(model).attribute(x_i, target=c, feature_mask=segments_i, baselines=x′,
-    n_samples=samples)`` per image and target (tested, 1e-5), given the same coalitions:
-    cnnviz draws each image's with its own generator seeded ``seed``, in captum's order, so
-    ``torch.manual_seed(seed)`` before captum's call on each image gives captum the same ones. Deviation: every image × target is fitted from one stream of
-    forwards, ``batch_size`` rows each (captum: one forward per ``perturbations_per_eval``
-    rows, per target). Example::
+    n_samples=samples)`` per image and target (tested, 5e-5: the Lasso's stopping tolerance),
+    given the same coalitions: cnnviz draws each image's with its own generator seeded
+    ``seed``, in captum's order, so ``torch.manual_seed(seed)`` before captum's call on each
+    image gives captum the same ones. Deviation: every image × target is fitted from one
+    stream of forwards, ``batch_size`` rows each (captum: one forward per
+    ``perturbations_per_eval`` rows, per target). Example::
 
         >>> e = explain(model, x, "lime", target=3, samples=500, n_segments=40)
     """
@@ -211,8 +212,9 @@ class KernelSHAP(SegmentSampling):
     :class:`SegmentSampling`'s. Equal to captum's ``KernelShap(model).attribute(x_i, target=c,
     feature_mask=segments_i, baselines=x′, n_samples=samples)`` per image and target (tested,
     1e-5) after ``torch.manual_seed(seed)``: cnnviz replays captum's draws from its own
-    generator, seeded ``seed`` for each image. Deviation: one batched stream of forwards for every image and target; a
-    one-segment image (where captum's size distribution is undefined) gets the two endpoints.
+    generator, seeded ``seed`` for each image. Deviation: one batched stream of forwards for
+    every image and target; a one-segment image (where captum's size distribution is
+    undefined) gets the two endpoints.
     Example::
 
         >>> e = explain(model, x, "kernelshap", target=3, samples=500, segments="quickshift")
