@@ -277,3 +277,22 @@ def test_lime_options_and_a_float_mask_are_refused() -> None:
         make_method("kernelshap", kernel_width=2.0)  # LIME's option only
     with pytest.raises(TypeError, match="integer group ids"):
         explain(small_vgg(), torch.randn(1, 3, 32, 32), "lime", mask=torch.zeros(32, 32))
+
+
+def test_shapley_samples_add_up_to_the_score_change_also_for_probabilities() -> None:
+    """Efficiency: every permutation walk telescopes, Σ_f φ_f = S(x) − S(x′), for logits and
+    softmax probabilities alike, whatever the baseline."""
+    model = small_vgg()
+    torch.manual_seed(4)
+    x = torch.randn(2, 3, 32, 32)
+    for score, baseline in (("logit", 0.0), ("probability", 0.5)):
+        e = explain(model, x, "shapley-sampling", target=TopK(2), samples=2, score=score,
+                    baseline=baseline, segments="patches", patch=8)  # fmt: skip
+        out = model(x).softmax(1) if score == "probability" else model(x)
+        ref = model(torch.full_like(x, baseline))
+        ref = ref.softmax(1) if score == "probability" else ref
+        assert e.targets.indices is not None
+        for i in range(2):
+            phi = e.maps[i, :, ::8, ::8].flatten(1)  # one pixel of each 8-px patch
+            c = e.targets.indices[i]
+            close(phi.sum(dim=1), (out[i, c] - ref[i, c]).detach(), 1e-4)
