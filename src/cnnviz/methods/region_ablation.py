@@ -51,6 +51,18 @@ def mask_groups(mask: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor
     return ids.expand(n, height, width)
 
 
+def pixel_groups(
+    x: torch.Tensor, patch: int | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``(N, H, W)`` group ids ``0 … G − 1`` of the pixels of ``x``: those of ``mask``
+    (:func:`mask_groups`), else ``patch``-px squares (default ``⌈min(H, W) / 14⌉``)."""
+    n, _, height, width = x.shape
+    if mask is not None:
+        return mask_groups(mask.to(x.device), (n, height, width))
+    patch = patch or -(-min(height, width) // GRID_CELLS)
+    return patch_groups(height, width, patch).to(x.device).expand(n, height, width)
+
+
 @register
 class FeatureAblation(Method):
     """Feature Ablation (captum's ``FeatureAblation``; the occlusion experiment of Zeiler &
@@ -100,11 +112,7 @@ class FeatureAblation(Method):
 
     def groups(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, H, W)`` group ids ``0 … G − 1`` of the pixels of ``x``."""
-        n, _, height, width = x.shape
-        if self.mask is not None:
-            return mask_groups(self.mask.to(x.device), (n, height, width))
-        patch = self.patch or -(-min(height, width) // GRID_CELLS)
-        return patch_groups(height, width, patch).to(x.device).expand(n, height, width)
+        return pixel_groups(x, self.patch, self.mask)
 
     def explain(
         self,

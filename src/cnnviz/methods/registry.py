@@ -18,7 +18,9 @@ import cnnviz.methods.guided  # registers Guided Backprop, DeconvNet, Guided Gra
 import cnnviz.methods.integrated  # registers Integrated Gradients
 import cnnviz.methods.noise_tunnel  # registers the noise tunnel
 import cnnviz.methods.perturbation  # registers Occlusion, RISE
-import cnnviz.methods.region_ablation  # noqa: F401  # registers Feature Ablation
+import cnnviz.methods.region_ablation  # registers Feature Ablation
+import cnnviz.methods.shapley  # registers Shapley Value Sampling
+import cnnviz.methods.surrogate  # noqa: F401  # registers LIME, KernelSHAP
 from cnnviz.errors import CnnvizError, close_matches
 from cnnviz.methods.base import Method, registered_methods
 
