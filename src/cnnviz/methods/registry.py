@@ -12,6 +12,7 @@ from typing import Any
 
 import cnnviz.methods.cam  # registers the CAM family (first in the listing)
 import cnnviz.methods.cam_perturbation  # registers Score-CAM, Ablation-CAM
+import cnnviz.methods.gradient_shap  # registers GradientShap
 import cnnviz.methods.gradients  # registers saliency, Gradient × Input, SmoothGrad
 import cnnviz.methods.guided  # registers Guided Backprop, DeconvNet, Guided Grad-CAM
 import cnnviz.methods.integrated  # registers Integrated Gradients
