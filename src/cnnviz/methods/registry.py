@@ -16,6 +16,7 @@ import cnnviz.methods.gradient_shap  # registers GradientShap
 import cnnviz.methods.gradients  # registers saliency, Gradient × Input, SmoothGrad
 import cnnviz.methods.guided  # registers Guided Backprop, DeconvNet, Guided Grad-CAM
 import cnnviz.methods.integrated  # registers Integrated Gradients
+import cnnviz.methods.layer_attribution  # registers Conductance, Internal Influence, Neuron IG
 import cnnviz.methods.perturbation  # registers Occlusion, RISE
 import cnnviz.methods.region_ablation  # noqa: F401  # registers Feature Ablation
 from cnnviz.errors import CnnvizError, close_matches
