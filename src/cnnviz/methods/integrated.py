@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -83,6 +83,21 @@ def nodes_and_weights(rule: Quadrature, steps: int) -> tuple[torch.Tensor, torch
         return k / (steps - 1), weights
     offset = {Quadrature.RIEMANN_LEFT: 0.0, Quadrature.RIEMANN_RIGHT: 1.0}.get(rule, 0.5)
     return (k + offset) / steps, torch.full((steps,), 1 / steps, dtype=torch.float64)
+
+
+def path_batches(
+    x0: torch.Tensor, diff: torch.Tensor, alphas: torch.Tensor, batch_size: int, title: str
+) -> Iterator[tuple[range, torch.Tensor, torch.Tensor]]:
+    """The path points x′ + α_k (x − x′) of every image, node after node, ``batch_size`` rows at
+    a time (at least one node of every image), with a progress bar titled ``title``: for each
+    range ``span`` of nodes, the ``(len(span) · N, C, H, W)`` batch (node-major) and its row →
+    image index. Shared by the fixed-rule path methods (Integrated Gradients, the layer and
+    neuron attributions of :mod:`cnnviz.methods.layer_attribution`)."""
+    n = diff.shape[0]
+    for span in batches(list(chunks(len(alphas), n, batch_size)), title):
+        a = alphas[span.start : span.stop].view(-1, *[1] * diff.dim())
+        path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
+        yield span, path, repeated_rows(n, len(span), diff.device)
 
 
 @register
@@ -224,10 +239,7 @@ class IntegratedGradients(Method):
         alphas, weights = (t.to(diff) for t in nodes_and_weights(self.quadrature, self.steps))
         n = diff.shape[0]
         total = diff.new_zeros((n, targets.per_image, *diff.shape[1:]))
-        for span in batches(list(chunks(self.steps, n, self.batch_size)), self.title):
-            a = alphas[span.start : span.stop].view(-1, 1, 1, 1, 1)
-            path = (x0.unsqueeze(0) + a * diff.unsqueeze(0)).flatten(0, 1)
-            rows = repeated_rows(n, len(span), diff.device)
+        for span, path, rows in path_batches(x0, diff, alphas, self.batch_size, self.title):
             grads, _ = input_gradients(model, path, targets, rows)
             w = weights[span.start : span.stop].view(-1, 1, 1, 1, 1, 1)
             total += (grads.view(len(span), n, *grads.shape[1:]) * w).sum(dim=0)

@@ -13,9 +13,11 @@ from typing import Any
 import cnnviz.methods.cam  # registers the CAM family (first in the listing)
 import cnnviz.methods.cam_perturbation  # registers Score-CAM, Ablation-CAM
 import cnnviz.methods.cam_random  # registers RandomCAM
+import cnnviz.methods.gradient_shap  # registers GradientShap
 import cnnviz.methods.gradients  # registers saliency, Gradient × Input, SmoothGrad
 import cnnviz.methods.guided  # registers Guided Backprop, DeconvNet, Guided Grad-CAM
 import cnnviz.methods.integrated  # registers Integrated Gradients
+import cnnviz.methods.layer_attribution  # registers Conductance, Internal Influence, Neuron IG
 import cnnviz.methods.noise_tunnel  # registers the noise tunnel
 import cnnviz.methods.perturbation  # registers Occlusion, RISE
 import cnnviz.methods.region_ablation  # registers Feature Ablation
