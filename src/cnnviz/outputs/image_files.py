@@ -195,9 +195,11 @@ def _write_grid(
 ) -> None:
     """The comparison grid of ``method="all"`` (near-square, each tile captioned), headed by
     the image and its target, with a legend line per kind of map under it."""
-    columns = list(job.results[0].labels)
-    if not all(len(row) == len(columns) for row in tiles):
+    columns = list(max((r.labels for r in job.results), key=len))
+    if not all(len(row) in (1, len(columns)) for row in tiles):
         return
+    # a method with one target among several (a neuron's attribution): its other cells blank
+    tiles = [row + [np.full_like(row[0], 255)] * (len(columns) - len(row)) for row in tiles]
     label = columns[0] if len(columns) == 1 else None
     title = f"{job.path.name}" + (f": {label}" if label else f", top {len(columns)} classes")
     picture = comparison_grid(
