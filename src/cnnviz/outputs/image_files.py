@@ -195,7 +195,8 @@ def _write_grid(
 ) -> None:
     """The comparison grid of ``method="all"`` (near-square, each tile captioned), headed by
     the image and its target, with a legend line per kind of map under it."""
-    columns = list(max((r.labels for r in job.results), key=lambda labels: len(labels)))
+    widest: tuple[str, ...] = max((r.labels for r in job.results), key=len)
+    columns = list(widest)
     if not all(len(row) in (1, len(columns)) for row in tiles):
         return
     # a method with one target among several (a neuron's attribution): its other cells blank
